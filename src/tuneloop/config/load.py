@@ -1,0 +1,187 @@
+"""Load a recipe from YAML, apply `key=value` overrides, and turn validation failures into
+one-line messages that name the key and suggest the nearest valid one."""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from tuneloop.config.recipe import Recipe
+from tuneloop.errors import RecipeError
+
+# Fields holding file paths: relative values in a recipe file are relative to that file, so a
+# recipe and its data can be moved together. Overrides on the command line stay relative to
+# the current directory, as a shell user expects.
+_PATH_FIELDS = (("data", "train"), ("data", "eval"), ("output_dir",))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `training.learning_rate=1e-4` into (['training', 'learning_rate'], 1e-4)."""
+    if "=" not in text:
+        raise RecipeError(f"override {text!r} is not of the form key=value")
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise RecipeError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each dotted key in a nested dict, creating sections as needed."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                dotted = ".".join(path[: i + 1])
+                raise RecipeError(f"override {text!r}: {dotted} is a value, not a section")
+            node = child
+        if isinstance(value, str) and tuple(path) in _PATH_FIELDS and value:
+            value = str(Path(value).expanduser().resolve())
+        node[path[-1]] = value
+    return raw
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field at `loc` (for key suggestions)."""
+    model: type[BaseModel] = Recipe
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        annotation = field.annotation
+        candidates = typing.get_args(annotation) if isinstance(
+            annotation, types.UnionType
+        ) else (annotation,)
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return None
+        model = nested[0]
+    return model
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """Render pydantic errors as `source: key: problem` lines, with did-you-mean hints."""
+    lines = []
+    for item in err.errors():
+        loc = tuple(item["loc"])
+        dotted = ".".join(str(p) for p in loc) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            owner = _model_at(loc[:-1])
+            hint = ""
+            if owner is not None:
+                close = difflib.get_close_matches(str(loc[-1]), list(owner.model_fields), n=1)
+                if close:
+                    hint = f" (did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?)"
+                else:
+                    hint = f" (valid keys: {', '.join(owner.model_fields)})"
+            lines.append(f"{source}: unknown key '{dotted}'{hint}")
+        elif item["type"] == "missing":
+            lines.append(f"{source}: missing required key '{dotted}'")
+        else:
+            got = item.get("input")
+            shown = f" (got {got!r})" if not isinstance(got, dict | list) else ""
+            lines.append(f"{source}: {dotted}: {item['msg']}{shown}")
+    return "; ".join(lines)
+
+
+def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> Recipe:
+    """Validate a plain dict as a Recipe, raising RecipeError with a readable message."""
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as err:
+        raise RecipeError(format_validation_error(err, source)) from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe YAML file, resolve its relative paths, apply overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise RecipeError(f"{path}:{where} invalid YAML: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of keys, got {type(raw).__name__}")
+    base = path.resolve().parent
+    for field_path in _PATH_FIELDS:
+        node = raw
+        for part in field_path[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(field_path[-1]), str):
+            value = Path(node[field_path[-1]]).expanduser()
+            if not value.is_absolute():
+                node[field_path[-1]] = str((base / value).resolve())
+    apply_overrides(raw, list(overrides or []))
+    return recipe_from_dict(raw, source=str(path))
+
+
+def dump_recipe(recipe: Recipe, path: str | Path) -> None:
+    """Write the fully resolved recipe (every default spelled out) as YAML."""
+    text = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+    Path(path).write_text(text, encoding="utf-8")
+
+
+def _type_name(annotation: Any) -> str:
+    text = str(annotation) if not isinstance(annotation, type) else annotation.__name__
+    text = text.replace("typing.", "").replace("tuneloop.config.recipe.", "")
+    return text.replace("|", "\\|")
+
+
+def schema_markdown() -> str:
+    """The recipe reference as Markdown: every section and field with type, default, meaning."""
+    out = [
+        "# Recipe reference",
+        "",
+        "<!-- Generated by `tuneloop recipe schema`; do not edit by hand. -->",
+        "",
+        "A recipe is one YAML file describing a run. Unknown keys are errors (with the nearest",
+        "valid key suggested); any field can be overridden on the command line with",
+        "`key=value`, e.g. `tuneloop train recipe.yaml training.learning_rate=1e-4 adapter.r=8`.",
+        "",
+    ]
+
+    def section(model: type[BaseModel], prefix: str, title: str) -> None:
+        out.extend([f"## `{title}`", "", (model.__doc__ or "").strip(), ""])
+        out.append("| key | type | default | description |")
+        out.append("| --- | --- | --- | --- |")
+        nested: list[tuple[type[BaseModel], str]] = []
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                nested.append((annotation, f"{prefix}{name}"))
+                out.append(f"| `{prefix}{name}` | section | | {field.description} |")
+                continue
+            if field.is_required():
+                default = "**required**"
+            elif field.default_factory is not None:
+                default = f"`{field.default_factory()}`"  # type: ignore[call-arg]
+            else:
+                default = f"`{field.default}`"
+            desc = field.description or ""
+            out.append(f"| `{prefix}{name}` | `{_type_name(annotation)}` | {default} | {desc} |")
+        out.append("")
+        for sub, sub_prefix in nested:
+            section(sub, f"{sub_prefix}.", sub_prefix)
+
+    section(Recipe, "", "recipe")
+    return "\n".join(out).rstrip() + "\n"

@@ -1,0 +1,25 @@
+"""User-facing errors: one clear line, no traceback, non-zero exit from the CLI."""
+
+from __future__ import annotations
+
+
+class TuneloopError(Exception):
+    """An error caused by the user's input or environment, reported as one line."""
+
+    exit_code = 1
+
+
+class RecipeError(TuneloopError):
+    """The recipe (YAML or a key=value override) is invalid."""
+
+
+class DataError(TuneloopError):
+    """A data file is missing, unreadable or has malformed rows."""
+
+
+class ModelError(TuneloopError):
+    """A model reference cannot be resolved or loaded."""
+
+
+class RegistryError(TuneloopError):
+    """A registry record is missing or the database cannot be opened."""

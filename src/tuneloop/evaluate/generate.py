@@ -1,0 +1,130 @@
+"""Batched greedy generation with left padding and the KV cache.
+
+Prompts are sorted by length before batching so each batch pads little; results come back in
+the caller's order. Greedy decoding is deterministic, so base-vs-tuned comparisons are fair.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tuneloop.data.formats import Conversation
+
+
+@dataclass
+class Generation:
+    text: str
+    new_tokens: int
+    stopped: bool  # ended with the end-of-turn token rather than the length budget
+
+
+def encode_prompt(tokenizer: Any, messages: Conversation) -> list[int]:
+    """Token ids of `messages` rendered by the chat template, ready for the answer."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if isinstance(ids, dict) or hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[Conversation],
+    max_new_tokens: int = 128,
+    batch_size: int = 16,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[list[Generation], dict[str, float]]:
+    """Greedy answers for every prompt, plus throughput stats (tokens/s, seconds)."""
+    import torch
+
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    results: list[Generation | None] = [None] * len(encoded)
+    pad_id = tokenizer.pad_token_id
+    eos_id = tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    start = time.perf_counter()
+    total_new = 0
+    for b in range(0, len(order), batch_size):
+        idx = order[b : b + batch_size]
+        width = max(len(encoded[i]) for i in idx)
+        input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids = encoded[i]
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention[row, width - len(ids) :] = 1
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad_id,
+                eos_token_id=eos_id,
+            )
+        for row, i in enumerate(idx):
+            new = out[row, width:].tolist()
+            stopped = eos_id in new
+            if stopped:
+                new = new[: new.index(eos_id)]
+            total_new += len(new) + int(stopped)
+            text = tokenizer.decode(new, skip_special_tokens=True).strip()
+            results[i] = Generation(text=text, new_tokens=len(new), stopped=stopped)
+        if progress:
+            progress(len(idx))
+    seconds = time.perf_counter() - start
+    stats = {"seconds": seconds, "new_tokens": total_new, "tokens_per_s": total_new / max(seconds, 1e-9)}
+    return [r for r in results if r is not None], stats
+
+
+def answer_nll(
+    model: Any,
+    tokenizer: Any,
+    conversations: list[Conversation],
+    batch_size: int = 16,
+) -> list[tuple[float, int]]:
+    """Per conversation: (summed NLL of the final answer tokens given the prompt, token count).
+
+    The answer tokens include the end-of-turn marker, as a chat model must produce it.
+    """
+    import torch
+
+    pairs = []
+    for conv in conversations:
+        prompt = encode_prompt(tokenizer, conv[:-1])
+        full = tokenizer.apply_chat_template(conv, tokenize=True)
+        if hasattr(full, "keys"):
+            full = full["input_ids"]
+        full = list(full)
+        if full[: len(prompt)] != prompt:  # template re-renders the prompt differently
+            answer = tokenizer(conv[-1]["content"], add_special_tokens=False)["input_ids"]
+            full = prompt + answer + [tokenizer.eos_token_id]
+        pairs.append((full, len(prompt)))
+    device = next(model.parameters()).device
+    out: list[tuple[float, int]] = []
+    for b in range(0, len(pairs), batch_size):
+        batch = pairs[b : b + batch_size]
+        width = max(len(f) for f, _ in batch)
+        ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, (full, plen) in enumerate(batch):
+            ids[row, : len(full)] = torch.tensor(full)
+            labels[row, plen : len(full)] = torch.tensor(full[plen:])
+            attention[row, : len(full)] = 1
+        with torch.inference_mode():
+            logits = model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits
+        logits = logits[:, :-1].float()
+        target = labels[:, 1:].to(device)
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), target.reshape(-1), reduction="none",
+            ignore_index=-100,
+        ).view(target.shape)  # fmt: skip
+        mask = target != -100
+        for row in range(len(batch)):
+            out.append((float(nll[row][mask[row]].sum()), int(mask[row].sum())))
+    return out

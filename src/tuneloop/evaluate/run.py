@@ -1,0 +1,138 @@
+"""Evaluate a model on a data file: generate answers, score them, store every example.
+
+`evaluate_conversations` is the pure part (model + conversations -> metrics and examples);
+`evaluate_file` adds model resolution, dataset versioning and the registry record.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneloop.config.recipe import METRICS
+from tuneloop.data.formats import Conversation, read_conversations
+from tuneloop.errors import TuneloopError
+from tuneloop.evaluate import metrics as M
+from tuneloop.evaluate.generate import answer_nll, generate
+from tuneloop.progress import Progress
+
+
+@dataclass
+class EvalOutput:
+    metrics: dict[str, float]
+    examples: list[dict[str, Any]]
+    seconds: float
+    generation: dict[str, float] = field(default_factory=dict)
+    eval_id: int | None = None
+    dataset_id: int | None = None
+
+
+def evaluate_conversations(
+    model: Any,
+    tokenizer: Any,
+    conversations: list[Conversation],
+    metrics: list[str] | tuple[str, ...] = METRICS,
+    max_new_tokens: int = 128,
+    batch_size: int = 16,
+    label: str = "eval",
+) -> EvalOutput:
+    """Greedy-generate the final answer of each conversation and score it."""
+    unknown = [m for m in metrics if m not in M.HIGHER_IS_BETTER]
+    if unknown:
+        raise TuneloopError(f"unknown metric(s) {unknown}; known: {', '.join(M.HIGHER_IS_BETTER)}")
+    start = time.perf_counter()
+    prompts = [c[:-1] for c in conversations]
+    refs = [c[-1]["content"] for c in conversations]
+    examples: list[dict[str, Any]] = [
+        {"prompt": p, "reference": r, "prediction": "", "scores": {}}
+        for p, r in zip(prompts, refs, strict=True)
+    ]
+    result: dict[str, float] = {}
+    gen_stats: dict[str, float] = {}
+    text_metrics = [m for m in metrics if m != "perplexity"]
+    if text_metrics:
+        with Progress(total=len(prompts), desc=f"{label}: generating", unit="ex") as bar:
+            gens, gen_stats = generate(
+                model, tokenizer, prompts, max_new_tokens, batch_size, progress=bar.update
+            )
+        preds = [g.text for g in gens]
+        for ex, g in zip(examples, gens, strict=True):
+            ex["prediction"] = g.text
+            ex["scores"]["stopped"] = float(g.stopped)
+        scorers = {"exact_match": M.exact_match, "rouge_l": M.rouge_l, "bleu": M.bleu}
+        for name in text_metrics:
+            agg, per = scorers[name](preds, refs)
+            result[name] = agg
+            for ex, s in zip(examples, per, strict=True):
+                ex["scores"][name] = s
+    if "perplexity" in metrics:
+        agg, per = M.perplexity(answer_nll(model, tokenizer, conversations, batch_size))
+        result["perplexity"] = agg
+        for ex, s in zip(examples, per, strict=True):
+            ex["scores"]["perplexity"] = s
+    return EvalOutput(
+        metrics=result,
+        examples=examples,
+        seconds=time.perf_counter() - start,
+        generation=gen_stats,
+    )
+
+
+def evaluate_file(
+    model_ref: str,
+    data: str | Path,
+    metrics: list[str] | tuple[str, ...] = METRICS,
+    max_new_tokens: int = 128,
+    batch_size: int = 16,
+    limit: int | None = None,
+    fmt: str = "auto",
+    system_prompt: str | None = None,
+    run_id: int | None = None,
+    loaded: tuple[Any, Any] | None = None,
+) -> EvalOutput:
+    """Evaluate `model_ref` on a data file and record the result in the registry.
+
+    When `model_ref` is a run and no system prompt is given, the run's own system prompt is
+    used so the model is prompted the way it was trained.
+    """
+    from tuneloop import registry
+    from tuneloop.models import load
+
+    if loaded is None:
+        model, tokenizer, resolved = load(model_ref)
+    else:
+        model, tokenizer = loaded
+        resolved = None
+    if system_prompt is None and resolved is not None and resolved.recipe:
+        system_prompt = resolved.recipe.get("data", {}).get("system_prompt")
+    data_path = Path(data)
+    loaded_data = read_conversations(data_path, fmt=fmt, system_prompt=system_prompt)
+    conversations = loaded_data.conversations[:limit] if limit else loaded_data.conversations
+    dataset = registry.register_dataset(
+        data_path.stem, loaded_data.conversations, str(data_path.resolve()), loaded_data.format
+    )
+    out = evaluate_conversations(
+        model, tokenizer, conversations, metrics, max_new_tokens, batch_size, label=model_ref
+    )
+    settings = {
+        "max_new_tokens": max_new_tokens,
+        "batch_size": batch_size,
+        "limit": limit,
+        "system_prompt": system_prompt,
+        "decoding": "greedy",
+        "generation": out.generation,
+    }
+    record = registry.add_eval(
+        model_ref=model_ref,
+        metrics=out.metrics,
+        examples=out.examples,
+        settings=settings,
+        run_id=run_id or (resolved.run_id if resolved is not None else None),
+        dataset_id=dataset.id,
+        seconds=out.seconds,
+    )
+    out.eval_id = record.id
+    out.dataset_id = dataset.id
+    return out

@@ -1,0 +1,36 @@
+"""The system of record: datasets, runs, models and eval results, in SQLite or any SQL DB."""
+
+from tuneloop.registry.db import get_engine, head_revision, migrate, session_scope
+from tuneloop.registry.records import (
+    add_eval,
+    add_model,
+    content_hash,
+    eval_examples,
+    evals_for_run,
+    get_run,
+    list_datasets,
+    list_runs,
+    models_for_run,
+    register_dataset,
+    start_run,
+    update_run,
+)
+
+__all__ = [
+    "add_eval",
+    "add_model",
+    "content_hash",
+    "eval_examples",
+    "evals_for_run",
+    "get_engine",
+    "get_run",
+    "head_revision",
+    "list_datasets",
+    "list_runs",
+    "migrate",
+    "models_for_run",
+    "register_dataset",
+    "session_scope",
+    "start_run",
+    "update_run",
+]

@@ -1,0 +1,95 @@
+"""Open the registry database and bring its schema to the current Alembic head.
+
+Every open runs pending migrations, so a user's registry survives package upgrades with no
+manual step. SQLite (the default) lives at $TUNELOOP_HOME/tuneloop.db; `TUNELOOP_DB_URL`
+selects any SQLAlchemy URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from tuneloop.config.home import db_url
+from tuneloop.errors import RegistryError
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _alembic_config(connection):  # type: ignore[no-untyped-def]
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    """The newest migration revision shipped with this package."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(_alembic_config(None))
+    return script.get_current_head() or ""
+
+
+def migrate(engine: Engine) -> None:
+    """Upgrade the schema to head if it is behind (a no-op on an up-to-date database)."""
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.begin() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+        if current == head_revision():
+            return
+        command.upgrade(_alembic_config(conn), "head")
+
+
+@lru_cache(maxsize=8)
+def _engine_for(url: str) -> Engine:
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    try:
+        engine = create_engine(url)
+    except (SQLAlchemyError, ImportError, ValueError) as err:
+        raise RegistryError(f"cannot open registry database {url!r}: {err}") from None
+    if url.startswith("sqlite"):
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+    try:
+        migrate(engine)
+    except SQLAlchemyError as err:
+        raise RegistryError(f"cannot migrate registry database {url!r}: {err}") from None
+    return engine
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """The (cached) engine for `url` or the configured registry, migrated to head."""
+    return _engine_for(url or db_url())
+
+
+@contextmanager
+def session_scope(url: str | None = None) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error."""
+    factory = sessionmaker(bind=get_engine(url), expire_on_commit=False)
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()

@@ -1,0 +1,1 @@
+"""Training methods, one module each (sft for now), sharing small callbacks."""

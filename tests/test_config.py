@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+
+from tuneloop.config import Recipe, dump_recipe, load_recipe, recipe_from_dict, schema_markdown
+from tuneloop.errors import RecipeError
+
+
+def _write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def test_defaults_are_the_careful_ones() -> None:
+    recipe = recipe_from_dict({"data": {"train": "x.jsonl"}})
+    assert recipe.model == "smollm2-135m-instruct"
+    assert recipe.adapter.type == "lora" and recipe.adapter.target_modules == "all-linear"
+    assert recipe.training.learning_rate == pytest.approx(2e-4)
+    assert recipe.training.gradient_checkpointing is False
+
+
+def test_typo_suggests_nearest_key(tmp_path: Path) -> None:
+    path = _write(tmp_path, {"data": {"train": "a.jsonl"}, "training": {"learnig_rate": 1e-4}})
+    with pytest.raises(RecipeError, match=r"unknown key 'training.learnig_rate' \(did you mean "
+                       r"'training.learning_rate'\?\)"):  # fmt: skip
+        load_recipe(path)
+
+
+def test_top_level_typo(tmp_path: Path) -> None:
+    path = _write(tmp_path, {"data": {"train": "a.jsonl"}, "adaptor": {"r": 8}})
+    with pytest.raises(RecipeError, match="did you mean 'adapter'"):
+        load_recipe(path)
+
+
+def test_bad_values_name_the_key() -> None:
+    with pytest.raises(RecipeError, match=r"training.learning_rate: .*greater than 0 \(got -1"):
+        recipe_from_dict({"data": {"train": "a"}, "training": {"learning_rate": -1}})
+    with pytest.raises(RecipeError, match="adapter.r: .*greater than 0"):
+        recipe_from_dict({"data": {"train": "a"}, "adapter": {"r": 0}})
+    with pytest.raises(RecipeError, match="missing required key 'data'"):
+        recipe_from_dict({})
+
+
+def test_overrides_parse_types_and_paths(tmp_path: Path) -> None:
+    path = _write(tmp_path, {"data": {"train": "train.jsonl"}})
+    recipe = load_recipe(
+        path,
+        ["training.learning_rate=1e-4", "adapter.r=8", "adapter.target_modules=[q_proj,v_proj]",
+         "training.gradient_checkpointing=true", "name=my run"],
+    )  # fmt: skip
+    assert recipe.training.learning_rate == pytest.approx(1e-4)
+    assert recipe.adapter.r == 8
+    assert recipe.adapter.target_modules == ["q_proj", "v_proj"]
+    assert recipe.training.gradient_checkpointing is True
+    assert recipe.name == "my run"
+    # relative paths in the file are relative to the recipe file
+    assert recipe.data.train == str((tmp_path / "train.jsonl").resolve())
+
+
+def test_override_errors(tmp_path: Path) -> None:
+    path = _write(tmp_path, {"data": {"train": "a.jsonl"}})
+    with pytest.raises(RecipeError, match="not of the form key=value"):
+        load_recipe(path, ["training.learning_rate"])
+    with pytest.raises(RecipeError, match="did you mean 'training.epochs'"):
+        load_recipe(path, ["training.epoch=2"])
+    with pytest.raises(RecipeError, match="is a value, not a section"):
+        load_recipe(path, ["name.x=1"])
+
+
+def test_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  train: [unclosed\n", encoding="utf-8")
+    with pytest.raises(RecipeError, match="invalid YAML"):
+        load_recipe(bad)
+    with pytest.raises(RecipeError, match="recipe file not found"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+def test_resolved_recipe_round_trips(tmp_path: Path) -> None:
+    recipe = recipe_from_dict({"data": {"train": "/d/t.jsonl"}, "adapter": {"r": 4}})
+    dump_recipe(recipe, tmp_path / "resolved.yaml")
+    again = load_recipe(tmp_path / "resolved.yaml")
+    assert again == recipe
+
+
+@pytest.mark.parametrize("path", sorted(REPO.glob("examples/**/*.yaml")), ids=lambda p: p.parent.name)
+def test_every_shipped_recipe_parses(path: Path) -> None:
+    recipe = load_recipe(path)
+    assert isinstance(recipe, Recipe)
+    assert Path(recipe.data.train).is_file()
+
+
+def test_docs_recipes_md_is_generated_from_schema() -> None:
+    doc = (REPO / "docs" / "recipes.md").read_text(encoding="utf-8")
+    assert doc == schema_markdown(), "regenerate with: tuneloop recipe schema > docs/recipes.md"
+
+
+def test_schema_documents_every_field() -> None:
+    text = schema_markdown()
+    for section in ("data", "adapter", "training", "eval"):
+        model = Recipe.model_fields[section].annotation
+        for name, field in model.model_fields.items():
+            assert field.description, f"{section}.{name} has no description"
+            assert f"`{section}.{name}`" in text

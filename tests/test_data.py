@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import chat, write_jsonl
+
+from tuneloop.data import detect_format, read_conversations
+from tuneloop.errors import DataError
+
+
+def test_messages_jsonl_with_system_prompt(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", [chat("hi", "hello"), chat("q", "a", system="S")])
+    data = read_conversations(path, system_prompt="DEFAULT")
+    assert data.format == "messages"
+    assert data.conversations[0][0] == {"role": "system", "content": "DEFAULT"}
+    assert data.conversations[1][0] == {"role": "system", "content": "S"}  # own system kept
+
+
+def test_other_formats_are_detected(tmp_path: Path) -> None:
+    rows = [
+        {"prompt": "p1", "response": "r1"},
+        {"instruction": "Translate", "input": "chat", "output": "cat"},
+        {"conversations": [{"from": "human", "value": "u"}, {"from": "gpt", "value": "g"}]},
+        {"question": "q", "answer": "a"},
+    ]
+    assert [detect_format(r) for r in rows] == [
+        "prompt_response", "alpaca", "sharegpt", "prompt_response"
+    ]  # fmt: skip
+    data = read_conversations(write_jsonl(tmp_path / "mixed.jsonl", rows))
+    assert data.conversations[1][0]["content"] == "Translate\n\nchat"
+    assert data.conversations[2] == [
+        {"role": "user", "content": "u"}, {"role": "assistant", "content": "g"}
+    ]  # fmt: skip
+
+
+def test_csv_and_json_files(tmp_path: Path) -> None:
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_text('prompt,completion\n"Hello, you",Hi\nQ2,A2\n', encoding="utf-8")
+    data = read_conversations(csv_path)
+    assert [c[-1]["content"] for c in data.conversations] == ["Hi", "A2"]
+    json_path = tmp_path / "d.json"
+    json_path.write_text(json.dumps([chat("a", "b")]), encoding="utf-8")
+    assert len(read_conversations(json_path).conversations) == 1
+
+
+def test_malformed_line_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    good = json.dumps(chat("q", "a"))
+    path.write_text(f"{good}\n{good}\n{{not json\n{good}\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"1 malformed row\(s\): line 3: invalid JSON"):
+        read_conversations(path)
+    # non-strict keeps every good row and reports the bad one
+    data = read_conversations(path, strict=False)
+    assert len(data.conversations) == 3
+    assert [str(e) for e in data.errors] == ["line 3: invalid JSON (Expecting property name "
+                                             "enclosed in double quotes at column 2)"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("row", "problem"),
+    [
+        ({"messages": [{"role": "user", "content": "q"}]}, "missing assistant answer"),
+        ({"messages": [{"role": "bot", "content": "q"}]}, "message 0: role 'bot' is not one of"),
+        ({"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "a"}]},
+         "message 0 content is empty"),
+        ({"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "a"}]},
+         "message 0 content must be a string, got int"),
+        ({"messages": [{"role": "assistant", "content": "a"}]}, "expected role 'user'"),
+        ({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]},
+         "message 1: expected role 'assistant'"),
+        ({"prompt": "p"}, "no answer field"),
+        ([1, 2], "expected a JSON object, got list"),
+    ],
+)
+def test_row_problems_are_explained(tmp_path: Path, row: object, problem: str) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", [chat("ok", "fine"), row])
+    data = read_conversations(path, fmt="messages" if isinstance(row, dict) and "messages" in row
+                              else "auto", strict=False)  # fmt: skip
+    assert len(data.conversations) == 1
+    assert len(data.errors) == 1 and data.errors[0].where == "line 2"
+    assert problem in data.errors[0].problem
+
+
+def test_missing_empty_and_directory(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="data file not found"):
+        read_conversations(tmp_path / "nope.jsonl")
+    with pytest.raises(DataError, match="is a directory"):
+        read_conversations(tmp_path)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n", encoding="utf-8")
+    with pytest.raises(DataError, match="no usable rows"):
+        read_conversations(empty)
+    with pytest.raises(DataError, match="unknown data format"):
+        read_conversations(empty, fmt="parquetish")
+
+
+def test_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(DataError, match="not UTF-8"):
+        read_conversations(path)

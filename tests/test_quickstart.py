@@ -1,0 +1,32 @@
+"""Slow: the quickstart path on the real bundled model, shortened to a few steps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tuneloop import registry
+from tuneloop.quickstart import run_quickstart
+
+
+@pytest.mark.slow
+def test_quickstart_short_run_on_bundled_model(tmp_path: Path, bundled_model_dir: Path) -> None:
+    out = tmp_path / "qs"
+    report = run_quickstart(
+        out, ["training.max_steps=8", "eval.limit=12", "eval.max_new_tokens=24"], samples=3
+    )
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["base"]["metrics"] == report["base"]["metrics"]
+    for side in ("base", "tuned"):
+        assert set(on_disk[side]["metrics"]) == {"exact_match", "rouge_l", "bleu", "perplexity"}
+        assert all(isinstance(v, float) for v in on_disk[side]["metrics"].values())
+    # 8 LoRA steps at lr 1e-3 already make the reference answers far more likely
+    assert on_disk["tuned"]["metrics"]["perplexity"] < on_disk["base"]["metrics"]["perplexity"]
+    html = (out / "report.html").read_text()
+    assert 'id="metrics"' in html and "data:image/png;base64," in html
+    assert html.count("<tr>") >= 1 + 4 + 1 + 3
+    runs = {r.kind: r for r in registry.list_runs()}
+    assert runs["quickstart"].status == "completed" and runs["train"].status == "completed"
+    assert len(registry.evals_for_run(runs["quickstart"].id)) == 2
