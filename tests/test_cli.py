@@ -10,14 +10,19 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import REPO, SUPPORT, chat, write_jsonl
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tuneloop.cli", *args],
-        capture_output=True, text=True, cwd=cwd, env=os.environ.copy(), timeout=600,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=os.environ.copy(),
+        timeout=600,
+    )
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], fragment: str) -> None:
@@ -38,8 +43,9 @@ def test_help_does_not_import_torch() -> None:
 
 def test_recipe_typo(tmp_path: Path) -> None:
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({"data": {"train": str(SUPPORT / "train.jsonl")},
-                                      "training": {"epocs": 2}}))  # fmt: skip
+    recipe.write_text(
+        yaml.safe_dump({"data": {"train": str(SUPPORT / "train.jsonl")}, "training": {"epocs": 2}})
+    )
     assert_one_line_error(run_cli("train", str(recipe)), "did you mean 'training.epochs'")
 
 
@@ -89,9 +95,14 @@ def test_listing_commands(args: tuple[str, ...]) -> None:
 
 def test_train_eval_and_runs_show_end_to_end(tiny_model: Path, tmp_path: Path) -> None:
     proc = run_cli(
-        "train", str(SUPPORT / "recipe.yaml"), f"model={tiny_model}", "training.max_steps=2",
-        "training.batch_size=2", f"output_dir={tmp_path / 'runs'}", "name=cli-tiny",
-    )  # fmt: skip
+        "train",
+        str(SUPPORT / "recipe.yaml"),
+        f"model={tiny_model}",
+        "training.max_steps=2",
+        "training.batch_size=2",
+        f"output_dir={tmp_path / 'runs'}",
+        "name=cli-tiny",
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("run 1 completed")
     proc = run_cli("runs", "show", "1")
@@ -99,8 +110,19 @@ def test_train_eval_and_runs_show_end_to_end(tiny_model: Path, tmp_path: Path) -
     assert shown["status"] == "completed" and shown["models"][0]["kind"] == "adapter"
     assert shown["recipe"]["training"]["max_steps"] == 2
     out_json = tmp_path / "eval.json"
-    proc = run_cli("eval", "--model", "run:1", "--data", str(SUPPORT / "eval.jsonl"),
-                   "--limit", "3", "--max-new-tokens", "4", "--json", str(out_json))  # fmt: skip
+    proc = run_cli(
+        "eval",
+        "--model",
+        "run:1",
+        "--data",
+        str(SUPPORT / "eval.jsonl"),
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "4",
+        "--json",
+        str(out_json),
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out_json.read_text())
     assert len(result["examples"]) == 3 and "rouge_l" in result["metrics"]

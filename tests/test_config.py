@@ -4,10 +4,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
 
 from tuneloop.config import Recipe, dump_recipe, load_recipe, recipe_from_dict, schema_markdown
 from tuneloop.errors import RecipeError
+
+from conftest import REPO
 
 
 def _write(tmp_path: Path, data: dict) -> Path:
@@ -26,8 +27,11 @@ def test_defaults_are_the_careful_ones() -> None:
 
 def test_typo_suggests_nearest_key(tmp_path: Path) -> None:
     path = _write(tmp_path, {"data": {"train": "a.jsonl"}, "training": {"learnig_rate": 1e-4}})
-    with pytest.raises(RecipeError, match=r"unknown key 'training.learnig_rate' \(did you mean "
-                       r"'training.learning_rate'\?\)"):  # fmt: skip
+    with pytest.raises(
+        RecipeError,
+        match=r"unknown key 'training.learnig_rate' \(did you mean "
+        r"'training.learning_rate'\?\)",
+    ):
         load_recipe(path)
 
 
@@ -40,7 +44,7 @@ def test_top_level_typo(tmp_path: Path) -> None:
 def test_bad_values_name_the_key() -> None:
     with pytest.raises(RecipeError, match=r"training.learning_rate: .*greater than 0 \(got -1"):
         recipe_from_dict({"data": {"train": "a"}, "training": {"learning_rate": -1}})
-    with pytest.raises(RecipeError, match="adapter.r: .*greater than 0"):
+    with pytest.raises(RecipeError, match=r"adapter\.r: .*greater than 0"):
         recipe_from_dict({"data": {"train": "a"}, "adapter": {"r": 0}})
     with pytest.raises(RecipeError, match="missing required key 'data'"):
         recipe_from_dict({})
@@ -50,9 +54,14 @@ def test_overrides_parse_types_and_paths(tmp_path: Path) -> None:
     path = _write(tmp_path, {"data": {"train": "train.jsonl"}})
     recipe = load_recipe(
         path,
-        ["training.learning_rate=1e-4", "adapter.r=8", "adapter.target_modules=[q_proj,v_proj]",
-         "training.gradient_checkpointing=true", "name=my run"],
-    )  # fmt: skip
+        [
+            "training.learning_rate=1e-4",
+            "adapter.r=8",
+            "adapter.target_modules=[q_proj,v_proj]",
+            "training.gradient_checkpointing=true",
+            "name=my run",
+        ],
+    )
     assert recipe.training.learning_rate == pytest.approx(1e-4)
     assert recipe.adapter.r == 8
     assert recipe.adapter.target_modules == ["q_proj", "v_proj"]
@@ -66,10 +75,10 @@ def test_override_errors(tmp_path: Path) -> None:
     path = _write(tmp_path, {"data": {"train": "a.jsonl"}})
     with pytest.raises(RecipeError, match="not of the form key=value"):
         load_recipe(path, ["training.learning_rate"])
-    with pytest.raises(RecipeError, match="did you mean 'training.epochs'"):
+    with pytest.raises(RecipeError, match=r"did you mean .training\.epochs."):
         load_recipe(path, ["training.epoch=2"])
     with pytest.raises(RecipeError, match="is a value, not a section"):
-        load_recipe(path, ["name.x=1"])
+        load_recipe(path, ["data.train.x=1"])
 
 
 def test_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
@@ -88,7 +97,9 @@ def test_resolved_recipe_round_trips(tmp_path: Path) -> None:
     assert again == recipe
 
 
-@pytest.mark.parametrize("path", sorted(REPO.glob("examples/**/*.yaml")), ids=lambda p: p.parent.name)
+@pytest.mark.parametrize(
+    "path", sorted(REPO.glob("examples/**/*.yaml")), ids=lambda p: p.parent.name
+)
 def test_every_shipped_recipe_parses(path: Path) -> None:
     recipe = load_recipe(path)
     assert isinstance(recipe, Recipe)

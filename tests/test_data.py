@@ -4,10 +4,11 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import chat, write_jsonl
 
 from tuneloop.data import detect_format, read_conversations
 from tuneloop.errors import DataError
+
+from conftest import chat, write_jsonl
 
 
 def test_messages_jsonl_with_system_prompt(tmp_path: Path) -> None:
@@ -26,13 +27,17 @@ def test_other_formats_are_detected(tmp_path: Path) -> None:
         {"question": "q", "answer": "a"},
     ]
     assert [detect_format(r) for r in rows] == [
-        "prompt_response", "alpaca", "sharegpt", "prompt_response"
-    ]  # fmt: skip
+        "prompt_response",
+        "alpaca",
+        "sharegpt",
+        "prompt_response",
+    ]
     data = read_conversations(write_jsonl(tmp_path / "mixed.jsonl", rows))
     assert data.conversations[1][0]["content"] == "Translate\n\nchat"
     assert data.conversations[2] == [
-        {"role": "user", "content": "u"}, {"role": "assistant", "content": "g"}
-    ]  # fmt: skip
+        {"role": "user", "content": "u"},
+        {"role": "assistant", "content": "g"},
+    ]
 
 
 def test_csv_and_json_files(tmp_path: Path) -> None:
@@ -54,8 +59,9 @@ def test_malformed_line_is_named(tmp_path: Path) -> None:
     # non-strict keeps every good row and reports the bad one
     data = read_conversations(path, strict=False)
     assert len(data.conversations) == 3
-    assert [str(e) for e in data.errors] == ["line 3: invalid JSON (Expecting property name "
-                                             "enclosed in double quotes at column 2)"]  # fmt: skip
+    assert [str(e) for e in data.errors] == [
+        "line 3: invalid JSON (Expecting property name enclosed in double quotes at column 2)"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -63,21 +69,30 @@ def test_malformed_line_is_named(tmp_path: Path) -> None:
     [
         ({"messages": [{"role": "user", "content": "q"}]}, "missing assistant answer"),
         ({"messages": [{"role": "bot", "content": "q"}]}, "message 0: role 'bot' is not one of"),
-        ({"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "a"}]},
-         "message 0 content is empty"),
-        ({"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "a"}]},
-         "message 0 content must be a string, got int"),
+        (
+            {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "a"}]},
+            "message 0 content is empty",
+        ),
+        (
+            {"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "a"}]},
+            "message 0 content must be a string, got int",
+        ),
         ({"messages": [{"role": "assistant", "content": "a"}]}, "expected role 'user'"),
-        ({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]},
-         "message 1: expected role 'assistant'"),
-        ({"prompt": "p"}, "no answer field"),
+        (
+            {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]},
+            "message 1: expected role 'assistant'",
+        ),
+        ({"prompt": "p"}, "cannot tell the row format from its keys (prompt)"),
         ([1, 2], "expected a JSON object, got list"),
     ],
 )
 def test_row_problems_are_explained(tmp_path: Path, row: object, problem: str) -> None:
     path = write_jsonl(tmp_path / "d.jsonl", [chat("ok", "fine"), row])
-    data = read_conversations(path, fmt="messages" if isinstance(row, dict) and "messages" in row
-                              else "auto", strict=False)  # fmt: skip
+    data = read_conversations(
+        path,
+        fmt="messages" if isinstance(row, dict) and "messages" in row else "auto",
+        strict=False,
+    )
     assert len(data.conversations) == 1
     assert len(data.errors) == 1 and data.errors[0].where == "line 2"
     assert problem in data.errors[0].problem
@@ -101,3 +116,11 @@ def test_not_utf8(tmp_path: Path) -> None:
     path.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(DataError, match="not UTF-8"):
         read_conversations(path)
+
+
+def test_forced_format_reports_missing_field(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "p", "response": "r"}, {"prompt": "p"}])
+    data = read_conversations(path, fmt="prompt_response", strict=False)
+    assert [str(e) for e in data.errors] == [
+        "line 2: no answer field (expected one of response, completion, answer, output)"
+    ]

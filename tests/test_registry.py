@@ -22,8 +22,13 @@ def test_migrations_match_the_tables(tmp_path: Path) -> None:
         assert ctx.get_current_revision() == registry.head_revision()
         assert compare_metadata(ctx, Base.metadata) == []
     assert set(inspect(engine).get_table_names()) >= {
-        "datasets", "runs", "run_datasets", "models", "eval_results", "eval_examples"
-    }  # fmt: skip
+        "datasets",
+        "runs",
+        "run_datasets",
+        "models",
+        "eval_results",
+        "eval_examples",
+    }
 
 
 def test_reopening_keeps_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -72,10 +77,14 @@ def test_run_lifecycle_merges_metrics_and_links_datasets() -> None:
 def test_eval_results_keep_every_example() -> None:
     run = registry.start_run("e", "eval")
     examples = [
-        {"prompt": [{"role": "user", "content": f"q{i}"}], "reference": f"r{i}",
-         "prediction": f"p{i}", "scores": {"rouge_l": i / 10}}
+        {
+            "prompt": [{"role": "user", "content": f"q{i}"}],
+            "reference": f"r{i}",
+            "prediction": f"p{i}",
+            "scores": {"rouge_l": i / 10},
+        }
         for i in range(5)
-    ]  # fmt: skip
+    ]
     result = registry.add_eval("m", {"rouge_l": 0.2}, examples, run_id=run.id)
     stored = registry.eval_examples(result.id)
     assert [e.prediction for e in stored] == [f"p{i}" for i in range(5)]

@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import SUPPORT, chat, write_jsonl
 
 from tuneloop import registry
 from tuneloop.config import recipe_from_dict
 from tuneloop.evaluate import evaluate_file
 from tuneloop.train.sft import train
+
+from conftest import SUPPORT, chat, write_jsonl
 
 
 def _recipe(tiny_model: Path, tmp_path: Path, **training) -> object:
@@ -21,11 +22,16 @@ def _recipe(tiny_model: Path, tmp_path: Path, **training) -> object:
             "model": str(tiny_model),
             "data": {"train": str(SUPPORT / "train.jsonl"), "max_length": 256},
             "adapter": {"type": training.pop("adapter", "lora"), "r": 4, "alpha": 8},
-            "training": {"max_steps": 3, "batch_size": 4, "logging_steps": 1,
-                         "learning_rate": 1e-2, **training},
+            "training": {
+                "max_steps": 3,
+                "batch_size": 4,
+                "logging_steps": 1,
+                "learning_rate": 1e-2,
+                **training,
+            },
             "output_dir": str(tmp_path / "runs"),
         }
-    )  # fmt: skip
+    )
 
 
 def test_lora_run_is_recorded_and_reloadable(tiny_model: Path, tmp_path: Path) -> None:
@@ -53,8 +59,9 @@ def test_lora_run_is_recorded_and_reloadable(tiny_model: Path, tmp_path: Path) -
     assert lora_b and all(v.abs().sum() > 0 for v in lora_b.values())
 
     # the run is a model reference: evaluate it by id
-    out = evaluate_file(f"run:{run.id}", SUPPORT / "eval.jsonl", limit=4, max_new_tokens=4,
-                        batch_size=2)  # fmt: skip
+    out = evaluate_file(
+        f"run:{run.id}", SUPPORT / "eval.jsonl", limit=4, max_new_tokens=4, batch_size=2
+    )
     assert set(out.metrics) == {"exact_match", "rouge_l", "bleu", "perplexity"}
     assert registry.evals_for_run(run.id)[0].id == out.eval_id
     assert len(registry.eval_examples(out.eval_id)) == 4

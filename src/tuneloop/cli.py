@@ -115,8 +115,13 @@ def eval_cmd(
         click.echo(f"{name:12s} {value:.4f}")
     click.echo(f"eval {out.eval_id} stored ({len(out.examples)} examples, {out.seconds:.0f} s)")
     if json_out:
-        payload = {"model": model_ref, "data": data, "metrics": out.metrics,
-                   "eval_id": out.eval_id, "examples": out.examples}  # fmt: skip
+        payload = {
+            "model": model_ref,
+            "data": data,
+            "metrics": out.metrics,
+            "eval_id": out.eval_id,
+            "examples": out.examples,
+        }
         Path(json_out).write_text(json.dumps(payload, indent=2), encoding="utf-8")
 
 
@@ -144,8 +149,10 @@ def models_list() -> None:
 
     rows = list_cached()
     cached = {r["name"] for r in rows}
-    _table(["name", "source", "size_mb", "path"], [[r[k] for k in ("name", "source", "size_mb",
-                                                                 "path")] for r in rows])  # fmt: skip
+    _table(
+        ["name", "source", "size_mb", "path"],
+        [[r[k] for k in ("name", "source", "size_mb", "path")] for r in rows],
+    )
     for name in BUNDLED:
         if name not in cached:
             click.echo(f"{name} (bundled, not pulled yet: `tuneloop models pull {name}`)")
@@ -193,8 +200,17 @@ def runs_list(limit: int, kind: str | None) -> None:
     for r in list_runs(limit, kind):
         headline = r.metrics.get("final_loss", r.metrics.get("train_loss"))
         shown = f"{headline:.4f}" if isinstance(headline, float) else ""
-        rows.append([r.id, r.kind, r.name, r.status, r.base_model or "", shown,
-                     r.created_at.strftime("%Y-%m-%d %H:%M")])  # fmt: skip
+        rows.append(
+            [
+                r.id,
+                r.kind,
+                r.name,
+                r.status,
+                r.base_model or "",
+                shown,
+                r.created_at.strftime("%Y-%m-%d %H:%M"),
+            ]
+        )
     _table(["id", "kind", "name", "status", "model", "loss", "created"], rows)
 
 
@@ -206,18 +222,35 @@ def runs_show(run_id: int) -> None:
 
     r = get_run(run_id)
     info: dict[str, Any] = {
-        "id": r.id, "name": r.name, "kind": r.kind, "status": r.status, "base_model": r.base_model,
-        "run_dir": r.run_dir, "git_commit": r.git_commit, "package_version": r.package_version,
-        "created_at": str(r.created_at), "finished_at": str(r.finished_at) if r.finished_at else None,
-        "error": r.error, "metrics": r.metrics, "timings": r.timings,
-        "datasets": [{"role": d.role, "id": d.dataset.id, "name": d.dataset.name,
-                      "version": d.dataset.version, "hash": d.dataset.content_hash[:12]}
-                     for d in r.datasets],
+        "id": r.id,
+        "name": r.name,
+        "kind": r.kind,
+        "status": r.status,
+        "base_model": r.base_model,
+        "run_dir": r.run_dir,
+        "git_commit": r.git_commit,
+        "package_version": r.package_version,
+        "created_at": str(r.created_at),
+        "finished_at": str(r.finished_at) if r.finished_at else None,
+        "error": r.error,
+        "metrics": r.metrics,
+        "timings": r.timings,
+        "datasets": [
+            {
+                "role": d.role,
+                "id": d.dataset.id,
+                "name": d.dataset.name,
+                "version": d.dataset.version,
+                "hash": d.dataset.content_hash[:12],
+            }
+            for d in r.datasets
+        ],
         "models": [{"id": m.id, "kind": m.kind, "path": m.path} for m in models_for_run(r.id)],
-        "evals": [{"id": e.id, "model": e.model_ref, "metrics": e.metrics}
-                  for e in evals_for_run(r.id)],
+        "evals": [
+            {"id": e.id, "model": e.model_ref, "metrics": e.metrics} for e in evals_for_run(r.id)
+        ],
         "recipe": r.recipe,
-    }  # fmt: skip
+    }
     click.echo(json.dumps(info, indent=2, default=str))
 
 

@@ -62,10 +62,14 @@ def run_quickstart(
     timings["model_s"] = time.perf_counter() - t_start
     _say("[2/5] validating data")
     t = time.perf_counter()
-    train_data = read_conversations(recipe.data.train, recipe.data.format, recipe.data.system_prompt)
+    train_data = read_conversations(
+        recipe.data.train, recipe.data.format, recipe.data.system_prompt
+    )
     eval_data = read_conversations(recipe.data.eval, recipe.data.format, recipe.data.system_prompt)
-    eval_convs = eval_data.conversations[: recipe.eval.limit] if recipe.eval.limit else (
-        eval_data.conversations
+    eval_convs = (
+        eval_data.conversations[: recipe.eval.limit]
+        if recipe.eval.limit
+        else (eval_data.conversations)
     )
     _say(
         f"      train: {len(train_data.conversations)} conversations ({train_data.format}), "
@@ -75,9 +79,13 @@ def run_quickstart(
         Path(recipe.data.eval).stem, eval_data.conversations, recipe.data.eval, eval_data.format
     )
     qs_run = registry.start_run(
-        name="quickstart", kind="quickstart", recipe=recipe.model_dump(mode="json"),
-        base_model=recipe.model, run_dir=str(out), datasets={"eval": eval_ds.id},
-    )  # fmt: skip
+        name="quickstart",
+        kind="quickstart",
+        recipe=recipe.model_dump(mode="json"),
+        base_model=recipe.model,
+        run_dir=str(out),
+        datasets={"eval": eval_ds.id},
+    )
     timings["data_s"] = time.perf_counter() - t
     settings = {"max_new_tokens": recipe.eval.max_new_tokens, "batch_size": recipe.eval.batch_size}
 
@@ -88,10 +96,14 @@ def run_quickstart(
             model, tokenizer, eval_convs, recipe.eval.metrics, label=label, **settings
         )
         record = registry.add_eval(
-            model_ref=ref, metrics=result.metrics, examples=result.examples,
+            model_ref=ref,
+            metrics=result.metrics,
+            examples=result.examples,
             settings={**settings, "decoding": "greedy", "generation": result.generation},
-            run_id=qs_run.id, dataset_id=eval_ds.id, seconds=result.seconds,
-        )  # fmt: skip
+            run_id=qs_run.id,
+            dataset_id=eval_ds.id,
+            seconds=result.seconds,
+        )
         result.eval_id = record.id
         timings[f"eval_{label}_s"] = time.perf_counter() - t
         del model
@@ -125,9 +137,12 @@ def run_quickstart(
         "improved": {
             name: _better(name, base.metrics[name], tuned.metrics[name]) for name in base.metrics
         },
-        "training": {**trained.metrics, "loss_history": [
-            {"step": h["step"], "loss": h["loss"]} for h in trained.history if "loss" in h
-        ]},  # fmt: skip
+        "training": {
+            **trained.metrics,
+            "loss_history": [
+                {"step": h["step"], "loss": h["loss"]} for h in trained.history if "loss" in h
+            ],
+        },
         "run_ids": {"quickstart": qs_run.id, "train": trained.run_id},
         "data": {
             "train": recipe.data.train,
@@ -153,11 +168,12 @@ def run_quickstart(
     tmp.write_text(html_text, encoding="utf-8")
     tmp.replace(out / "report.html")
     registry.update_run(
-        qs_run.id, status="completed",
+        qs_run.id,
+        status="completed",
         metrics={f"base.{k}": v for k, v in base.metrics.items()}
         | {f"tuned.{k}": v for k, v in tuned.metrics.items()},
         timings=timings,
-    )  # fmt: skip
+    )
     _say(f"report: {out / 'report.html'}  ({timings['total_s']:.0f} s)")
     return report
 

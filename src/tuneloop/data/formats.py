@@ -19,9 +19,14 @@ from tuneloop.errors import DataError
 FORMATS = ("messages", "prompt_response", "alpaca", "sharegpt")
 ROLES = ("system", "user", "assistant")
 _SHAREGPT_ROLES = {
-    "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-    "model": "assistant", "bot": "assistant", "system": "system",
-}  # fmt: skip
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "model": "assistant",
+    "bot": "assistant",
+    "system": "system",
+}
 _PROMPT_KEYS = ("prompt", "question", "input", "query")
 _ANSWER_KEYS = ("response", "completion", "answer", "output")
 
@@ -92,7 +97,9 @@ def _raw_rows(path: Path) -> tuple[list[tuple[str, Any]], list[RowError]]:
             try:
                 rows.append((f"line {i}", json.loads(line)))
             except json.JSONDecodeError as err:
-                errors.append(RowError(f"line {i}", f"invalid JSON ({err.msg} at column {err.colno})"))
+                errors.append(
+                    RowError(f"line {i}", f"invalid JSON ({err.msg} at column {err.colno})")
+                )
     return rows, errors
 
 
@@ -141,7 +148,9 @@ def to_conversation(row: Any, fmt: str) -> Conversation:
             role = msg.get("role")
             if role not in ROLES:
                 raise ValueError(f"message {i}: role {role!r} is not one of {', '.join(ROLES)}")
-            conv.append({"role": role, "content": _text(msg.get("content"), f"message {i} content")})
+            conv.append(
+                {"role": role, "content": _text(msg.get("content"), f"message {i} content")}
+            )
     elif fmt == "sharegpt":
         turns = row.get("conversations")
         if not isinstance(turns, list):
@@ -211,8 +220,10 @@ def read_conversations(
         detected = max(set(found), key=found.count) if found else "unknown"
     out = LoadedData(path=str(path), format=detected, errors=errors)
     for where, row in rows:
-        row_fmt = detected if fmt != "auto" else (detect_format(row) or detected)
+        row_fmt = fmt if fmt != "auto" else detect_format(row)
         try:
+            if row_fmt is None:
+                raise ValueError(_undetected(row))
             conv = to_conversation(row, row_fmt)
         except ValueError as err:
             out.errors.append(RowError(where, str(err)))
@@ -227,6 +238,16 @@ def read_conversations(
     if not out.conversations:
         raise DataError(f"{path}: no usable rows")
     return out
+
+
+def _undetected(row: Any) -> str:
+    if not isinstance(row, dict):
+        return f"expected a JSON object, got {type(row).__name__}"
+    keys = ", ".join(sorted(map(str, row))) or "none"
+    return (
+        f"cannot tell the row format from its keys ({keys}); expected messages, conversations, "
+        "instruction/output or prompt/response"
+    )
 
 
 def _order(where: str) -> int:

@@ -77,7 +77,11 @@ def generate(
         if progress:
             progress(len(idx))
     seconds = time.perf_counter() - start
-    stats = {"seconds": seconds, "new_tokens": total_new, "tokens_per_s": total_new / max(seconds, 1e-9)}
+    stats = {
+        "seconds": seconds,
+        "new_tokens": total_new,
+        "tokens_per_s": total_new / max(seconds, 1e-9),
+    }
     return [r for r in results if r is not None], stats
 
 
@@ -121,9 +125,11 @@ def answer_nll(
         logits = logits[:, :-1].float()
         target = labels[:, 1:].to(device)
         nll = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), target.reshape(-1), reduction="none",
+            logits.reshape(-1, logits.size(-1)),
+            target.reshape(-1),
+            reduction="none",
             ignore_index=-100,
-        ).view(target.shape)  # fmt: skip
+        ).view(target.shape)
         mask = target != -100
         for row in range(len(batch)):
             out.append((float(nll[row][mask[row]].sum()), int(mask[row].sum())))

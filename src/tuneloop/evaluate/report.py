@@ -68,7 +68,9 @@ def render_html(report: dict[str, Any], samples: list[dict[str, Any]], png: byte
                 "tuned": tuned,
                 "delta": tuned - base,
                 "better": improved(name, base, tuned),
-                "direction": "higher is better" if HIGHER_IS_BETTER.get(name, True) else "lower is better",
+                "direction": "higher is better"
+                if HIGHER_IS_BETTER.get(name, True)
+                else "lower is better",
             }
         )
     plot = base64.b64encode(png).decode("ascii") if png else None

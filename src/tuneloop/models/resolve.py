@@ -103,7 +103,9 @@ def load_tokenizer(path: str) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as err:
-        raise ModelError(f"cannot load tokenizer from {path!r}: {str(err).splitlines()[0]}") from None
+        raise ModelError(
+            f"cannot load tokenizer from {path!r}: {str(err).splitlines()[0]}"
+        ) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
@@ -136,8 +138,10 @@ def load_model(resolved: ResolvedModel, dtype: Any = None, merge: bool = True) -
 def load(ref: str, dtype: Any = None) -> tuple[Any, Any, ResolvedModel]:
     """Resolve and load a model and its tokenizer for inference."""
     resolved = resolve(ref)
-    tokenizer_path = resolved.adapter if resolved.adapter and _has_tokenizer(resolved.adapter) else (
-        resolved.base
+    tokenizer_path = (
+        resolved.adapter
+        if resolved.adapter and _has_tokenizer(resolved.adapter)
+        else (resolved.base)
     )
     tokenizer = load_tokenizer(tokenizer_path)
     return load_model(resolved, dtype=dtype), tokenizer, resolved

@@ -177,9 +177,9 @@ def add_model(
 def models_for_run(run_id: int) -> list[ModelRecord]:
     with session_scope() as s:
         return list(
-            s.scalars(select(ModelRecord).where(ModelRecord.run_id == run_id).order_by(
-                ModelRecord.id
-            ))
+            s.scalars(
+                select(ModelRecord).where(ModelRecord.run_id == run_id).order_by(ModelRecord.id)
+            )
         )
 
 
@@ -229,9 +229,9 @@ def eval_examples(eval_id: int) -> list[EvalExample]:
     with session_scope() as s:
         return list(
             s.scalars(
-                select(EvalExample).where(EvalExample.eval_id == eval_id).order_by(
-                    EvalExample.index
-                )
+                select(EvalExample)
+                .where(EvalExample.eval_id == eval_id)
+                .order_by(EvalExample.index)
             )
         )
 

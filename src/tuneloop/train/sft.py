@@ -69,15 +69,19 @@ def train(recipe: Recipe, run_dir: str | Path | None = None) -> TrainResult:
     )
     datasets = {
         "train": registry.register_dataset(
-            Path(recipe.data.train).stem, train_data.conversations, recipe.data.train,
+            Path(recipe.data.train).stem,
+            train_data.conversations,
+            recipe.data.train,
             train_data.format,
         ).id
-    }  # fmt: skip
+    }
     if eval_data is not None and recipe.data.eval:
         datasets["eval"] = registry.register_dataset(
-            Path(recipe.data.eval).stem, eval_data.conversations, recipe.data.eval,
+            Path(recipe.data.eval).stem,
+            eval_data.conversations,
+            recipe.data.eval,
             eval_data.format,
-        ).id  # fmt: skip
+        ).id
 
     # --- run record and directory
     resolved = resolve(recipe.model)
@@ -116,9 +120,13 @@ def train(recipe: Recipe, run_dir: str | Path | None = None) -> TrainResult:
     model_dir = run_path / "model"
     kind = "adapter" if recipe.adapter.type == "lora" else "full"
     registry.add_model(
-        name=f"{recipe.name}-{run.id}", kind=kind, path=str(model_dir), base_model=recipe.model,
-        run_id=run.id, step=result["history"][-1]["step"] if result["history"] else None,
-    )  # fmt: skip
+        name=f"{recipe.name}-{run.id}",
+        kind=kind,
+        path=str(model_dir),
+        base_model=recipe.model,
+        run_id=run.id,
+        step=result["history"][-1]["step"] if result["history"] else None,
+    )
     registry.update_run(run.id, status="completed", metrics=result["metrics"], timings=timings)
     return TrainResult(
         run_id=run.id,
