@@ -124,3 +124,15 @@ def test_forced_format_reports_missing_field(tmp_path: Path) -> None:
     assert [str(e) for e in data.errors] == [
         "line 2: no answer field (expected one of response, completion, answer, output)"
     ]
+
+
+def test_csv_quoted_newlines_stay_in_one_row(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text('prompt,response\n"line one\nline two","answer, with comma"\n', "utf-8")
+    data = read_conversations(path)
+    assert data.conversations == [
+        [
+            {"role": "user", "content": "line one\nline two"},
+            {"role": "assistant", "content": "answer, with comma"},
+        ]
+    ]

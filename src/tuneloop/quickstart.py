@@ -43,9 +43,9 @@ def run_quickstart(
     from tuneloop import registry
     from tuneloop.config import load_recipe
     from tuneloop.data import read_conversations
-    from tuneloop.evaluate import evaluate_conversations
+    from tuneloop.evaluate import evaluate_file
     from tuneloop.evaluate.report import loss_curve_png, render_html, write_json_atomic
-    from tuneloop.models import load, resolve
+    from tuneloop.models import resolve
     from tuneloop.train.sft import train
 
     t_start = time.perf_counter()
@@ -87,26 +87,22 @@ def run_quickstart(
         datasets={"eval": eval_ds.id},
     )
     timings["data_s"] = time.perf_counter() - t
-    settings = {"max_new_tokens": recipe.eval.max_new_tokens, "batch_size": recipe.eval.batch_size}
 
     def evaluate(ref: str, label: str) -> Any:
         t = time.perf_counter()
-        model, tokenizer, _ = load(ref)
-        result = evaluate_conversations(
-            model, tokenizer, eval_convs, recipe.eval.metrics, label=label, **settings
-        )
-        record = registry.add_eval(
-            model_ref=ref,
-            metrics=result.metrics,
-            examples=result.examples,
-            settings={**settings, "decoding": "greedy", "generation": result.generation},
+        result = evaluate_file(
+            ref,
+            recipe.data.eval,
+            recipe.eval.metrics,
+            recipe.eval.max_new_tokens,
+            recipe.eval.batch_size,
+            recipe.eval.limit,
+            recipe.data.format,
+            recipe.data.system_prompt,
             run_id=qs_run.id,
-            dataset_id=eval_ds.id,
-            seconds=result.seconds,
+            label=label,
         )
-        result.eval_id = record.id
         timings[f"eval_{label}_s"] = time.perf_counter() - t
-        del model
         return result
 
     try:

@@ -95,6 +95,11 @@ class TrainingConfig(_Section):
         default=False,
         description="Recompute activations in the backward pass: less memory, ~30% slower.",
     )
+    group_by_length: bool = Field(
+        default=True,
+        description="Batch examples of similar length together (shuffled megabatches sorted "
+        "by length): about 25% less padding on mixed-length chat data.",
+    )
     seed: int = Field(default=0, description="Seed for data order, dropout and initialisation.")
     logging_steps: int = Field(default=5, gt=0, description="Log metrics every N steps.")
     report_to: list[str] = Field(

@@ -9,6 +9,7 @@ bad rows are fatal (`strict=True`, the default for training) or skipped and coun
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,7 +85,7 @@ def _raw_rows(path: Path) -> tuple[list[tuple[str, Any]], list[RowError]]:
             raise DataError(f"{path}: a .json data file must hold a list of rows")
         rows = [(f"row {i}", item) for i, item in enumerate(data)]
     elif suffix == ".csv":
-        reader = csv.DictReader(text.splitlines())
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         for i, item in enumerate(reader, start=2):
             if None in item:
                 errors.append(RowError(f"line {i}", "more fields than the header"))

