@@ -101,7 +101,7 @@ def test_row_problems_are_explained(tmp_path: Path, row: object, problem: str) -
 def test_missing_empty_and_directory(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="data file not found"):
         read_conversations(tmp_path / "nope.jsonl")
-    with pytest.raises(DataError, match="is a directory"):
+    with pytest.raises(DataError, match=r"is a directory with no \.txt"):
         read_conversations(tmp_path)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n", encoding="utf-8")

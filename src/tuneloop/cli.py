@@ -185,6 +185,159 @@ def recipe_validate(path: str, overrides: tuple[str, ...]) -> None:
 
 
 @cli.group()
+def data() -> None:
+    """Inspect, curate and version datasets."""
+
+
+@data.command("inspect")
+@click.argument("path", type=click.Path())
+@click.option("--format", "fmt", default="auto", show_default=True, help="Row format.")
+@click.option("--model", help="Tokenizer for token lengths (default: the bundled model).")
+@click.option("--card", "card_path", type=click.Path(dir_okay=False), help="Write card HTML.")
+@click.option("--json", "as_json", is_flag=True, help="Print the card as JSON.")
+def data_inspect(
+    path: str, fmt: str, model: str | None, card_path: str | None, as_json: bool
+) -> None:
+    """Read PATH and report format, rows, problems, duplicates, PII and warnings."""
+    _quiet_libraries()
+    from tuneloop.data.card import render_card_html
+    from tuneloop.data.curate import inspect
+
+    card = inspect(path, fmt, model)
+    if card_path:
+        from pathlib import Path
+
+        Path(card_path).write_text(render_card_html(card), encoding="utf-8")
+    if as_json:
+        click.echo(json.dumps(card, indent=2, default=str))
+        return
+    info = card["input"]
+    click.echo(
+        f"{info['path']}: {info['rows_read']} rows, format {info['format']}, "
+        f"kind {info['kind']}, {info['malformed']} malformed"
+    )
+    for err in info["malformed_examples"]:
+        click.echo(f"  {err['where']}: {err['problem']}")
+    lengths = card["lengths"]["total"]
+    if lengths.get("n"):
+        click.echo(
+            f"length ({card['lengths']['unit']}): median {lengths['median']}, "
+            f"p95 {lengths['p95']}, max {lengths['max']}"
+        )
+    if card.get("labels"):
+        click.echo(f"labels: {len(card['labels'])}")
+    for warning in card["warnings"]:
+        click.echo(f"warning: {warning}")
+
+
+@data.command("curate")
+@click.argument("path", type=click.Path())
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="curate.yaml.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--name", help="Dataset name in the registry (default: the file stem).")
+def data_curate(path: str, config_path: str | None, out: str, name: str | None) -> None:
+    """Curate PATH with the steps in --config (default: a safe pipeline) into --out."""
+    from tuneloop.config.curate import load_curate_config
+
+    config, config_dir = load_curate_config(config_path)
+    _quiet_libraries()
+    from tuneloop.data.curate import curate
+
+    result = curate(path, config, out, name=name, config_dir=config_dir)
+    for log in result.logs:
+        dropped = sum(log.dropped.values())
+        changed = sum(log.changed.values())
+        click.echo(
+            f"{log.step:18s} {log.rows_in:>7} -> {log.rows_out:<7} dropped {dropped:<6} "
+            f"changed {changed:<6} {log.seconds:.1f}s"
+        )
+    for warning in result.card["warnings"]:
+        click.echo(f"warning: {warning}")
+    ids = ", ".join(f"{k}: {v}" for k, v in result.dataset_ids.items())
+    click.echo(f"datasets {ids}; card: {result.out_dir / 'card.html'}")
+
+
+@data.command("ls")
+def data_ls() -> None:
+    """Every dataset version in the registry."""
+    from tuneloop.registry import list_datasets
+
+    rows = [
+        [
+            d.id,
+            d.name,
+            d.version,
+            d.num_rows,
+            d.format,
+            d.parent_id or "",
+            d.content_hash[:12],
+            d.created_at.strftime("%Y-%m-%d %H:%M"),
+        ]
+        for d in list_datasets()
+    ]
+    _table(["id", "name", "version", "rows", "format", "parent", "hash", "created"], rows)
+
+
+@data.command("show")
+@click.argument("dataset_id", type=int)
+@click.option("--rows", "n_rows", default=3, show_default=True, help="Rows to print.")
+def data_show(dataset_id: int, n_rows: int) -> None:
+    """One dataset version: lineage, curation steps, a few rows."""
+    from tuneloop.registry import get_dataset
+
+    d = get_dataset(dataset_id)
+    info = {
+        "id": d.id,
+        "name": d.name,
+        "version": d.version,
+        "rows": d.num_rows,
+        "format": d.format,
+        "content_hash": d.content_hash,
+        "parent_id": d.parent_id,
+        "path": d.path,
+        "created_at": str(d.created_at),
+        "meta": d.meta,
+    }
+    click.echo(json.dumps(info, indent=2, default=str))
+    if n_rows and d.path.endswith(".parquet"):
+        from pathlib import Path
+
+        from tuneloop.data.store import read_parquet
+
+        if Path(d.path).is_file():
+            for row in read_parquet(Path(d.path))[:n_rows]:
+                click.echo(json.dumps(row, ensure_ascii=False))
+
+
+@data.command("diff")
+@click.argument("old_id", type=int)
+@click.argument("new_id", type=int)
+def data_diff(old_id: int, new_id: int) -> None:
+    """Rows added and removed between two stored dataset versions, and label shifts."""
+    from tuneloop.data.diff import diff_versions
+
+    result = diff_versions(old_id, new_id)
+    click.echo(json.dumps(result, indent=2, default=str))
+
+
+@data.command("steps")
+def data_steps() -> None:
+    """The curation steps available in a curate.yaml and their parameters."""
+    import inspect as pyinspect
+
+    from tuneloop.data.pipeline import STEPS
+
+    for name, fn in STEPS.items():
+        params = [
+            f"{p.name}={p.default!r}"
+            for p in pyinspect.signature(fn).parameters.values()
+            if p.name not in ("rows", "log")
+        ]
+        doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        click.echo(f"{name}: {doc}\n    {', '.join(params)}")
+
+
+@cli.group()
 def runs() -> None:
     """Inspect runs in the registry."""
 

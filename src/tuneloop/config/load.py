@@ -55,9 +55,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+def _model_at(loc: tuple[Any, ...], root: type[BaseModel] = Recipe) -> type[BaseModel] | None:
     """The pydantic model class that owns the field at `loc` (for key suggestions)."""
-    model: type[BaseModel] = Recipe
+    model: type[BaseModel] = root
     for part in loc:
         field = model.model_fields.get(str(part))
         if field is None:
@@ -75,14 +75,16 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return model
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
+def format_validation_error(
+    err: ValidationError, source: str, model: type[BaseModel] = Recipe
+) -> str:
     """Render pydantic errors as `source: key: problem` lines, with did-you-mean hints."""
     lines = []
     for item in err.errors():
         loc = tuple(item["loc"])
         dotted = ".".join(str(p) for p in loc) or "(top level)"
         if item["type"] == "extra_forbidden":
-            owner = _model_at(loc[:-1])
+            owner = _model_at(loc[:-1], model)
             hint = ""
             if owner is not None:
                 close = difflib.get_close_matches(str(loc[-1]), list(owner.model_fields), n=1)

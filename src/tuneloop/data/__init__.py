@@ -1,23 +1,35 @@
-"""Data formats, readers and (in later issues) curation steps."""
+"""Data: formats and readers, normalised rows, and composable curation steps."""
 
 from tuneloop.data.formats import (
     FORMATS,
     Conversation,
-    LoadedData,
-    RowError,
+    RowOptions,
     detect_format,
-    read_conversations,
     split_prompt,
     to_conversation,
+    to_row,
 )
+from tuneloop.data.readers import (
+    LoadedData,
+    ReadResult,
+    RowError,
+    read_conversations,
+    read_rows,
+)
+from tuneloop.data.records import Row
 
 __all__ = [
     "FORMATS",
     "Conversation",
     "LoadedData",
+    "ReadResult",
+    "Row",
     "RowError",
+    "RowOptions",
     "detect_format",
     "read_conversations",
+    "read_rows",
     "split_prompt",
     "to_conversation",
+    "to_row",
 ]

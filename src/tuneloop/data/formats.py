@@ -1,23 +1,34 @@
-"""Read chat and prompt/response files into conversations, reporting bad rows by index.
+"""Row formats: detect what a raw row is and turn it into a normalised row.
 
-A conversation is a list of `{"role": ..., "content": ...}` messages: an optional system
-message, then user/assistant turns alternating, ending with an assistant answer. Every
-reader keeps the good rows and names each bad one (`line 7: ...`); callers decide whether
-bad rows are fatal (`strict=True`, the default for training) or skipped and counted.
+Supported (detected per row from its keys, or fixed by the caller):
+
+| format | keys | kind |
+| --- | --- | --- |
+| `messages` | `messages` (OpenAI chat fine-tuning) | sft |
+| `sharegpt` | `conversations` with `from`/`value` | sft |
+| `alpaca` | `instruction`, optional `input`, `output` | sft |
+| `prompt_response` | prompt/question/input/query + response/completion/answer/output | sft |
+| `classification` | text/sentence + label/category/intent (through a prompt template) | sft |
+| `preference` | `chosen` + `rejected` (+ `prompt`; strings, chats, HH transcripts) | preference |
+| `kto` | `prompt` + `completion` + boolean `label` | kto |
+| `text` | `text` only (raw documents) | text |
+| `tuneloop` | a row tuneloop wrote itself (has `kind`) | any |
+
+Conversion errors are ValueErrors naming the message index; the file readers in
+`readers.py` prefix them with the row's location (`line 7: ...`).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from tuneloop.errors import DataError
+from tuneloop.data.records import KINDS, Row, sft_row
 
-FORMATS = ("messages", "prompt_response", "alpaca", "sharegpt")
+FORMATS = (
+    "messages", "sharegpt", "alpaca", "prompt_response", "classification", "preference", "kto",
+    "text", "tuneloop",
+)  # fmt: skip
 ROLES = ("system", "user", "assistant")
 _SHAREGPT_ROLES = {
     "human": "user",
@@ -30,92 +41,47 @@ _SHAREGPT_ROLES = {
 }
 _PROMPT_KEYS = ("prompt", "question", "input", "query")
 _ANSWER_KEYS = ("response", "completion", "answer", "output")
+_TEXT_KEYS = ("text", "sentence", "utterance", "content")
+_LABEL_KEYS = ("label", "category", "intent", "class")
+DEFAULT_CLASSIFICATION_TEMPLATE = (
+    "Classify the following message. Answer with the label only.\n\nMessage: {text}"
+)
 
 Conversation = list[dict[str, str]]
 
 
-@dataclass
-class RowError:
-    """One malformed row: where it is (`line 7` or `row 3`) and what is wrong."""
+@dataclass(frozen=True)
+class RowOptions:
+    """How raw rows become normalised rows (shared by every reader)."""
 
-    where: str
-    problem: str
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.problem}"
-
-
-@dataclass
-class LoadedData:
-    """Conversations read from a file, the detected format, and the rows that failed."""
-
-    path: str
-    format: str
-    conversations: list[Conversation] = field(default_factory=list)
-    errors: list[RowError] = field(default_factory=list)
-    sources: list[str] = field(default_factory=list)  # where each conversation came from
-
-    def raise_if_errors(self, limit: int = 3) -> None:
-        if not self.errors:
-            return
-        shown = "; ".join(str(e) for e in self.errors[:limit])
-        more = f" (and {len(self.errors) - limit} more)" if len(self.errors) > limit else ""
-        raise DataError(f"{self.path}: {len(self.errors)} malformed row(s): {shown}{more}")
-
-
-def _raw_rows(path: Path) -> tuple[list[tuple[str, Any]], list[RowError]]:
-    """Rows as (where, parsed object) plus parse errors, by file type."""
-    rows: list[tuple[str, Any]] = []
-    errors: list[RowError] = []
-    suffix = path.suffix.lower()
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    except OSError as err:
-        raise DataError(f"cannot read {path}: {err.strerror}") from None
-    if suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from None
-        if isinstance(data, dict) and isinstance(data.get("data"), list):
-            data = data["data"]
-        if not isinstance(data, list):
-            raise DataError(f"{path}: a .json data file must hold a list of rows")
-        rows = [(f"row {i}", item) for i, item in enumerate(data)]
-    elif suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        for i, item in enumerate(reader, start=2):
-            if None in item:
-                errors.append(RowError(f"line {i}", "more fields than the header"))
-                continue
-            rows.append((f"line {i}", dict(item)))
-    else:  # .jsonl and anything else: one JSON object per line
-        for i, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((f"line {i}", json.loads(line)))
-            except json.JSONDecodeError as err:
-                errors.append(
-                    RowError(f"line {i}", f"invalid JSON ({err.msg} at column {err.colno})")
-                )
-    return rows, errors
+    system_prompt: str | None = None
+    classification_template: str = DEFAULT_CLASSIFICATION_TEMPLATE
+    text_field: str | None = None  # classification: which column holds the text
+    label_field: str | None = None  # classification: which column holds the label
 
 
 def detect_format(row: Any) -> str | None:
     """The format a row is in, judged by its keys, or None."""
     if not isinstance(row, dict):
         return None
+    if "kind" in row and row["kind"] in KINDS:
+        return "tuneloop"
     if "messages" in row:
         return "messages"
     if "conversations" in row:
         return "sharegpt"
+    if "chosen" in row and "rejected" in row:
+        return "preference"
+    if "completion" in row and isinstance(row.get("label"), bool):
+        return "kto"
     if "instruction" in row and ("output" in row or "response" in row):
         return "alpaca"
     if any(k in row for k in _PROMPT_KEYS) and any(k in row for k in _ANSWER_KEYS):
         return "prompt_response"
+    if any(k in row for k in _TEXT_KEYS) and any(k in row for k in _LABEL_KEYS):
+        return "classification"
+    if isinstance(row.get("text"), str):
+        return "text"
     return None
 
 
@@ -181,7 +147,7 @@ def to_conversation(row: Any, fmt: str) -> Conversation:
         if isinstance(row.get("system"), str) and row["system"].strip():
             conv.insert(0, {"role": "system", "content": row["system"]})
     else:
-        raise ValueError(f"unknown format {fmt!r}; known: auto, {', '.join(FORMATS)}")
+        raise ValueError(f"format {fmt!r} does not give a conversation")
     check_conversation(conv)
     return conv
 
@@ -200,45 +166,75 @@ def check_conversation(conv: Conversation) -> None:
         raise ValueError("missing assistant answer at the end")
 
 
-def read_conversations(
-    path: str | Path,
-    fmt: str = "auto",
-    system_prompt: str | None = None,
-    strict: bool = True,
-) -> LoadedData:
-    """Read a data file into conversations; with strict=True any bad row is an error."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"data file not found: {path}")
-    if path.is_dir():
-        raise DataError(f"{path} is a directory; expected a .jsonl, .json or .csv file")
-    if fmt != "auto" and fmt not in FORMATS:
-        raise DataError(f"unknown data format {fmt!r}; known: auto, {', '.join(FORMATS)}")
-    rows, errors = _raw_rows(path)
-    detected = fmt
-    if fmt == "auto":
-        found = [f for _, row in rows if (f := detect_format(row))]
-        detected = max(set(found), key=found.count) if found else "unknown"
-    out = LoadedData(path=str(path), format=detected, errors=errors)
-    for where, row in rows:
-        row_fmt = fmt if fmt != "auto" else detect_format(row)
-        try:
-            if row_fmt is None:
-                raise ValueError(_undetected(row))
-            conv = to_conversation(row, row_fmt)
-        except ValueError as err:
-            out.errors.append(RowError(where, str(err)))
-            continue
-        if system_prompt and conv[0]["role"] != "system":
-            conv.insert(0, {"role": "system", "content": system_prompt})
-        out.conversations.append(conv)
-        out.sources.append(where)
-    out.errors.sort(key=lambda e: _order(e.where))
-    if strict:
-        out.raise_if_errors()
-    if not out.conversations:
-        raise DataError(f"{path}: no usable rows")
-    return out
+def to_row(raw: Any, fmt: str, source: str, options: RowOptions = RowOptions()) -> Row:
+    """Convert one raw row in format `fmt` to a normalised row; ValueError says what is wrong."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"expected a JSON object, got {type(raw).__name__}")
+    if fmt in ("messages", "sharegpt", "alpaca", "prompt_response"):
+        row = sft_row(to_conversation(raw, fmt), source)
+    elif fmt == "classification":
+        row = _classification_row(raw, source, options)
+    elif fmt == "preference":
+        from tuneloop.data.preference import to_preference_row
+
+        row = to_preference_row(raw, source)
+    elif fmt == "kto":
+        from tuneloop.data.preference import to_kto_row
+
+        row = to_kto_row(raw, source)
+    elif fmt == "text":
+        row = {"kind": "text", "text": _text(raw.get("text"), "'text'"), "source": source}
+    elif fmt == "tuneloop":
+        row = _tuneloop_row(raw, source)
+    else:
+        raise ValueError(f"unknown format {fmt!r}; known: auto, {', '.join(FORMATS)}")
+    if options.system_prompt:
+        _add_system(row, options.system_prompt)
+    return row
+
+
+def _add_system(row: Row, system_prompt: str) -> None:
+    key = "messages" if row["kind"] == "sft" else "prompt"
+    msgs = row.get(key)
+    if msgs and msgs[0]["role"] != "system":
+        row[key] = [{"role": "system", "content": system_prompt}, *msgs]
+
+
+def _classification_row(raw: dict[str, Any], source: str, options: RowOptions) -> Row:
+    text_keys = (options.text_field,) if options.text_field else _TEXT_KEYS
+    label_keys = (options.label_field,) if options.label_field else _LABEL_KEYS
+    text = _pick(raw, text_keys, "text")
+    label_key = next((k for k in label_keys if k in raw), None)
+    if label_key is None:
+        raise ValueError(f"no label field (expected one of {', '.join(label_keys)})")
+    label = raw[label_key]
+    if isinstance(label, bool) or not isinstance(label, str | int):
+        raise ValueError(f"label must be a string or integer, got {type(label).__name__}")
+    label = str(label).strip()
+    if not label:
+        raise ValueError("label is empty")
+    try:
+        prompt = options.classification_template.format(text=text)
+    except (KeyError, IndexError, ValueError) as err:
+        raise ValueError(f"classification template is invalid ({err}); use {{text}}") from None
+    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": label}]
+    return sft_row(messages, source, label=label)
+
+
+def _tuneloop_row(raw: dict[str, Any], source: str) -> Row:
+    """A row tuneloop wrote itself (e.g. curated Parquet): re-check it, keep its source."""
+    kind = raw["kind"]
+    row: Row = {k: v for k, v in raw.items() if v is not None}
+    row.setdefault("source", source)
+    if kind == "sft":
+        row["messages"] = to_conversation({"messages": raw.get("messages")}, "messages")
+    elif kind == "text":
+        row["text"] = _text(raw.get("text"), "'text'")
+    else:
+        for key in ("prompt", "chosen", "rejected", "completion"):
+            if raw.get(key) is not None:
+                row[key] = [dict(m) for m in raw[key]]
+    return row
 
 
 def _undetected(row: Any) -> str:
@@ -249,13 +245,6 @@ def _undetected(row: Any) -> str:
         f"cannot tell the row format from its keys ({keys}); expected messages, conversations, "
         "instruction/output or prompt/response"
     )
-
-
-def _order(where: str) -> int:
-    try:
-        return int(where.split()[-1])
-    except ValueError:
-        return 0
 
 
 def split_prompt(conv: Conversation) -> tuple[Conversation, str]:

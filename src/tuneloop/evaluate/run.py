@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.config.recipe import METRICS
-from tuneloop.data.formats import Conversation, read_conversations
+from tuneloop.data.formats import Conversation
+from tuneloop.data.readers import read_conversations
 from tuneloop.errors import TuneloopError
 from tuneloop.evaluate import metrics as M
 from tuneloop.evaluate.generate import answer_nll, generate

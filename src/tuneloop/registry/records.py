@@ -53,11 +53,17 @@ def git_commit(path: Path | None = None) -> str | None:
 
 
 def register_dataset(
-    name: str, rows: list[Any], path: str, fmt: str, meta: dict[str, Any] | None = None
+    name: str,
+    rows: list[Any],
+    path: str,
+    fmt: str,
+    meta: dict[str, Any] | None = None,
+    parent_id: int | None = None,
 ) -> Dataset:
     """Record a dataset version; identical content under the same name reuses the version.
 
-    A changed file with a known name becomes version N+1 whose parent is version N.
+    A changed file with a known name becomes version N+1 whose parent is version N, unless
+    `parent_id` names the parent explicitly (a curated dataset's parent is its raw input).
     """
     digest = content_hash(rows)
     with session_scope() as s:
@@ -70,7 +76,7 @@ def register_dataset(
             name=name,
             version=(latest.version + 1) if latest else 1,
             content_hash=digest,
-            parent_id=latest.id if latest else None,
+            parent_id=parent_id if parent_id is not None else (latest.id if latest else None),
             path=path,
             format=fmt,
             num_rows=len(rows),
@@ -84,6 +90,14 @@ def register_dataset(
 def list_datasets() -> list[Dataset]:
     with session_scope() as s:
         return list(s.scalars(select(Dataset).order_by(Dataset.id)))
+
+
+def get_dataset(dataset_id: int) -> Dataset:
+    with session_scope() as s:
+        record = s.get(Dataset, dataset_id)
+        if record is None:
+            raise RegistryError(f"no dataset with id {dataset_id} (see `tuneloop data ls`)")
+        return record
 
 
 def start_run(

@@ -18,7 +18,8 @@ from typing import Any
 
 from tuneloop import __version__
 from tuneloop.config import Recipe, dump_recipe, runs_dir
-from tuneloop.data.formats import Conversation, read_conversations
+from tuneloop.data.formats import Conversation
+from tuneloop.data.readers import read_conversations
 
 
 @dataclass

@@ -1,0 +1,37 @@
+"""Every registered curation step, importable in one place, and the runner for a list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Importing the step modules registers their steps.
+from tuneloop.data import (  # noqa: F401
+    clean,
+    decontaminate,
+    dedup,
+    pii,
+    preference,
+    score,
+    split,
+    validate,
+)
+from tuneloop.data.records import Row
+from tuneloop.data.steps import STEPS, StepLog, run_step
+
+
+def run_steps(
+    rows: list[Row], steps: list[tuple[str, dict[str, Any]]], progress: bool = True
+) -> tuple[list[Row], list[StepLog]]:
+    """Run steps in order; each step's log records what it dropped or changed and why."""
+    import sys
+
+    logs = []
+    for name, params in steps:
+        if progress:
+            print(f"  {name} ({len(rows)} rows) ...", file=sys.stderr, flush=True)
+        rows, log = run_step(name, rows, **params)
+        logs.append(log)
+    return rows, logs
+
+
+__all__ = ["STEPS", "StepLog", "run_steps"]
