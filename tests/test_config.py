@@ -98,7 +98,7 @@ def test_resolved_recipe_round_trips(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", sorted(REPO.glob("examples/**/*.yaml")), ids=lambda p: p.parent.name
+    "path", sorted(REPO.glob("examples/**/recipe.yaml")), ids=lambda p: p.parent.name
 )
 def test_every_shipped_recipe_parses(path: Path) -> None:
     recipe = load_recipe(path)

@@ -235,11 +235,18 @@ def data_inspect(
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="curate.yaml.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--name", help="Dataset name in the registry (default: the file stem).")
-def data_curate(path: str, config_path: str | None, out: str, name: str | None) -> None:
+@click.option("--labels", type=click.Path(dir_okay=False), help="JSON label set (overrides).")
+def data_curate(
+    path: str, config_path: str | None, out: str, name: str | None, labels: str | None
+) -> None:
     """Curate PATH with the steps in --config (default: a safe pipeline) into --out."""
+    from pathlib import Path
+
     from tuneloop.config.curate import load_curate_config
 
     config, config_dir = load_curate_config(config_path)
+    if labels:
+        config.input.labels_file = str(Path(labels).resolve())
     _quiet_libraries()
     from tuneloop.data.curate import curate
 

@@ -240,7 +240,7 @@ def _tuneloop_row(raw: dict[str, Any], source: str) -> Row:
 def _undetected(row: Any) -> str:
     if not isinstance(row, dict):
         return f"expected a JSON object, got {type(row).__name__}"
-    keys = ", ".join(sorted(map(str, row))) or "none"
+    keys = ", ".join(sorted(map(str, row))[:8]) or "none"
     return (
         f"cannot tell the row format from its keys ({keys}); expected messages, conversations, "
         "instruction/output or prompt/response"

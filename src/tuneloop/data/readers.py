@@ -36,6 +36,11 @@ class RowError:
     where: str
     problem: str
 
+    def __post_init__(self) -> None:
+        # one line, bounded: problems quote user data, which may hold newlines or megabytes
+        text = self.problem.replace("\r", "\\r").replace("\n", "\\n")
+        self.problem = text if len(text) <= 300 else text[:297] + "..."
+
     def __str__(self) -> str:
         return f"{self.where}: {self.problem}"
 
