@@ -1,0 +1,281 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tuneloop.data.dedup import (
+    cluster_ids,
+    exact_duplicate_groups,
+    lsh_bands,
+    minhash_signatures,
+    near_duplicate_clusters,
+    normalize_for_hash,
+    semantic_duplicate_clusters,
+    shingle_sets,
+)
+from tuneloop.data.records import Row
+from tuneloop.data.steps import run_step
+from tuneloop.errors import DataError
+
+# 30 words, 201 characters once normalised, 197 character 5-grams and no 5-gram twice.
+SENTENCE = (
+    "The board reviewed every proposal sent before our deadline and selected three projects "
+    "that promised clear benefits for small farmers living in remote mountain villages across "
+    "the northern region today"
+)
+ONE_WORD_CHANGED = SENTENCE.replace("clear", "solid")
+UNRELATED = [
+    "Quarterly revenue grew by twelve percent thanks to strong demand for cloud storage.",
+    "Please remember to water the tomato plants twice a day while I am away on holiday.",
+]
+
+
+def text_row(text: str, source: str) -> Row:
+    return {"kind": "text", "text": text, "source": source}
+
+
+def chat_row(user: str, answer: str, source: str) -> Row:
+    messages = [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+    return {"kind": "sft", "messages": messages, "source": source}
+
+
+def shingles(text: str, ngram: int) -> set[int]:
+    hashes, offsets = shingle_sets([text], ngram)
+    return set(hashes[offsets[0] : offsets[1]].tolist())
+
+
+# --- normalisation and exact duplicates -----------------------------------------------------
+
+
+def test_normalize_for_hash() -> None:
+    assert normalize_for_hash("  Hello,   WORLD!\n") == "hello world"
+    assert normalize_for_hash("I can't top-up") == "i cant top up"  # ' deleted, - spaced
+    assert normalize_for_hash("ｆｕｌｌ ﬁle") == "full file"  # NFKC
+    assert normalize_for_hash("¿Qué tal?  «bien»") == "qué tal bien"
+    assert normalize_for_hash("Straße") == "strasse"  # casefold, not only lower
+    assert normalize_for_hash("price: $5 + tax") == "price $5 + tax"  # symbols are not punctuation
+    assert normalize_for_hash("...") == ""
+
+
+def test_exact_groups_ignore_case_punctuation_and_spacing() -> None:
+    texts = ["Hello, world!", "goodbye", "hello   WORLD", "Goodbye.", "hello world?", "other"]
+    assert exact_duplicate_groups(texts) == [[0, 2, 4], [1, 3]]
+    assert exact_duplicate_groups(["a", "b"]) == []
+
+
+# --- shingles and signatures ----------------------------------------------------------------
+
+
+def test_shingle_sets_by_hand() -> None:
+    # abcdef -> abc bcd cde def; abcdxf -> abc bcd cdx dxf: 2 shared of 6 distinct
+    a, b = shingles("abcdef", 3), shingles("abcdxf", 3)
+    assert (len(a), len(b), len(a & b), len(a | b)) == (4, 4, 2, 6)
+    assert shingles("ABC-def", 3) == shingles("abc def", 3)  # compared after normalising
+    # shorter than the shingle: the text itself is the one shingle; repeats count once
+    hashes, offsets = shingle_sets(["ab", "", "aaaaaa"], 3)
+    assert offsets.tolist() == [0, 1, 2, 3]
+    assert hashes[0] != hashes[1]
+
+
+def test_one_changed_word_jaccard_by_hand() -> None:
+    # "clear" -> "solid": the 5 + 4 shingles touching the word change, so with 197 distinct
+    # shingles on each side the Jaccard is (197 - 9) / (197 + 9) = 188 / 206 = 0.913
+    a, b = shingles(SENTENCE, 5), shingles(ONE_WORD_CHANGED, 5)
+    assert (len(a), len(b), len(a & b), len(a | b)) == (197, 197, 188, 206)
+
+
+def test_signatures_equal_datasketch_update() -> None:
+    from datasketch import MinHash
+
+    texts = ["the quick brown fox", "hello world", "x"]
+    hashes, offsets = shingle_sets(texts, 5)
+    signatures = minhash_signatures(hashes, offsets, num_perm=64, seed=3)
+    for i in range(len(texts)):
+        m = MinHash(num_perm=64, seed=3, hashfunc=int)
+        m.update_batch(hashes[offsets[i] : offsets[i + 1]].tolist())
+        assert np.array_equal(signatures[i], m.hashvalues)
+
+
+def test_batches_and_blocks_do_not_change_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tuneloop.data.dedup as dedup
+
+    texts = ["hello world " * 300, "short", "", SENTENCE, "x" * 7000]
+    hashes, offsets = shingle_sets(texts, 5)
+    signatures = minhash_signatures(hashes, offsets)
+    monkeypatch.setattr(dedup, "_BATCH_CHARS", 10)  # one text per batch
+    monkeypatch.setattr(dedup, "_CHUNK_SHINGLES", 7)  # long texts split over blocks
+    small_hashes, small_offsets = shingle_sets(texts, 5)
+    assert np.array_equal(small_hashes, hashes) and np.array_equal(small_offsets, offsets)
+    assert np.array_equal(minhash_signatures(hashes, offsets), signatures)
+    # "hello world " repeated has 12 distinct 5-grams; "x" * 7000 has one
+    assert np.diff(offsets).tolist() == [12, 1, 1, 197, 1]
+
+
+def test_lsh_bands_find_pairs_at_the_threshold() -> None:
+    # r = 8, b = 16: 1 - (1 - 0.8^8)^16 = 1 - 0.8322^16 = 0.947, short of 0.985;
+    # r = 7, b = 18: 1 - (1 - 0.8^7)^18 = 1 - 0.7903^18 = 0.9855
+    assert lsh_bands(0.8, 128) == (18, 7)
+    assert lsh_bands(0.8, 128, recall=0.99) == (21, 6)  # 1 - 0.7379^21 = 0.9983
+    assert lsh_bands(1.0, 128) == (2, 64)
+
+
+# --- near duplicates ------------------------------------------------------------------------
+
+
+def test_one_word_changed_clusters_unrelated_do_not() -> None:
+    texts = [SENTENCE, *UNRELATED, ONE_WORD_CHANGED]
+    assert near_duplicate_clusters(texts, threshold=0.8) == [[0, 3]]
+    assert near_duplicate_clusters(texts, threshold=0.92) == []  # 0.913 is below 0.92
+
+
+def test_union_find_is_transitive() -> None:
+    # 3-grams: J(a, b) = 9/11 = 0.82, J(b, c) = 9/11, J(a, c) = 8/12 = 0.67
+    a, b, c = "abcdefghijkl", "abcdefghijkz", "ybcdefghijkz"
+    assert near_duplicate_clusters([a, c], threshold=0.8, ngram=3) == []
+    assert near_duplicate_clusters([a, "unrelated text", c, b], threshold=0.8, ngram=3) == [
+        [0, 2, 3]
+    ]
+
+
+def test_clusters_sorted_by_first_index() -> None:
+    texts = [UNRELATED[0], SENTENCE, UNRELATED[0] + " Really.", ONE_WORD_CHANGED, "short"]
+    assert near_duplicate_clusters(texts, threshold=0.8) == [[0, 2], [1, 3]]
+    assert near_duplicate_clusters(["only one"]) == []
+    with pytest.raises(ValueError):
+        near_duplicate_clusters(texts, threshold=0.0)
+
+
+# --- semantic duplicates --------------------------------------------------------------------
+
+
+def test_semantic_clusters_on_hand_made_vectors() -> None:
+    vectors = np.array([[1.0, 0.0], [0.99, 0.141], [0.0, 1.0], [0.0, 2.0], [0.0, 0.0]])
+    # cos(v0, v1) = 0.99 / sqrt(0.99^2 + 0.141^2) = 0.990; v2, v3 point the same way
+    # (cosine 1 whatever the length); the zero vector is similar to nothing
+    assert semantic_duplicate_clusters(vectors, threshold=0.95) == [[0, 1], [2, 3]]
+    assert semantic_duplicate_clusters(vectors, threshold=0.995) == [[2, 3]]
+    assert semantic_duplicate_clusters(vectors, threshold=0.95, block=1) == [[0, 1], [2, 3]]
+
+
+def test_semantic_clusters_are_transitive() -> None:
+    # 0, 20 and 40 degrees: neighbours at cos 20 = 0.940, the ends at cos 40 = 0.766
+    angles = np.radians([0.0, 20.0, 40.0, 90.0])
+    vectors = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    assert semantic_duplicate_clusters(vectors, threshold=math.cos(math.radians(25))) == [[0, 1, 2]]
+
+
+# --- the dedup step -------------------------------------------------------------------------
+
+
+def test_step_drops_duplicates_and_lists_clusters() -> None:
+    rows = [
+        text_row(SENTENCE, "line 1"),
+        text_row(UNRELATED[0], "line 2"),
+        text_row(SENTENCE.upper().replace(" ", "  ") + "!!", "line 3"),  # exact after norm
+        text_row(ONE_WORD_CHANGED, "line 4"),  # near
+        text_row(UNRELATED[1], "line 5"),
+        text_row(UNRELATED[0].lower(), "line 6"),  # exact
+    ]
+    out, log = run_step("dedup", rows)
+    assert [r["source"] for r in out] == ["line 1", "line 2", "line 5"]
+    assert log.dropped == {"exact duplicate": 2, "near duplicate": 1}
+    assert log.details["num_clusters"] == 3
+    assert log.details["clusters"] == [
+        {
+            "kind": "exact",
+            "size": 2,
+            "rows": ["line 1", "line 3"],
+            "kept": "line 1",
+            "example": SENTENCE[:200],
+        },
+        {
+            "kind": "exact",
+            "size": 2,
+            "rows": ["line 2", "line 6"],
+            "kept": "line 2",
+            "example": UNRELATED[0],
+        },
+        {
+            "kind": "near",
+            "size": 2,
+            "rows": ["line 1", "line 4"],
+            "kept": "line 1",
+            "example": SENTENCE[:200],
+        },
+    ]
+    assert log.samples["dropped: near duplicate"] == [rows[3]]
+
+
+def test_step_switches() -> None:
+    rows = [text_row(SENTENCE, "a"), text_row(SENTENCE + ".", "b"), text_row(ONE_WORD_CHANGED, "c")]
+    out, log = run_step("dedup", rows, near=False)
+    assert [r["source"] for r in out] == ["a", "c"]
+    # without exact detection the exact pair is still a near pair (Jaccard 1)
+    out, log = run_step("dedup", rows, exact=False)
+    assert [r["source"] for r in out] == ["a"]
+    assert log.dropped == {"near duplicate": 2}
+    out, log = run_step("dedup", rows, threshold=0.95)
+    assert [r["source"] for r in out] == ["a", "c"]
+
+
+def test_step_keep_longest() -> None:
+    longer = SENTENCE + " and more"
+    rows = [text_row(SENTENCE, "a"), text_row(longer, "b"), text_row(UNRELATED[0], "c")]
+    out, log = run_step("dedup", rows, keep="longest")
+    assert [r["source"] for r in out] == ["b", "c"]  # output order is still input order
+    assert log.details["clusters"][0]["kept"] == "b"
+
+
+def test_step_field() -> None:
+    rows = [
+        chat_row(SENTENCE, UNRELATED[0], "a"),
+        chat_row(SENTENCE, UNRELATED[1], "b"),  # same prompt, other answer
+        chat_row("Something else entirely, about trains.", UNRELATED[1], "c"),  # same answer
+    ]
+    assert [r["source"] for r in run_step("dedup", rows)[0]] == ["a", "b", "c"]
+    assert [r["source"] for r in run_step("dedup", rows, field="prompt")[0]] == ["a", "c"]
+    assert [r["source"] for r in run_step("dedup", rows, field="answer")[0]] == ["a", "b"]
+
+
+def test_step_rejects_bad_options() -> None:
+    with pytest.raises(DataError, match="field"):
+        run_step("dedup", [text_row("x", "a")], field="body")
+    with pytest.raises(DataError, match="keep"):
+        run_step("dedup", [text_row("x", "a")], keep="random")
+
+
+def test_cluster_ids() -> None:
+    rows = [
+        text_row(SENTENCE, "0"),
+        text_row(UNRELATED[0], "1"),
+        text_row(SENTENCE.lower(), "2"),  # exact duplicate of 0
+        text_row(ONE_WORD_CHANGED, "3"),  # near duplicate of 0
+        text_row(UNRELATED[1], "4"),
+        text_row(UNRELATED[1] + " Thanks", "5"),  # near duplicate of 4
+    ]
+    assert cluster_ids(rows) == [0, 1, 0, 0, 2, 2]
+    assert cluster_ids(rows, near=False) == [0, 1, 0, 2, 3, 4]
+    assert cluster_ids(rows, exact=False, near=False) == [0, 1, 2, 3, 4, 5]
+    assert cluster_ids([]) == []
+    # the ids agree with what the step drops: one survivor per id
+    out, _ = run_step("dedup", rows)
+    assert len(out) == len(set(cluster_ids(rows)))
+
+
+_WORDS = st.sampled_from(["card", "Card!", "top up", "top-up", "pin", "lost", "my", "the"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(_WORDS, min_size=1, max_size=6).map(" ".join), min_size=1, max_size=12))
+def test_dedup_keeps_a_subsequence_and_never_everything(texts: list[str]) -> None:
+    rows = [text_row(t, f"line {i}") for i, t in enumerate(texts)]
+    out, log = run_step("dedup", rows, threshold=0.5)
+    assert out  # every cluster keeps one row
+    kept = [rows.index(r) for r in out]
+    assert kept == sorted(set(kept))  # a subsequence, in input order, no repeats
+    assert len(out) + sum(log.dropped.values()) == len(rows)
+    assert len(out) == len(set(cluster_ids(rows, threshold=0.5)))
