@@ -17,6 +17,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from tuneloop.data.dedup import strip_shared_affixes
 from tuneloop.data.records import Row, answer_of, prompt_of
 from tuneloop.data.steps import StepLog, step
 from tuneloop.errors import DataError
@@ -161,8 +162,14 @@ def score(
         "conflicting_prompts": len(conflicts),
         "quantity": {"rows": len(kept), "method": method, "guideline": [low, high]},
         "diversity": {
+            # shared system prompts and templates would make every dataset look repetitive
             "distinct_2_prompts": round(
-                distinct_n([" ".join(m["content"] for m in prompt_of(r)) for r in kept]), 4
+                distinct_n(
+                    strip_shared_affixes(
+                        [" ".join(m["content"] for m in prompt_of(r)) for r in kept]
+                    )
+                ),
+                4,
             ),
             "distinct_2_answers": round(distinct_n([answer_of(r) for r in kept]), 4),
         },
