@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tuneloop import registry
-from tuneloop.config.curate import CurateConfig, load_curate_config
+from tuneloop.data.config import CurateConfig, load_curate_config
 from tuneloop.data import read_rows
 from tuneloop.data.curate import curate, inspect
 from tuneloop.data.diff import diff_versions
@@ -197,3 +197,21 @@ def test_hh_pairs_parse_and_degenerate_pairs_are_flagged(tmp_path: Path) -> None
     assert {s["step"]: s for s in card["steps"]}["validate"]["dropped"] == {}
     row = read_rows(tmp_path / "hh" / "train.parquet").rows[0]
     assert row["prompt"][-1]["role"] == "user" and row["chosen"][-1]["role"] == "assistant"
+
+
+def test_semantic_dedup_drops_paraphrases(tmp_path: Path) -> None:
+    from tuneloop.data.steps import run_step
+
+    rows = read_rows(
+        write_jsonl(
+            tmp_path / "p.jsonl",
+            [
+                chat("How do I reset my password?", "Use Settings."),
+                chat("How can I reset my password?", "Use Settings."),
+                chat("What is the capital of France?", "Paris."),
+            ],
+        )
+    ).rows
+    kept, log = run_step("dedup", rows, near=False, semantic=True, semantic_threshold=0.9)
+    assert [r["source"] for r in kept] == ["line 1", "line 3"]
+    assert log.dropped == {"semantic duplicate": 1}

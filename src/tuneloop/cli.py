@@ -242,7 +242,7 @@ def data_curate(
     """Curate PATH with the steps in --config (default: a safe pipeline) into --out."""
     from pathlib import Path
 
-    from tuneloop.config.curate import load_curate_config
+    from tuneloop.data.config import load_curate_config
 
     config, config_dir = load_curate_config(config_path)
     if labels:

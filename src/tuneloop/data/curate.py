@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from tuneloop.config.curate import CurateConfig, check_steps
 from tuneloop.data.card import build_card, render_card_html
+from tuneloop.data.config import CurateConfig, check_steps
 from tuneloop.data.formats import RowOptions
 from tuneloop.data.readers import ReadResult, read_rows
 from tuneloop.data.records import Row

@@ -407,8 +407,13 @@ def dedup(
     threshold: float = 0.8,
     keep: str = "first",
     field: str = "all",
+    semantic: bool = False,
+    semantic_threshold: float = 0.95,
 ) -> list[Row]:
     """Drop exact and near-duplicate rows, keeping one row per cluster.
+
+    semantic: also drop paraphrases whose sentence embeddings (all-MiniLM-L6-v2, bundled)
+    have cosine similarity >= semantic_threshold, among rows left after exact/near dedup.
 
     field: the text compared: "all" (every message), "prompt" or "answer".
     keep: "first" (the earliest row) or "longest" (the row with the longest text, so the
@@ -421,7 +426,19 @@ def dedup(
     exact_groups, near_clusters = _duplicates(texts, exact, near, threshold)
     dropped: dict[int, str] = {}
     listed: list[dict[str, Any]] = []
-    for kind, groups in (("exact", exact_groups), ("near", near_clusters)):
+    semantic_clusters: list[list[int]] = []
+    if semantic:
+        from tuneloop.data.embed import embed
+
+        covered = {i for g in exact_groups + near_clusters for i in g[1:]}
+        reps = [i for i in range(len(texts)) if i not in covered]
+        found = semantic_duplicate_clusters(embed([texts[i] for i in reps]), semantic_threshold)
+        semantic_clusters = [[reps[k] for k in c] for c in found]
+    for kind, groups in (
+        ("exact", exact_groups),
+        ("near", near_clusters),
+        ("semantic", semantic_clusters),
+    ):
         for group in groups:
             kept = group[0] if keep == "first" else max(group, key=lambda i: len(texts[i]))
             for i in group:

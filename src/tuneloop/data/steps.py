@@ -79,6 +79,8 @@ def step(name: str) -> Callable[[StepFn], StepFn]:
 
 def run_step(name: str, rows: list[Row], **params: Any) -> tuple[list[Row], StepLog]:
     """Run one registered step with accounting (rows in/out, time)."""
+    import tuneloop.data.pipeline  # noqa: F401  (registers every built-in step)
+
     if name not in STEPS:
         import difflib
 
