@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from tuneloop import registry
-from tuneloop.data.config import CurateConfig, load_curate_config
 from tuneloop.data import read_rows
+from tuneloop.data.config import CurateConfig, load_curate_config
 from tuneloop.data.curate import curate, inspect
 from tuneloop.data.diff import diff_versions
 from tuneloop.errors import DataError
