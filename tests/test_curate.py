@@ -215,3 +215,23 @@ def test_semantic_dedup_drops_paraphrases(tmp_path: Path) -> None:
     kept, log = run_step("dedup", rows, near=False, semantic=True, semantic_threshold=0.9)
     assert [r["source"] for r in kept] == ["line 1", "line 3"]
     assert log.dropped == {"semantic duplicate": 1}
+
+
+def test_decontamination_ignores_a_shared_template(tmp_path: Path) -> None:
+    from tuneloop.data.steps import run_step
+
+    template = "Classify the following customer message and answer with its label only please"
+    train = [
+        {"text": f"{template}: my card {w} yesterday", "label": "x"}
+        for w in ("broke", "vanished", "melted")
+    ]
+    evals = [
+        {"text": f"{template}: where is my parcel", "label": "y"},
+        {"text": f"{template}: please help now", "label": "y"},
+    ]
+    rows = read_rows(
+        write_jsonl(tmp_path / "t.jsonl", train), options=None, fmt="classification"
+    ).rows
+    eval_rows = read_rows(write_jsonl(tmp_path / "e.jsonl", evals), fmt="classification").rows
+    kept, log = run_step("decontaminate", rows, eval_rows=eval_rows, n=8)
+    assert len(kept) == 3 and not log.dropped

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuneloop.data.dedup import normalize_for_hash
+from tuneloop.data.dedup import normalize_for_hash, strip_shared_affixes
 from tuneloop.data.records import MESSAGE_FIELDS, Row
 from tuneloop.data.steps import StepLog, step
 from tuneloop.errors import DataError
@@ -121,11 +121,12 @@ def decontaminate(
     """
     if not 0.0 <= min_overlap <= 1.0:
         raise DataError("decontaminate: min_overlap must be a fraction in [0, 1]")
-    train_texts = [content_text(r) for r in rows]
+    # a template or system text every row carries is not contamination: compare the rest
+    train_texts = strip_shared_affixes([content_text(r) for r in rows])
     reasons: dict[int, str] = {}
     report: list[dict[str, Any]] = []
     for name, eval_set in _eval_sets(eval_files, eval_rows):
-        eval_texts = [content_text(r) for r in eval_set]
+        eval_texts = strip_shared_affixes([content_text(r) for r in eval_set])
         hits = [h for h in ngram_overlap(train_texts, eval_texts, n) if h[2] >= min_overlap]
         for i, _, _ in hits:
             reasons.setdefault(i, f"overlaps eval set {name}")  # the first set named wins
