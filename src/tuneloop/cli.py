@@ -99,12 +99,7 @@ def eval_cmd(
     from pathlib import Path
 
     from tuneloop.config.recipe import METRICS
-    from tuneloop.data import read_conversations
 
-    read_conversations(data, fmt=fmt)  # fail fast on bad data before loading a model
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        raise TuneloopError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS)}")
     _quiet_libraries()
     from tuneloop.evaluate import evaluate_file
 

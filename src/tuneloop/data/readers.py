@@ -9,6 +9,7 @@ one as `line 7: ...` or `row 3: ...`; undecodable bytes never raise past the rea
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from dataclasses import dataclass, field
@@ -75,7 +76,6 @@ class LoadedData:
     format: str
     conversations: list[Conversation]
     errors: list[RowError]
-    sources: list[str]
     labels: list[str | None]
 
 
@@ -249,12 +249,7 @@ def read_conversations(
     """Read a file of SFT rows (chat, prompt/response, classification) as conversations."""
     base = options or RowOptions()
     if system_prompt is not None:
-        base = RowOptions(
-            system_prompt=system_prompt,
-            classification_template=base.classification_template,
-            text_field=base.text_field,
-            label_field=base.label_field,
-        )
+        base = dataclasses.replace(base, system_prompt=system_prompt)
     result = read_rows(path, fmt, base, strict=strict)
     other = sorted({r["kind"] for r in result.rows} - {"sft"})
     if other:
@@ -267,9 +262,16 @@ def read_conversations(
         format=result.format,
         conversations=[r["messages"] for r in result.rows],
         errors=result.errors,
-        sources=[r["source"] for r in result.rows],
         labels=[r.get("label") for r in result.rows],
     )
+
+
+def with_system_prompt(conversations: list[Conversation], prompt: str) -> list[Conversation]:
+    """Conversations with `prompt` as system message wherever they have none."""
+    return [
+        c if c[0]["role"] == "system" else [{"role": "system", "content": prompt}, *c]
+        for c in conversations
+    ]
 
 
 def _order(where: str) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 
 from tuneloop.config.recipe import METRICS
 from tuneloop.data.formats import Conversation
-from tuneloop.data.readers import read_conversations
+from tuneloop.data.readers import read_conversations, with_system_prompt
 from tuneloop.errors import TuneloopError
 from tuneloop.evaluate import metrics as M
 from tuneloop.evaluate.generate import answer_nll, generate
@@ -30,6 +30,13 @@ class EvalOutput:
     dataset_id: int | None = None
 
 
+def _check_metrics(metrics: list[str] | tuple[str, ...]) -> None:
+    unknown = [m for m in metrics if m not in M.HIGHER_IS_BETTER]
+    if unknown:
+        known = ", ".join(M.HIGHER_IS_BETTER)
+        raise TuneloopError(f"unknown metric(s) {', '.join(unknown)}; known: {known}")
+
+
 def evaluate_conversations(
     model: Any,
     tokenizer: Any,
@@ -40,9 +47,7 @@ def evaluate_conversations(
     label: str = "eval",
 ) -> EvalOutput:
     """Greedy-generate the final answer of each conversation and score it."""
-    unknown = [m for m in metrics if m not in M.HIGHER_IS_BETTER]
-    if unknown:
-        raise TuneloopError(f"unknown metric(s) {unknown}; known: {', '.join(M.HIGHER_IS_BETTER)}")
+    _check_metrics(metrics)
     start = time.perf_counter()
     prompts = [c[:-1] for c in conversations]
     refs = [c[-1]["content"] for c in conversations]
@@ -102,11 +107,14 @@ def evaluate_file(
     from tuneloop import registry
     from tuneloop.models import load, resolve
 
+    _check_metrics(metrics)
     data_path = Path(data)
+    loaded_data = read_conversations(data_path, fmt=fmt)  # bad data fails before any model work
     resolved = resolve(model_ref)
     if system_prompt is None and resolved.recipe:
         system_prompt = resolved.recipe.get("data", {}).get("system_prompt")
-    loaded_data = read_conversations(data_path, fmt=fmt, system_prompt=system_prompt)
+    if system_prompt:
+        loaded_data.conversations = with_system_prompt(loaded_data.conversations, system_prompt)
     conversations = loaded_data.conversations[:limit] if limit else loaded_data.conversations
     dataset = registry.register_dataset(
         data_path.stem, loaded_data.conversations, str(data_path.resolve()), loaded_data.format

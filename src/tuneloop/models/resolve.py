@@ -87,12 +87,6 @@ def _resolve_run(ref: str) -> ResolvedModel:
     return resolved
 
 
-def default_dtype() -> Any:
-    import torch
-
-    return torch.float32
-
-
 def load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
 
@@ -111,9 +105,10 @@ def load_tokenizer(path: str) -> Any:
 
 def load_model(resolved: ResolvedModel, dtype: Any = None, merge: bool = True) -> Any:
     """Load the model (base + adapter, merged for fast inference unless merge=False)."""
+    import torch
     from transformers import AutoModelForCausalLM
 
-    dtype = dtype or default_dtype()
+    dtype = dtype or torch.float32
     try:
         model = AutoModelForCausalLM.from_pretrained(resolved.base, dtype=dtype)
     except OSError as err:

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from tuneloop import __version__
 from tuneloop.errors import RegistryError
@@ -248,8 +248,3 @@ def eval_examples(eval_id: int) -> list[EvalExample]:
                 .order_by(EvalExample.index)
             )
         )
-
-
-def count_runs() -> int:
-    with session_scope() as s:
-        return int(s.scalar(select(func.count(Run.id))) or 0)
