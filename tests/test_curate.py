@@ -13,6 +13,7 @@ from tuneloop.data import read_rows
 from tuneloop.data.config import CurateConfig, load_curate_config
 from tuneloop.data.curate import curate, inspect
 from tuneloop.data.diff import diff_versions
+from tuneloop.data.steps import run_step
 from tuneloop.errors import DataError
 
 from conftest import REPO, chat, write_jsonl
@@ -154,6 +155,23 @@ def test_inspect_reports_without_dropping(tmp_path: Path) -> None:
     assert card["duplicates"]["num_clusters"] >= 1
 
 
+def test_score_flags_kept_rows_with_samples_and_drops_unknown_labels() -> None:
+    def row(text: str, label: str) -> dict[str, object]:
+        return {"kind": "sft", "messages": chat(text, label)["messages"], "label": label}
+
+    rows = [row("Is my card blocked?", "card"), row("is my card blocked", "fees")]
+    rows += [row("Where is my refund?", "refund"), row("Open an account", "nonsense")]
+    kept, log = run_step("score", rows, labels=["card", "fees", "refund"])
+    # the unknown label is dropped; the two conflicting rows are kept but flagged
+    assert [r["label"] for r in kept] == ["card", "fees", "refund"]
+    assert log.dropped == {"label outside the label set": 1}
+    assert log.details["flagged"] == {
+        "conflicting answers to the same prompt": 2,
+        "label outside the label set": 1,
+    }
+    assert log.samples["flagged: conflicting answers to the same prompt"] == rows[:2]
+
+
 def test_every_shipped_curate_config_parses() -> None:
     configs = sorted(REPO.glob("examples/**/curate.yaml"))
     assert configs
@@ -182,6 +200,8 @@ def test_banking77_becomes_chat_pairs_with_77_labels(tmp_path: Path) -> None:
     # every label appears in validation, in proportion
     assert len(split["per_label"]) == 77
     assert all(v.get("validation", 0) >= 1 for v in split["per_label"].values())
+    html = (tmp_path / "bank" / "card.html").read_text()
+    assert html.count("<rect") >= 77 and 'id="label-chart"' in html
 
 
 @pytest.mark.skipif(not HH.is_file(), reason="../shared/data/hh-rlhf-harmless not present")

@@ -358,6 +358,8 @@ def test_preference_checks_flag_only() -> None:
     kept, log = run_step("preference_checks", rows, drop=False)
     assert kept == rows and not log.dropped
     assert log.details["flagged"] == {"chosen equals rejected": 1}
+    # a kept row with a problem still gets a sample, so the card can show it
+    assert log.samples == {"flagged: chosen equals rejected": [rows[1]]}
 
 
 # --- the real HH harmless pairs --------------------------------------------------------

@@ -189,6 +189,31 @@ def _bars(hist: dict[str, Any], title: str, width: int = 520, height: int = 120)
     )
 
 
+def _label_bars(counts: dict[str, int], width: int = 520, row_h: int = 14) -> str:
+    """A horizontal bar per label, largest first, with the count at the end of each bar."""
+    if not counts:
+        return ""
+    top = max(counts.values()) or 1
+    label_w = min(260, 7 * max(len(k) for k in counts) + 8)
+    bar_room = width - label_w - 40
+    items = []
+    for i, (label, n) in enumerate(counts.items()):
+        y = i * row_h
+        w = n / top * bar_room
+        items.append(
+            f'<text x="{label_w - 4}" y="{y + row_h - 3}" font-size="11" text-anchor="end">'
+            f"{html.escape(label[:36])}</text>"
+            f'<rect x="{label_w}" y="{y + 1}" width="{w:.1f}" height="{row_h - 3}" '
+            f'fill="#4a7bd0"><title>{html.escape(label)}: {n}</title></rect>'
+            f'<text x="{label_w + w + 3:.1f}" y="{y + row_h - 3}" font-size="11">{n}</text>'
+        )
+    return (
+        f"<figure><figcaption>rows per label ({len(counts)} labels)</figcaption>"
+        f'<svg id="label-chart" width="{width}" height="{len(counts) * row_h}" role="img">'
+        f"{''.join(items)}</svg></figure>"
+    )
+
+
 def _table(headers: list[str], rows: list[list[Any]], table_id: str = "") -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join(
@@ -250,6 +275,7 @@ def render_card_html(card: dict[str, Any]) -> str:
         parts.append(_bars(lengths["prompt"], "prompt length in tokens"))
     if card.get("labels"):
         parts.append(f"<h2>Labels ({len(card['labels'])})</h2>")
+        parts.append(_label_bars(card["labels"]))
         parts.append(
             _table(["label", "rows"], [[k, v] for k, v in card["labels"].items()], "labels")
         )
@@ -278,7 +304,7 @@ def render_card_html(card: dict[str, Any]) -> str:
             f"<p>Quantity: {card.get('quantity')}. Diversity: {card.get('diversity')}.</p>"
         )
     if card.get("samples"):
-        parts.append("<h2>Sample rows per reason</h2>")
+        parts.append("<h2>Sample rows per reason (dropped, changed and flagged)</h2>")
         rows = [
             [reason, r.get("source"), _row_text(r)]
             for reason, rows_ in card["samples"].items()

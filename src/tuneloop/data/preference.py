@@ -32,7 +32,6 @@ HH transcripts, as found in the real harmless-base data, and what this module do
 from __future__ import annotations
 
 import re
-from collections import Counter
 from typing import Any
 
 from tuneloop.data.formats import ROLES
@@ -305,14 +304,14 @@ def preference_checks(rows: list[Row], log: StepLog, drop: bool = True) -> list[
     equal counts under each; a dropped row is counted in `log.dropped` once, under its first
     reason, so dropped counts add up to the rows removed. Other kinds pass through untouched.
     """
-    flagged: Counter[str] = Counter()
+    log.details["flagged"] = {}
     kept = []
     for row in rows:
         problems = preference_problems(row) if row.get("kind") == "preference" else []
-        flagged.update(problems)
+        for problem in problems:
+            log.flag(row, problem)
         if problems and drop:
             log.drop(row, problems[0])
         else:
             kept.append(row)
-    log.details["flagged"] = dict(flagged)
     return kept

@@ -130,7 +130,7 @@ def score(
         relevance = _relevance(rows, relevance_seeds, relevance_description)
 
     kept: list[Row] = []
-    flagged: Counter[str] = Counter()
+    log.details["flagged"] = {}
     for i, r in enumerate(rows):
         reason = None
         if answer_words[i] < min_answer_words:
@@ -140,13 +140,13 @@ def score(
         elif reps[i] > max_repetition:
             reason = f"repetition above {max_repetition}"
         elif label_set is not None and r.get("label") is not None and r["label"] not in label_set:
-            flagged["label outside the label set"] += 1
+            log.flag(r, "label outside the label set")
             if drop_unknown_labels:
                 reason = "label outside the label set"
         elif relevance is not None and min_relevance is not None and relevance[i] < min_relevance:
             reason = f"relevance below {min_relevance}"
         if reason is None and r["kind"] != "text" and _prompt_key(r) in conflicts:
-            flagged["conflicting answers to the same prompt"] += 1
+            log.flag(r, "conflicting answers to the same prompt")
             if drop_conflicts:
                 reason = "conflicting answers to the same prompt"
         if reason:
@@ -158,7 +158,6 @@ def score(
     label_counts = Counter(r["label"] for r in kept if r.get("label") is not None)
     details: dict[str, Any] = {
         "scores": {"answer_words": answer_words, "repetition": [round(x, 4) for x in reps]},
-        "flagged": dict(flagged),
         "conflicting_prompts": len(conflicts),
         "quantity": {"rows": len(kept), "method": method, "guideline": [low, high]},
         "diversity": {

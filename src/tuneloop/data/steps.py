@@ -42,6 +42,16 @@ class StepLog:
         self.changed[reason] += 1
         self._sample(f"changed: {reason}", row)
 
+    def flag(self, row: Row, reason: str) -> None:
+        """Count a problem found in a row (kept or not) and keep a sample of it.
+
+        Flags count every reason found, so they can add up to more than the rows; the card
+        shows them as warnings with these samples, so a user can judge a kept row too.
+        """
+        flagged = self.details.setdefault("flagged", {})
+        flagged[reason] = flagged.get(reason, 0) + 1
+        self._sample(f"flagged: {reason}", row)
+
     def _sample(self, key: str, row: Row) -> None:
         bucket = self.samples.setdefault(key, [])
         if len(bucket) < SAMPLES_PER_REASON:
