@@ -58,20 +58,89 @@ def quickstart(out: str, overrides: tuple[str, ...]) -> None:
 
 
 @cli.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("recipe", required=False, type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
-def train(recipe: str, overrides: tuple[str, ...]) -> None:
-    """Fine-tune as described by RECIPE (YAML), with optional key=value overrides."""
+@click.option(
+    "--resume",
+    "resume",
+    metavar="RUN",
+    help="Continue an interrupted run (its directory or run:ID) from its latest checkpoint.",
+)
+@click.option(
+    "--from",
+    "from_checkpoint",
+    type=click.Path(file_okay=False),
+    help="With --resume: the checkpoint directory to continue from (default: the latest).",
+)
+def train(
+    recipe: str | None,
+    overrides: tuple[str, ...],
+    resume: str | None,
+    from_checkpoint: str | None,
+) -> None:
+    """Fine-tune as described by RECIPE (YAML), with optional key=value overrides.
+
+    An interrupted run (SIGTERM, Ctrl-C, a crash after a checkpoint) continues exactly
+    where it stopped with `tuneloop train --resume RUN_DIR`.
+    """
+    from pathlib import Path
+
     from tuneloop.config import load_recipe
 
+    run_dir = None
+    if resume:
+        run_dir = _run_dir(resume)
+        if recipe and not recipe.endswith((".yaml", ".yml")):
+            overrides = (recipe, *overrides)  # `--resume RUN key=value`: no recipe given
+        recipe = str(Path(run_dir) / "recipe.yaml")
+    elif not recipe:
+        raise click.UsageError("give a RECIPE file, or --resume RUN")
     parsed = load_recipe(recipe, list(overrides))
     _quiet_libraries()
     from tuneloop.train.sft import train as run_train
 
-    result = run_train(parsed)
+    resume_arg: str | bool = from_checkpoint or bool(resume)
+    result = run_train(parsed, run_dir=run_dir, resume=resume_arg)
     click.echo(f"run {result.run_id} completed in {result.seconds:.0f} s")
     click.echo(f"model: {result.model_dir}")
     click.echo(json.dumps(result.metrics, indent=2))
+
+
+def _run_dir(ref: str) -> str:
+    """A run directory from a path or run:ID."""
+    from pathlib import Path
+
+    if ref.startswith("run:"):
+        from tuneloop import registry
+
+        try:
+            run = registry.get_run(int(ref[4:]))
+        except ValueError:
+            raise click.UsageError(f"bad run reference {ref!r}; expected run:ID") from None
+        if not run.run_dir:
+            raise click.UsageError(f"run {run.id} has no directory")
+        return run.run_dir
+    if not (Path(ref) / "recipe.yaml").is_file():
+        raise click.UsageError(f"{ref} is not a run directory (no recipe.yaml)")
+    return ref
+
+
+@cli.command()
+@click.argument("run")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option(
+    "--merged/--no-merged",
+    default=True,
+    show_default=True,
+    help="Also write the adapter merged into the base as a plain transformers model.",
+)
+def export(run: str, out: str, merged: bool) -> None:
+    """Export RUN (run:ID): its PEFT adapter and/or a merged model, each with a model card."""
+    _quiet_libraries()
+    from tuneloop.train.export import export_run
+
+    for kind, path in export_run(run, out, merged=merged).items():
+        click.echo(f"{kind}: {path}")
 
 
 @cli.command(name="eval")

@@ -23,3 +23,13 @@ class ModelError(TuneloopError):
 
 class RegistryError(TuneloopError):
     """A registry record is missing or the database cannot be opened."""
+
+
+class TrainingError(TuneloopError):
+    """Training cannot start or cannot go on (bad setup, non-finite loss, bad checkpoint)."""
+
+
+class TrainingInterrupted(TuneloopError):
+    """SIGTERM or Ctrl-C arrived; a checkpoint was saved and the run can be resumed."""
+
+    exit_code = 130

@@ -24,36 +24,79 @@ class DataConfig(_Section):
     """Where the training and evaluation data come from and how rows become prompts."""
 
     train: str = Field(
-        description="Training data file (JSONL, JSON or CSV; chat `messages`, prompt/response, "
-        "Alpaca or ShareGPT rows). Relative paths in a recipe file are relative to the recipe."
+        description="Training data: a file (JSONL, JSON, CSV, Parquet; chat `messages`, "
+        "prompt/response, Alpaca, ShareGPT or text + label classification rows), a folder of "
+        ".txt/.md/.html documents for `pretrain`, or a stored dataset version `dataset:ID`. "
+        "Relative paths in a recipe file are relative to the recipe."
     )
     eval: str | None = Field(
         default=None,
-        description="Evaluation data file, same formats as `train`. Used for validation loss "
-        "and generation metrics.",
+        description="Validation data, same forms as `train`: validation loss during training, "
+        "early stopping, the best checkpoint, and generation metrics.",
     )
-    format: Literal["auto", "messages", "prompt_response", "alpaca", "sharegpt"] = Field(
-        default="auto", description="Row format; `auto` detects it from the keys of each row."
+    validation_split: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Without `eval`, hold out this fraction of `train` for validation "
+        "(stratified by label for classification data, seeded by `training.seed`).",
+    )
+    format: Literal[
+        "auto", "messages", "prompt_response", "alpaca", "sharegpt", "classification", "text"
+    ] = Field(
+        default="auto",
+        description="Row format; `auto` detects it from each row's keys. `classification` "
+        "turns text + label rows into a chat pair through `template`; `text` is raw "
+        "documents for `pretrain`.",
     )
     system_prompt: str | None = Field(
         default=None,
         description="System message added to every conversation that has none of its own.",
     )
+    template: str | None = Field(
+        default=None,
+        description="Classification rows: the user message, with `{text}` where the row's text "
+        "goes (default: a short instruction to answer with the label only).",
+    )
+    text_field: str | None = Field(
+        default=None,
+        description="Classification rows: the column holding the text (default: the first of "
+        "text, sentence, utterance, content).",
+    )
+    label_field: str | None = Field(
+        default=None,
+        description="Classification rows: the column holding the label (default: the first of "
+        "label, category, intent, class).",
+    )
+    labels: list[str] | str | None = Field(
+        default=None,
+        description="Classification: the label set, as a list or a JSON file of strings. Rows "
+        "with other labels are an error; evaluation reports accuracy over this set.",
+    )
     max_length: int = Field(
         default=512,
         gt=0,
         description="Maximum tokens per training example (prompt + answer) after the chat "
-        "template; longer rows are truncated from the end.",
+        "template; longer rows are cut from the end, and rows whose answer would be cut off "
+        "entirely are dropped (counted in the run log), never trained on with no loss. For "
+        "`pretrain`, the length of each packed block.",
+    )
+    train_on: Literal["all_assistant", "last_assistant"] = Field(
+        default="all_assistant",
+        description="Which assistant turns carry the loss: every assistant turn of a "
+        "multi-turn conversation, or only the last. Prompt, system and user tokens never do.",
     )
 
 
 class AdapterConfig(_Section):
     """Which weights are trained."""
 
-    type: Literal["lora", "full"] = Field(
+    type: Literal["lora", "qlora", "full", "freeze"] = Field(
         default="lora",
         description="`lora` trains low-rank adapters (small, fast, the base stays frozen); "
-        "`full` trains every weight.",
+        "`qlora` does the same on a 4-bit NF4 base (bitsandbytes, CUDA GPU only); `full` "
+        "trains every weight; `freeze` trains only the top `train_top_layers` blocks and/or "
+        "the modules named in `train_modules`.",
     )
     r: int = Field(default=16, gt=0, description="LoRA rank.")
     alpha: int = Field(default=32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
@@ -63,6 +106,37 @@ class AdapterConfig(_Section):
         description="Modules that get adapters: `all-linear` or a list of module names "
         "such as [q_proj, v_proj].",
     )
+    rslora: bool = Field(
+        default=False,
+        description="Rank-stabilised LoRA: scale by alpha / sqrt(r) instead of alpha / r, so "
+        "high ranks keep learning.",
+    )
+    dora: bool = Field(
+        default=False,
+        description="DoRA: learn a magnitude per output and a LoRA direction (slower, "
+        "sometimes better at low rank).",
+    )
+    train_top_layers: int | None = Field(
+        default=None,
+        ge=0,
+        description="`freeze`: train the top N transformer blocks (and the final norm).",
+    )
+    train_modules: list[str] = Field(
+        default_factory=list,
+        description="`freeze`: also train parameters whose name contains one of these "
+        "strings (e.g. lm_head, embed_tokens). Every entry must match something.",
+    )
+
+    @model_validator(mode="after")
+    def _freeze_needs_something(self) -> AdapterConfig:
+        if self.type == "freeze" and not self.train_top_layers and not self.train_modules:
+            raise ValueError(
+                "adapter.type freeze trains nothing: set adapter.train_top_layers and/or "
+                "adapter.train_modules"
+            )
+        if self.dora and self.type not in ("lora", "qlora"):
+            raise ValueError("adapter.dora applies to lora and qlora only")
+        return self
 
 
 class TrainingConfig(_Section):
@@ -100,12 +174,45 @@ class TrainingConfig(_Section):
         description="Batch examples of similar length together (shuffled megabatches sorted "
         "by length): about 25% less padding on mixed-length chat data.",
     )
+    eval_steps: int | None = Field(
+        default=None,
+        gt=0,
+        description="Measure validation loss every N optimizer steps (default: at the end of "
+        "every epoch, or every 10% of `max_steps`). Needs `data.eval` or "
+        "`data.validation_split`.",
+    )
+    save_steps: int | None = Field(
+        default=None,
+        gt=0,
+        description="Write a checkpoint every N steps (default: at every validation, else "
+        "every epoch or 10% of the steps). Checkpoints are written atomically.",
+    )
+    save_total_limit: int = Field(
+        default=2,
+        gt=0,
+        description="Keep the last N checkpoints (plus the best by validation loss).",
+    )
+    early_stopping_patience: int | None = Field(
+        default=None,
+        gt=0,
+        description="Stop after this many validations without improving the best validation "
+        "loss by more than `early_stopping_min_delta` (None: never stop early).",
+    )
+    early_stopping_min_delta: float = Field(
+        default=0.0, ge=0.0, description="Smallest validation-loss drop that counts as better."
+    )
+    load_best_at_end: bool = Field(
+        default=True,
+        description="With validation data, the saved model is the checkpoint with the lowest "
+        "validation loss, not the last one.",
+    )
     seed: int = Field(default=0, description="Seed for data order, dropout and initialisation.")
     logging_steps: int = Field(default=5, gt=0, description="Log metrics every N steps.")
     report_to: list[str] = Field(
         default_factory=list,
-        description="Extra trackers passed through to transformers (tensorboard, mlflow, "
-        "wandb). tuneloop's own registry records every run without them.",
+        description="Extra trackers, through accelerate (tensorboard, mlflow, wandb, ...; "
+        "the tracker's package must be installed). tuneloop's own registry and "
+        "`metrics.jsonl` record every run without them.",
     )
 
 
@@ -134,7 +241,12 @@ class Recipe(_Section):
         description="Model reference: a bundled name (`smollm2-135m-instruct`), a local "
         "model directory, a run id (`run:12`) or a Hugging Face hub id.",
     )
-    method: Literal["sft"] = Field(default="sft", description="Training method.")
+    method: Literal["sft", "pretrain"] = Field(
+        default="sft",
+        description="`sft`: supervised fine-tuning on conversations, loss on assistant turns. "
+        "`pretrain`: continued pretraining on raw documents packed into `data.max_length` "
+        "blocks, loss on every token.",
+    )
     data: DataConfig = Field(description="Training and evaluation data.")
     adapter: AdapterConfig = Field(default_factory=AdapterConfig, description="Adapter.")
     training: TrainingConfig = Field(

@@ -30,6 +30,10 @@ EXAMPLE_CHARS = 200
 FIELDS = ("all", "prompt", "answer")
 KEEP = ("first", "longest")
 LSH_RECALL = 0.985  # chance that a pair right at the threshold becomes an LSH candidate
+METHODS = ("jaccard", "edit")
+MAX_EDITS_LIMIT = 10  # beyond this many word edits two texts are not "near"
+# One word edit allowed per this many words of the longer text (see `allowed_edits`).
+WORDS_PER_EDIT = 4
 
 # Apostrophes are deleted rather than spaced so that "can't" and "cant" hash alike; every
 # other punctuation mark becomes a space so that "top-up" and "top up" do.
@@ -46,6 +50,7 @@ _SPACES = re.compile(r"\s+")
 _POLY = np.uint64(0x9E3779B97F4A7C15)
 _BATCH_CHARS = 1 << 20  # characters shingled per numpy pass
 _CHUNK_SHINGLES = 1 << 15  # shingles per signature block: 32k x 128 perms x 4 B = 16 MiB
+_BATCH_CELLS = 1 << 21  # word cells per banded edit-distance batch (~16 MiB of int64 ids)
 
 
 def normalize_for_hash(text: str) -> str:
@@ -100,6 +105,40 @@ class _UnionFind:
         for x in range(len(self.parent)):
             members.setdefault(self.find(x), []).append(x)
         return [m for m in members.values() if len(m) >= 2]
+
+
+def star_clusters(
+    n: int, pairs: list[tuple[int, int, float]], order: list[int] | None = None
+) -> list[list[int]]:
+    """Groups [representative, *members] from near-duplicate pairs, without chaining.
+
+    Rows are visited in `order` (default: index order), the order in which they should be
+    kept. A row joins the closest representative chosen so far that it has a pair with
+    (ties: the one chosen first), else becomes a representative itself. So every member is
+    a near duplicate of its own representative: with a~b and b~c but a and c far apart, b
+    joins a and c stays. Union-find would drop both b and c for a, and on short texts it
+    chains whole topics together. Groups have at least one member, ordered by their
+    representative's index; members are in index order.
+    """
+    neighbours: list[list[tuple[float, int]]] = [[] for _ in range(n)]
+    for i, j, distance in pairs:
+        neighbours[i].append((distance, j))
+        neighbours[j].append((distance, i))
+    chosen: dict[int, int] = {}  # representative -> when it was chosen
+    rep_of: dict[int, int] = {}
+    for x in range(n) if order is None else order:
+        best: tuple[float, int, int] | None = None
+        for distance, y in neighbours[x]:
+            if y in chosen and (best is None or (distance, chosen[y]) < best[:2]):
+                best = (distance, chosen[y], y)
+        if best is None:
+            chosen[x] = len(chosen)
+        else:
+            rep_of[x] = best[2]
+    groups: dict[int, list[int]] = {}
+    for x in sorted(rep_of):
+        groups.setdefault(rep_of[x], []).append(x)
+    return [[rep, *groups[rep]] for rep in sorted(groups)]
 
 
 # --- near duplicates -----------------------------------------------------------------------
@@ -248,24 +287,72 @@ def _lsh_candidates(
     return pairs
 
 
+def near_duplicate_pairs(
+    texts: list[str],
+    method: str = "jaccard",
+    threshold: float = 0.8,
+    max_edits: int = 2,
+    num_perm: int = 128,
+    ngram: int = 5,
+    seed: int = 1,
+    words_per_edit: int = WORDS_PER_EDIT,
+) -> list[tuple[int, int, float]]:
+    """Every verified near-duplicate pair as (i, j, distance), i < j, sorted.
+
+    method "jaccard": Jaccard similarity >= `threshold` of the character `ngram`-gram sets
+    of the normalised texts (MinHash LSH candidates, each verified exactly); the distance
+    is 1 - Jaccard. For long texts, where a few changed words hardly move the shingle sets.
+    Character shingles, not word shingles: on short texts one changed word removes most
+    word n-grams but only a few character n-grams (bench/bench_dedup.py).
+
+    method "edit": at most `allowed_edits(longer, max_edits, words_per_edit)` word edits
+    apart, Levenshtein distance over the normalised words (a word inserted, deleted or
+    replaced is one edit, so is a typo); the distance is the number of edits. For short
+    texts (a 10-word query), where one or two edits move character-shingle Jaccard as much
+    as a real paraphrase does (bench/bench_dedup.py, docs/experiments.md).
+
+    Pairs rather than clusters, because the callers group them differently: the dedup step
+    needs every dropped row close to the row kept for it (`star_clusters`), while keeping
+    duplicates on one side of a split needs the transitive closure (`cluster_ids`).
+    """
+    if method == "jaccard":
+        return _jaccard_pairs(texts, threshold, num_perm, ngram, seed)
+    if method == "edit":
+        return _edit_pairs(texts, max_edits, words_per_edit)
+    raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+
+
 def near_duplicate_clusters(
     texts: list[str],
     threshold: float = 0.8,
     num_perm: int = 128,
     ngram: int = 5,
     seed: int = 1,
+    method: str = "jaccard",
+    max_edits: int = 2,
 ) -> list[list[int]]:
-    """Clusters (size >= 2, sorted, ordered by first index) of texts with Jaccard >= threshold.
+    """Clusters (size >= 2, sorted, ordered by first index): `near_duplicate_pairs` joined.
 
-    Similarity is the Jaccard index of the sets of character `ngram`-grams of the normalised
-    texts. Character shingles, not word shingles: on short texts (a 10-word question) one
-    changed word removes most word n-grams but only a few character n-grams (on banking77
-    queries, 5-grams beat 3/4-grams and word 1/2/3-grams: bench/bench_dedup.py); for texts
-    that short, lower the threshold (0.7 there) rather than the shingle size.
+    Joined by union-find, so a~b and b~c put a, b and c in one cluster even when a and c
+    are far apart: the safe side for keeping near duplicates out of a test split, too
+    coarse for choosing rows to drop (the dedup step uses `star_clusters` for that).
+    """
+    found = _UnionFind(len(texts))
+    for i, j, _ in near_duplicate_pairs(
+        texts, method, threshold, max_edits, num_perm=num_perm, ngram=ngram, seed=seed
+    ):
+        found.union(i, j)
+    return found.clusters()
+
+
+def _jaccard_pairs(
+    texts: list[str], threshold: float, num_perm: int, ngram: int, seed: int
+) -> list[tuple[int, int, float]]:
+    """Pairs with Jaccard >= threshold among the MinHash LSH candidates.
 
     The LSH bands are set so that a pair right at the threshold becomes a candidate 98.5%
     of the time (`lsh_bands`); every candidate is then confirmed with the exact Jaccard of
-    the shingle sets, so the loose index costs time but adds no false clusters.
+    the shingle sets, so the loose index costs time but adds no false pairs.
     """
     if not 0.0 < threshold <= 1.0:
         raise ValueError("threshold must be in (0, 1]")
@@ -273,7 +360,6 @@ def near_duplicate_clusters(
         return []
     hashes, offsets = shingle_sets(texts, ngram)
     signatures = minhash_signatures(hashes, offsets, num_perm, seed)
-    candidates = _lsh_candidates(signatures, threshold, num_perm, seed)
     sets: dict[int, frozenset[int]] = {}
 
     def shingles(i: int) -> frozenset[int]:
@@ -281,15 +367,230 @@ def near_duplicate_clusters(
             sets[i] = frozenset(hashes[offsets[i] : offsets[i + 1]].tolist())
         return sets[i]
 
-    found = _UnionFind(len(texts))
-    for i, j in candidates:
-        if found.find(i) == found.find(j):
-            continue  # already joined through other pairs; no need to measure
+    pairs = []
+    for i, j in _lsh_candidates(signatures, threshold, num_perm, seed):
         a, b = shingles(i), shingles(j)
         common = len(a & b)
-        if common >= threshold * (len(a) + len(b) - common):
-            found.union(i, j)
-    return found.clusters()
+        union = len(a) + len(b) - common
+        if common >= threshold * union:
+            pairs.append((min(i, j), max(i, j), 1.0 - common / union))
+    return sorted(pairs)
+
+
+def allowed_edits(
+    longer: np.ndarray, max_edits: int, words_per_edit: int = WORDS_PER_EDIT
+) -> np.ndarray:
+    """Word edits allowed between two texts, by the word count of the longer one.
+
+    One edit per `words_per_edit` words, at most `max_edits`: two edits turn a 3-word query
+    into another question ("card not working" / "app not loading"), while a 15-word one
+    survives them as the same request. At least 2 words per edit keeps the edits fewer than
+    the words, so two texts within the limit share a word: what makes the candidate search
+    (`_prefix_candidates`) complete.
+    """
+    if words_per_edit < 2:
+        raise ValueError("words_per_edit must be at least 2")
+    return np.minimum(max_edits, np.asarray(longer) // words_per_edit)
+
+
+def _word_ids(texts: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(ids, offsets, vocabulary): text i's normalised words are ids[offsets[i]:offsets[i+1]]."""
+    vocab: dict[str, int] = {}
+    flat: list[int] = []
+    offsets = [0]
+    for text in texts:
+        flat.extend([vocab.setdefault(w, len(vocab)) for w in normalize_for_hash(text).split()])
+        offsets.append(len(flat))
+    return np.array(flat, dtype=np.int64), np.array(offsets, dtype=np.int64), list(vocab)
+
+
+def _edit_pairs(
+    texts: list[str], max_edits: int, words_per_edit: int
+) -> list[tuple[int, int, float]]:
+    if max_edits < 0:
+        raise ValueError("max_edits must be at least 0")
+    ids, offsets, vocab = _word_ids(texts)
+    left, right = _prefix_candidates(ids, offsets, vocab, max_edits, words_per_edit)
+    lengths = np.diff(offsets)
+    limit = allowed_edits(np.maximum(lengths[left], lengths[right]), max_edits, words_per_edit)
+    distance = _banded_distances(ids, offsets, left, right, limit, max_edits)
+    close = distance <= limit
+    found = zip(left[close].tolist(), right[close].tolist(), distance[close].tolist(), strict=True)
+    return sorted((i, j, float(d)) for i, j, d in found)
+
+
+def _prefix_candidates(
+    ids: np.ndarray,
+    offsets: np.ndarray,
+    vocab: list[str],
+    max_edits: int,
+    words_per_edit: int = WORDS_PER_EDIT,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i < j) that may be within the allowed word edits: prefix filtering.
+
+    An edit removes at most one distinct word from a text's word set, so two texts d edits
+    apart share every word but at most d of either set. Order all words rarest first (by
+    the number of texts containing them, ties by the word) and index each text under its
+    `allowed + 1` first words: the rarest word the two texts share is among those of both
+    (at most d words of either text come before it), so every pair within the limit shares
+    a bucket. Rare words make small buckets, which is why rarest first.
+    """
+    n = len(offsets) - 1
+    lengths = np.diff(offsets)
+    owner = np.repeat(np.arange(n, dtype=np.int64), lengths)
+    vsize = max(len(vocab), 1)
+    distinct = _sorted_unique(owner * vsize + ids)
+    text, word = distinct // vsize, distinct % vsize
+    frequency = np.bincount(word, minlength=vsize)
+    by_word = np.empty(vsize, dtype=np.int64)
+    by_word[sorted(range(len(vocab)), key=vocab.__getitem__)] = np.arange(len(vocab))
+    rank = np.empty(vsize, dtype=np.int64)
+    rank[np.lexsort((by_word, frequency))] = np.arange(vsize)
+    order = np.lexsort((rank[word], text))
+    text, word_rank = text[order], rank[word][order]
+    first = np.searchsorted(text, np.arange(n))
+    position = np.arange(len(text)) - first[text]
+    # a partner is at most max_edits words longer, so the pair is allowed at most this many
+    prefix = allowed_edits(lengths + max_edits, max_edits, words_per_edit) + 1
+    keep = position < prefix[text]
+    text, word_rank = text[keep], word_rank[keep]
+    order = np.argsort(word_rank, kind="stable")
+    text, word_rank = text[order], word_rank[order]
+    starts = np.flatnonzero(np.r_[True, word_rank[1:] != word_rank[:-1], True])
+    parts_l: list[np.ndarray] = []
+    parts_r: list[np.ndarray] = []
+    for lo, hi in zip(starts[:-1].tolist(), starts[1:].tolist(), strict=True):
+        if hi - lo >= 2:
+            a, b = np.triu_indices(hi - lo, 1)
+            parts_l.append(text[lo + a])
+            parts_r.append(text[lo + b])
+    # texts without words are within 0 edits of each other and share no word
+    empty = np.flatnonzero(lengths == 0)
+    if len(empty) >= 2:
+        a, b = np.triu_indices(len(empty), 1)
+        parts_l.append(empty[a])
+        parts_r.append(empty[b])
+    if not parts_l:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    left, right = np.concatenate(parts_l), np.concatenate(parts_r)  # left < right: sorted
+    longer = np.maximum(lengths[left], lengths[right])
+    allowed = allowed_edits(longer, max_edits, words_per_edit)
+    near = np.abs(lengths[left] - lengths[right]) <= allowed
+    keys = _sorted_unique(left[near] * n + right[near])  # a pair may share several buckets
+    return keys // n, keys % n
+
+
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    """np.unique by sorting: numpy 2.4's hash-based unique is several times slower here."""
+    values = np.sort(values)
+    return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
+
+
+def word_edit_distances(a: list[list[int]], b: list[list[int]], max_edits: int) -> np.ndarray:
+    """Levenshtein distance of the word-id sequences a[p] and b[p], capped at max_edits + 1.
+
+    The banded computation `near_duplicate_pairs(method="edit")` uses, for callers (and
+    tests) that already have sequences; a result of max_edits + 1 means "more than
+    max_edits".
+    """
+    if len(a) != len(b):
+        raise ValueError("a and b must have the same number of sequences")
+    seqs = [*a, *b]
+    offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+    np.cumsum([len(s) for s in seqs], out=offsets[1:])
+    ids = np.array([w for s in seqs for w in s], dtype=np.int64)
+    pairs = np.arange(len(a), dtype=np.int64)
+    limit = np.full(len(a), max_edits, dtype=np.int64)
+    return _banded_distances(ids, offsets, pairs, pairs + len(a), limit, max_edits).astype(np.int64)
+
+
+def _banded_distances(
+    ids: np.ndarray,
+    offsets: np.ndarray,
+    left: np.ndarray,
+    right: np.ndarray,
+    limit: np.ndarray,
+    max_edits: int,
+) -> np.ndarray:
+    """Word Levenshtein distance of each pair, or max_edits + 1 when it exceeds limit.
+
+    Only cells within max_edits of the diagonal matter for distances up to max_edits, so a
+    row of the DP is 2 * max_edits + 1 cells, computed for a whole batch of pairs per numpy
+    call. Batches hold pairs whose shorter text has one length, so none loops past its end;
+    a pair leaves its batch as soon as no path through the current row can stay within its
+    limit, and the batch stops when none is left.
+    """
+    cap = max_edits + 1
+    out = np.full(len(left), cap, dtype=np.int16)
+    if not len(left):
+        return out
+    lengths = np.diff(offsets)
+    swap = lengths[left] > lengths[right]
+    short, long = np.where(swap, right, left), np.where(swap, left, right)
+    gap = lengths[long] - lengths[short]
+    todo = np.flatnonzero(gap <= limit)
+    todo = todo[np.argsort(lengths[short[todo]], kind="stable")]
+    size = lengths[short[todo]]
+    bounds = np.flatnonzero(np.r_[True, size[1:] != size[:-1], True])
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        words = int(size[lo])
+        per_batch = max(1, _BATCH_CELLS // (words + 2 * max_edits + 1))
+        for start in range(lo, hi, per_batch):
+            batch = todo[start : min(hi, start + per_batch)]
+            out[batch] = _band_batch(
+                ids, offsets, short[batch], long[batch], words, limit[batch], max_edits
+            )
+    return out
+
+
+def _band_batch(
+    ids: np.ndarray,
+    offsets: np.ndarray,
+    short: np.ndarray,
+    long: np.ndarray,
+    words: int,
+    limit: np.ndarray,
+    k: int,
+) -> np.ndarray:
+    """Banded DP for pairs whose shorter text has `words` words (see `_banded_distances`)."""
+    cap = k + 1
+    band = 2 * k + 1
+    # a: the shorter texts' words; b: the longer texts', k unmatched (-1) columns in front
+    # (cells left of column 0) and -1 past each text's end (cells there cannot reach the
+    # final cell, which lies to their left)
+    a = ids[offsets[short][:, None] + np.arange(words)] if words else np.zeros((len(short), 0))
+    long_len = offsets[long + 1] - offsets[long]
+    col = np.arange(words + k)
+    inside = col[None, :] < long_len[:, None]
+    b = np.full((len(short), words + 2 * k), -1, dtype=np.int64)
+    b[:, k:] = np.where(inside, ids[np.minimum(offsets[long][:, None] + col, len(ids) - 1)], -1)
+    final = (long_len - words + k).astype(np.int64)  # the last cell's offset in the band
+    # row 0: column j costs j; offsets o < k are columns j = o - k < 0
+    row = np.full((len(short), band), cap, dtype=np.int16)
+    row[:, k:] = np.arange(k + 1)
+    # the edits still needed from band offset o to the final cell: at least |final - o|
+    to_final = np.abs(final[:, None] - np.arange(band)[None, :]).astype(np.int16)
+    alive = np.arange(len(short))
+    for i in range(1, words + 1):
+        cur = row + (b[:, i - 1 : i - 1 + band] != a[:, i - 1 : i])  # substitute or match
+        np.minimum(cur[:, :-1], row[:, 1:] + 1, out=cur[:, :-1])  # delete a's word
+        for o in range(1, band):  # insert b's word: left to right along the row
+            np.minimum(cur[:, o], cur[:, o - 1] + 1, out=cur[:, o])
+        if i < k:
+            cur[:, : k - i] = cap  # columns j < 0
+        np.minimum(cur, cap, out=cur)
+        row = cur
+        live = (row + to_final).min(axis=1) <= limit
+        if not live.all():
+            if not live.any():
+                return np.full(len(short), cap, dtype=np.int16)
+            if live.sum() * 2 < len(live):  # compact once half the batch is out
+                a, b, row, to_final = a[live], b[live], row[live], to_final[live]
+                final, limit, alive = final[live], limit[live], alive[live]
+    out = np.full(len(short), cap, dtype=np.int16)
+    result = row[np.arange(len(row)), final]
+    out[alive] = np.where(result <= limit, result, cap)
+    return out
 
 
 # --- semantic duplicates -------------------------------------------------------------------
@@ -355,21 +656,26 @@ def strip_shared_affixes(texts: list[str], min_chars: int = 8) -> list[str]:
     return [t[cut_front : max(cut_front, len(t) - cut_back)] for t in texts]
 
 
-def _duplicates(
-    texts: list[str], exact: bool, near: bool, threshold: float
-) -> tuple[list[list[int]], list[list[int]]]:
-    """Exact groups, then near clusters among one representative (the first) per group.
+def _check_near_options(method: str, max_edits: int) -> None:
+    if method not in METHODS:
+        raise DataError(f"dedup: method must be one of {', '.join(METHODS)}, not {method!r}")
+    if (
+        isinstance(max_edits, bool)
+        or not isinstance(max_edits, int)
+        or not 0 <= max_edits <= MAX_EDITS_LIMIT
+    ):
+        raise DataError(
+            f"dedup: max_edits must be a whole number from 0 to {MAX_EDITS_LIMIT}, "
+            f"not {max_edits!r}"
+        )
 
-    Near detection skips the other members of an exact group: they add no new pairs and
-    would only make the clusters look bigger than the distinct texts in them.
-    """
-    exact_groups = exact_duplicate_groups(texts) if exact else []
-    if not near:
-        return exact_groups, []
-    repeated = {i for g in exact_groups for i in g[1:]}
-    reps = [i for i in range(len(texts)) if i not in repeated]
-    clusters = near_duplicate_clusters([texts[i] for i in reps], threshold=threshold)
-    return exact_groups, [[reps[k] for k in c] for c in clusters]
+
+def _near_pairs_among(
+    texts: list[str], among: list[int], method: str, threshold: float, max_edits: int
+) -> list[tuple[int, int, float]]:
+    """`near_duplicate_pairs` of the texts at indices `among`, as indices into `texts`."""
+    found = near_duplicate_pairs([texts[i] for i in among], method, threshold, max_edits)
+    return [(among[i], among[j], d) for i, j, d in found]
 
 
 def cluster_ids(
@@ -378,18 +684,29 @@ def cluster_ids(
     exact: bool = True,
     near: bool = True,
     field: str = "all",
+    method: str = "jaccard",
+    max_edits: int = 2,
 ) -> list[int]:
     """A duplicate-cluster id per row: rows in one exact or near cluster share it.
 
     Ids are 0, 1, 2, ... in order of each cluster's first row; a row with no duplicate has
     an id of its own. A split can keep each id on one side so duplicates cannot leak.
+    Clusters are transitive (a~b, b~c: one id), unlike what the dedup step drops: for
+    leakage, putting a paraphrase chain on one side is the safe mistake.
     """
     texts = _texts(rows, field)
-    exact_groups, near_clusters = _duplicates(texts, exact, near, threshold)
+    _check_near_options(method, max_edits)
     found = _UnionFind(len(rows))
-    for group in exact_groups + near_clusters:
+    exact_groups = exact_duplicate_groups(texts) if exact else []
+    for group in exact_groups:
         for member in group[1:]:
             found.union(group[0], member)
+    if near:
+        # other members of an exact group have the same normalised text: no new pairs
+        repeated = {i for g in exact_groups for i in g[1:]}
+        among = [i for i in range(len(texts)) if i not in repeated]
+        for i, j, _ in _near_pairs_among(texts, among, method, threshold, max_edits):
+            found.union(i, j)
     ids: dict[int, int] = {}
     return [ids.setdefault(found.find(i), len(ids)) for i in range(len(rows))]
 
@@ -409,50 +726,69 @@ def dedup(
     field: str = "all",
     semantic: bool = False,
     semantic_threshold: float = 0.95,
+    method: str = "jaccard",
+    max_edits: int = 2,
 ) -> list[Row]:
     """Drop exact and near-duplicate rows, keeping one row per cluster.
 
+    method: how near duplicates are found: "jaccard" (character 5-gram sets with Jaccard
+    >= threshold; for long texts) or "edit" (at most max_edits word edits, fewer for
+    texts under 4 * max_edits words, see `allowed_edits`; for short texts such as queries).
+    threshold: the Jaccard similarity for method "jaccard" (unused by "edit").
     semantic: also drop paraphrases whose sentence embeddings (all-MiniLM-L6-v2, bundled)
     have cosine similarity >= semantic_threshold, among rows left after exact/near dedup.
 
     field: the text compared: "all" (every message), "prompt" or "answer".
     keep: "first" (the earliest row) or "longest" (the row with the longest text, so the
     most complete version of a near-duplicate survives; ties go to the earliest).
-    threshold: Jaccard similarity of character 5-gram sets for near duplicates.
+
+    Near duplicates are grouped by `star_clusters`, in keep order: every dropped row is a
+    near duplicate of the row kept for it, never only of another dropped row.
     """
     if keep not in KEEP:
         raise DataError(f"dedup: keep must be one of {', '.join(KEEP)}, not {keep!r}")
+    _check_near_options(method, max_edits)
     texts = _texts(rows, field)
-    exact_groups, near_clusters = _duplicates(texts, exact, near, threshold)
+    order = list(range(len(rows)))
+    if keep == "longest":
+        order.sort(key=lambda i: (-len(texts[i]), i))
+    rank = {row: position for position, row in enumerate(order)}
     dropped: dict[int, str] = {}
     listed: list[dict[str, Any]] = []
-    semantic_clusters: list[list[int]] = []
+
+    def record(kind: str, group: list[int], kept: int) -> None:
+        for i in group:
+            if i != kept:
+                dropped[i] = f"{kind} duplicate"
+        listed.append(
+            {
+                "kind": kind,
+                "size": len(group),
+                "rows": [_source(rows[i], i) for i in group],
+                "kept": _source(rows[kept], kept),
+                "example": texts[kept][:EXAMPLE_CHARS],
+            }
+        )
+
+    for group in exact_duplicate_groups(texts) if exact else []:
+        record("exact", group, min(group, key=rank.__getitem__))
+    if near:
+        among = [i for i in range(len(rows)) if i not in dropped]
+        pairs = _near_pairs_among(texts, among, method, threshold, max_edits)
+        local = {row: k for k, row in enumerate(among)}
+        # pairs and order in the local numbering of `among`
+        local_pairs = [(local[i], local[j], d) for i, j, d in pairs]
+        local_order = [local[i] for i in order if i in local]
+        for rep, *members in star_clusters(len(among), local_pairs, local_order):
+            record("near", sorted(among[k] for k in (rep, *members)), among[rep])
     if semantic:
         from tuneloop.data.embed import embed
 
-        covered = {i for g in exact_groups + near_clusters for i in g[1:]}
-        reps = [i for i in range(len(texts)) if i not in covered]
-        found = semantic_duplicate_clusters(embed([texts[i] for i in reps]), semantic_threshold)
-        semantic_clusters = [[reps[k] for k in c] for c in found]
-    for kind, groups in (
-        ("exact", exact_groups),
-        ("near", near_clusters),
-        ("semantic", semantic_clusters),
-    ):
-        for group in groups:
-            kept = group[0] if keep == "first" else max(group, key=lambda i: len(texts[i]))
-            for i in group:
-                if i != kept:
-                    dropped[i] = f"{kind} duplicate"
-            listed.append(
-                {
-                    "kind": kind,
-                    "size": len(group),
-                    "rows": [_source(rows[i], i) for i in group],
-                    "kept": _source(rows[kept], kept),
-                    "example": texts[kept][:EXAMPLE_CHARS],
-                }
-            )
+        among = [i for i in range(len(texts)) if i not in dropped]
+        found = semantic_duplicate_clusters(embed([texts[i] for i in among]), semantic_threshold)
+        for cluster in found:
+            group = [among[k] for k in cluster]
+            record("semantic", group, min(group, key=rank.__getitem__))
     out = []
     for i, row in enumerate(rows):
         if i in dropped:

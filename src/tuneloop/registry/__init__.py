@@ -4,6 +4,7 @@ from tuneloop.registry.db import get_engine, head_revision, migrate, session_sco
 from tuneloop.registry.records import (
     add_eval,
     add_model,
+    add_run_metrics,
     content_hash,
     eval_examples,
     evals_for_run,
@@ -13,6 +14,7 @@ from tuneloop.registry.records import (
     list_runs,
     models_for_run,
     register_dataset,
+    run_metrics,
     start_run,
     update_run,
 )
@@ -20,6 +22,7 @@ from tuneloop.registry.records import (
 __all__ = [
     "add_eval",
     "add_model",
+    "add_run_metrics",
     "content_hash",
     "eval_examples",
     "evals_for_run",
@@ -32,6 +35,7 @@ __all__ = [
     "migrate",
     "models_for_run",
     "register_dataset",
+    "run_metrics",
     "session_scope",
     "start_run",
     "update_run",

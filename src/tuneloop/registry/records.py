@@ -23,6 +23,7 @@ from tuneloop.registry.tables import (
     ModelRecord,
     Run,
     RunDataset,
+    RunMetric,
     utcnow,
 )
 
@@ -139,9 +140,30 @@ def update_run(run_id: int, **fields: Any) -> Run:
             if key in ("metrics", "timings"):
                 value = {**getattr(run, key), **value}
             setattr(run, key, value)
-        if fields.get("status") in ("completed", "failed"):
+        if fields.get("status") in ("completed", "failed", "interrupted"):
             run.finished_at = utcnow()
         return run
+
+
+def add_run_metrics(run_id: int, values: dict[str, Any]) -> None:
+    """Record one metrics entry of a run (it must carry its "step").
+
+    Entries after this step are removed first: they can only exist if the run was resumed
+    from an earlier checkpoint, and the resumed curve replaces them.
+    """
+    from sqlalchemy import delete
+
+    step = int(values["step"])
+    with session_scope() as s:
+        s.execute(delete(RunMetric).where(RunMetric.run_id == run_id, RunMetric.step > step))
+        s.add(RunMetric(run_id=run_id, step=step, values=values))
+
+
+def run_metrics(run_id: int) -> list[dict[str, Any]]:
+    """A run's metrics entries in step order (training log lines and validations)."""
+    with session_scope() as s:
+        query = select(RunMetric).where(RunMetric.run_id == run_id).order_by(RunMetric.id)
+        return [m.values for m in s.scalars(query)]
 
 
 def get_run(run_id: int) -> Run:

@@ -127,3 +127,16 @@ class EvalExample(Base):
     scores: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
     result: Mapped[EvalResult] = relationship(back_populates="examples")
+
+
+class RunMetric(Base):
+    """One metrics entry of a run (a training log line or a validation), as written to
+    the run's `metrics.jsonl`; a resumed run replaces the entries after its checkpoint."""
+
+    __tablename__ = "run_metrics"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    values: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

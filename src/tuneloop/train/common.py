@@ -1,0 +1,318 @@
+"""Pieces every training method shares: data references, the run record, the model setup,
+the final save. Small functions, so each method's module reads top to bottom."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tuneloop import __version__
+from tuneloop.config import Recipe, dump_recipe, runs_dir
+from tuneloop.data.formats import DEFAULT_CLASSIFICATION_TEMPLATE, RowOptions
+from tuneloop.errors import RecipeError, TrainingError
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
+
+
+def data_path(ref: str) -> str:
+    """A data reference as a path: `dataset:ID` is a stored dataset version."""
+    if ref.startswith("dataset:"):
+        from tuneloop import registry
+
+        try:
+            dataset_id = int(ref.split(":", 1)[1])
+        except ValueError:
+            raise RecipeError(f"bad dataset reference {ref!r}; expected dataset:ID") from None
+        return registry.get_dataset(dataset_id).path
+    return ref
+
+
+def row_options(recipe: Recipe) -> RowOptions:
+    """How this recipe turns raw rows into conversations (also recorded in the run)."""
+    d = recipe.data
+    return RowOptions(
+        system_prompt=d.system_prompt,
+        classification_template=d.template or DEFAULT_CLASSIFICATION_TEMPLATE,
+        text_field=d.text_field,
+        label_field=d.label_field,
+    )
+
+
+def label_set(recipe: Recipe) -> list[str] | None:
+    labels = recipe.data.labels
+    if labels is None or isinstance(labels, list):
+        return labels
+    from tuneloop.data.score import load_labels
+
+    return load_labels(labels)
+
+
+def prompt_format(recipe: Recipe, data_format: str, labels: list[str] | None) -> dict[str, Any]:
+    """Everything needed to turn new rows into prompts exactly as in training."""
+    options = row_options(recipe)
+    return {
+        "format": data_format,
+        "system_prompt": options.system_prompt,
+        "template": options.classification_template if data_format == "classification" else None,
+        "text_field": options.text_field,
+        "label_field": options.label_field,
+        "labels": labels,
+        "train_on": recipe.data.train_on,
+        "max_length": recipe.data.max_length,
+    }
+
+
+def options_from_format(fmt: dict[str, Any]) -> RowOptions:
+    """The RowOptions a run recorded with `prompt_format` (for evaluating new data)."""
+    base = RowOptions()
+    return dataclasses.replace(
+        base,
+        system_prompt=fmt.get("system_prompt"),
+        classification_template=fmt.get("template") or base.classification_template,
+        text_field=fmt.get("text_field"),
+        label_field=fmt.get("label_field"),
+    )
+
+
+def stratified_split(
+    labels: list[str | None], fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
+    """(train, validation) indices: `fraction` of each label group (of all rows if unlabelled).
+
+    Each label with at least two rows gives at least one row to validation, so every class
+    is measured; a label with one row stays in train.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    groups: dict[str | None, list[int]] = {}
+    for i, label in enumerate(labels):
+        groups.setdefault(label, []).append(i)
+    train, val = [], []
+    for key in sorted(groups, key=str):
+        members = groups[key]
+        order = [members[j] for j in rng.permutation(len(members))]
+        n_val = round(fraction * len(members))
+        if n_val == 0 and len(members) >= 2 and key is not None:
+            n_val = 1
+        val += order[:n_val]
+        train += order[n_val:]
+    return sorted(train), sorted(val)
+
+
+def check_runtime(recipe: Recipe) -> None:
+    """Refuse a recipe this machine cannot run, before any data or model is loaded."""
+    import torch
+
+    if recipe.adapter.type == "qlora":
+        if not torch.cuda.is_available():
+            raise TrainingError(
+                "adapter.type qlora needs a CUDA GPU: its 4-bit NF4 base weights use "
+                "bitsandbytes kernels that do not run on CPU. Use adapter.type lora on this "
+                "machine (the same adapters on a full-precision base)."
+            )
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise TrainingError(
+                "adapter.type qlora needs bitsandbytes: pip install bitsandbytes"
+            ) from None
+    gpu = torch.cuda.is_available()
+    if recipe.training.precision == "bf16" and gpu and not torch.cuda.is_bf16_supported():
+        raise TrainingError("training.precision bf16: this GPU does not support bf16")
+
+
+def use_bf16(recipe: Recipe) -> bool:
+    import torch
+
+    if recipe.training.precision == "bf16":
+        return True
+    if recipe.training.precision == "auto":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return False
+
+
+# --- run directory and record --------------------------------------------------------------
+
+
+def start_run(
+    recipe: Recipe, datasets: dict[str, int], base_path: str, run_dir: str | Path | None
+) -> tuple[Any, Path]:
+    """Registry record + run directory with the resolved recipe."""
+    from tuneloop import registry
+
+    run = registry.start_run(
+        name=recipe.name,
+        kind=recipe.method,
+        recipe=recipe.model_dump(mode="json"),
+        base_model=recipe.model,
+        datasets=datasets,
+    )
+    parent = Path(recipe.output_dir) if recipe.output_dir else runs_dir()
+    run_path = Path(run_dir) if run_dir else parent / f"{run.id:04d}-{slug(recipe.name)}"
+    run_path.mkdir(parents=True, exist_ok=True)
+    registry.update_run(run.id, run_dir=str(run_path))
+    dump_recipe(recipe, run_path / "recipe.yaml")
+    return run, run_path
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    tmp.replace(path)
+
+
+def run_meta(run: Any, recipe: Recipe, base_path: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "run_id": run.id,
+        "method": recipe.method,
+        "package_version": __version__,
+        "git_commit": run.git_commit,
+        "base_model": recipe.model,
+        "base_model_path": base_path,
+        **extra,
+    }
+
+
+# --- model -------------------------------------------------------------------------------
+
+
+def prepare_model(recipe: Recipe, resolved: Any) -> tuple[Any, dict[str, Any]]:
+    """The base model with the recipe's trainable parameters; returns (model, summary)."""
+    import torch
+
+    from tuneloop.models.resolve import load_model
+
+    a = recipe.adapter
+    torch.manual_seed(recipe.training.seed)  # LoRA initialisation is part of the run's seed
+    if a.type == "qlora":
+        model = _load_4bit(resolved)
+    else:
+        model = load_model(resolved, dtype=torch.float32, merge=True)
+    model.config.use_cache = False
+    if a.type in ("lora", "qlora"):
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(
+            r=a.r,
+            lora_alpha=a.alpha,
+            lora_dropout=a.dropout,
+            target_modules=a.target_modules,
+            use_rslora=a.rslora,
+            use_dora=a.dora,
+            task_type="CAUSAL_LM",
+        )
+        try:
+            model = get_peft_model(model, config)
+        except ValueError as err:  # e.g. target modules that do not exist
+            raise RecipeError(f"adapter: {err}") from None
+    elif a.type == "freeze":
+        _freeze(model, a.train_top_layers or 0, a.train_modules)
+    if recipe.training.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if a.type in ("lora", "qlora", "freeze"):
+            model.enable_input_require_grads()
+    model.train()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    if trainable == 0:
+        raise RecipeError("the recipe leaves no parameter trainable")
+    return model, {"adapter": a.type, "trainable_params": trainable, "total_params": total}
+
+
+def _load_4bit(resolved: Any) -> Any:
+    import torch
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    if resolved.adapter:
+        raise RecipeError("qlora on top of a run's adapter: merge and export the run first")
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        resolved.base, quantization_config=quant, dtype=torch.bfloat16, device_map={"": 0}
+    )
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def _blocks(model: Any) -> list[Any]:
+    """The model's stack of transformer blocks (Llama/Mistral/Qwen/GPT-2 layouts)."""
+    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
+        obj = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if obj is not None:
+            return list(obj)
+    raise RecipeError("adapter.train_top_layers: cannot find this model's transformer blocks")
+
+
+def _freeze(model: Any, top_layers: int, modules: list[str]) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if top_layers:
+        blocks = _blocks(model)
+        if top_layers > len(blocks):
+            raise RecipeError(
+                f"adapter.train_top_layers is {top_layers} but the model has {len(blocks)} blocks"
+            )
+        for block in blocks[-top_layers:]:
+            for p in block.parameters():
+                p.requires_grad_(True)
+        norm = getattr(getattr(model, "model", None), "norm", None)
+        if norm is not None:  # the final norm sits above the top block
+            for p in norm.parameters():
+                p.requires_grad_(True)
+    names = dict(model.named_parameters())
+    for wanted in modules:
+        hits = [n for n in names if wanted in n]
+        if not hits:
+            raise RecipeError(
+                f"adapter.train_modules: no parameter name contains {wanted!r} "
+                f"(names look like {next(iter(names))!r})"
+            )
+        for n in hits:
+            names[n].requires_grad_(True)
+
+
+# --- saving --------------------------------------------------------------------------------
+
+
+def save_model(model: Any, tokenizer: Any, target: Path, base_path: str) -> None:
+    """Save to a sibling temp dir then rename, so `target` is never half-written.
+
+    A LoRA model is saved as a PEFT adapter (`adapter_config.json` +
+    `adapter_model.safetensors`, loadable by peft and vLLM) pointing at its base by path.
+    """
+    staging = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    cfg = staging / "adapter_config.json"
+    if cfg.is_file():
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+        data["base_model_name_or_path"] = base_path
+        cfg.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+
+
+def check_finite(model: Any) -> None:
+    """Refuse to save weights with NaN or inf in them."""
+    import torch
+
+    for name, p in model.named_parameters():
+        if p.requires_grad and not torch.isfinite(p).all():
+            raise TrainingError(f"parameter {name} holds NaN/inf; the model was not saved")

@@ -1,0 +1,534 @@
+"""The training loop every method shares: exact accounting, checkpoints, resume, guards.
+
+Why tuneloop owns this loop instead of handing batches to `transformers.Trainer`:
+
+- **Loss normalisation.** The loss of one optimizer step is the sum of token losses over
+  every micro-batch (and every process) divided by the number of target tokens in all of
+  them. So batch 8 equals batch 1 with 8 accumulation steps, and 2 processes equal 1 with
+  the same global batch, up to float rounding (tests check both).
+- **Exact resume.** The data order is a pure function of (seed, epoch); a checkpoint stores
+  the position, the optimizer, the scheduler and every RNG state, so a resumed run computes
+  the same future losses as an uninterrupted one.
+- **Guards.** A non-finite loss or gradient norm stops the run at that step, before the
+  optimizer touches the weights, and nothing is saved; SIGTERM or Ctrl-C finishes the current
+  step, writes a checkpoint and exits.
+
+`accelerate` provides devices, mixed precision and multi-process (DDP/FSDP) wrapping, so the
+same loop runs on a laptop and under `accelerate launch`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneloop.errors import TrainingError, TrainingInterrupted
+from tuneloop.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    rotate,
+    save_checkpoint,
+    set_rng_state,
+)
+from tuneloop.train.tokenize import IGNORE, Example
+
+MEGABATCH = 50  # batches per length-sorted megabatch (as in transformers' length grouping)
+
+
+class NonFiniteLoss(TrainingError):
+    """The loss or the gradient norm became NaN or infinite; nothing was saved."""
+
+
+@dataclass
+class LoopConfig:
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 2e-4
+    epochs: float = 1.0
+    max_steps: int = -1
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    eval_steps: int | None = None
+    save_steps: int | None = None
+    save_total_limit: int = 2
+    early_stopping_patience: int | None = None
+    early_stopping_min_delta: float = 0.0
+    load_best_at_end: bool = True
+    seed: int = 0
+    logging_steps: int = 5
+    group_by_length: bool = True
+    bf16: bool = False
+    report_to: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_training(cls, training: Any, bf16: bool) -> LoopConfig:
+        """From a recipe's `training` section."""
+        names = {f for f in cls.__dataclass_fields__ if f != "bf16"}
+        return cls(bf16=bf16, **{k: getattr(training, k) for k in names})
+
+
+@dataclass
+class LoopResult:
+    steps: int
+    epochs: float
+    train_loss: float
+    final_loss: float | None
+    tokens: int
+    train_s: float
+    best_step: int | None = None
+    best_eval_loss: float | None = None
+    stopped_early: bool = False
+    resumed_from: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "train_loss": self.train_loss,
+            "train_steps": self.steps,
+            "train_epochs": round(self.epochs, 4),
+            "train_tokens": self.tokens,
+            "train_tokens_per_s": self.tokens / max(self.train_s, 1e-9),
+        }
+        if self.final_loss is not None:
+            out["final_loss"] = self.final_loss
+        if self.best_eval_loss is not None:
+            out["eval_loss"] = self.best_eval_loss
+            out["best_step"] = self.best_step
+        if self.stopped_early:
+            out["stopped_early"] = True
+        return out
+
+
+# --- data order ----------------------------------------------------------------------------
+
+
+def batch_plan(
+    lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool
+) -> list[list[int]]:
+    """The batches of one epoch: a pure function of its arguments (so resume is exact).
+
+    With group_by_length, shuffled megabatches of MEGABATCH batches are sorted by length, so
+    each batch holds similar lengths (little padding) while the order stays random; the
+    batch with the longest example goes first so an out-of-memory error shows at once.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths)).tolist()
+    if not group_by_length:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    size = batch_size * MEGABATCH
+    batches: list[list[int]] = []
+    for lo in range(0, len(order), size):
+        mega = sorted(order[lo : lo + size], key=lambda i: -lengths[i])
+        batches += [mega[i : i + batch_size] for i in range(0, len(mega), batch_size)]
+    longest = max(range(len(batches)), key=lambda b: lengths[batches[b][0]])
+    first = batches.pop(longest)
+    rest = [batches[i] for i in rng.permutation(len(batches)).tolist()]
+    return [first, *rest]
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, Any]:
+    """Right-padded tensors: input_ids, attention_mask, labels (IGNORE on padding)."""
+    import torch
+
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[row, :n] = torch.tensor(e.input_ids)
+        labels[row, :n] = torch.tensor(e.labels)
+        mask[row, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def token_loss_sum(model: Any, batch: dict[str, Any]) -> Any:
+    """Summed next-token cross-entropy over the batch's target tokens."""
+    import torch.nn.functional as F
+
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    logits = out.logits[:, :-1, :].float()
+    targets = batch["labels"][:, 1:]
+    return F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)),
+        targets.reshape(-1),
+        ignore_index=IGNORE,
+        reduction="sum",
+    )
+
+
+def _targets(batch: dict[str, Any]) -> int:
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+# --- the loop ------------------------------------------------------------------------------
+
+
+class _StopSignal:
+    """SIGTERM/SIGINT set a flag; the loop saves at the end of the step and exits."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the checkpoint
+        self.received = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: no decay on biases and norm weights (as transformers does)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def trainable_state(model: Any) -> dict[str, Any]:
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: Any, weights: dict[str, Any], where: Path) -> None:
+    import torch
+
+    params = dict(model.named_parameters())
+    expected = {n for n, p in params.items() if p.requires_grad}
+    if set(weights) != expected:
+        missing = sorted(expected - set(weights))[:3]
+        extra = sorted(set(weights) - expected)[:3]
+        raise TrainingError(
+            f"checkpoint {where} does not match this model's trainable weights (missing "
+            f"{missing}, unexpected {extra}); was the recipe's adapter changed?"
+        )
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value.to(params[name].device, params[name].dtype))
+
+
+def _schedule(cfg: LoopConfig, steps_per_epoch: int, has_eval: bool) -> tuple[int, int, int]:
+    """(total steps, eval every, save every)."""
+    if cfg.max_steps > 0:
+        total = cfg.max_steps
+        default_every = max(1, total // 10)
+    else:
+        total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+        default_every = steps_per_epoch
+    eval_every = (cfg.eval_steps or default_every) if has_eval else 0
+    save_every = cfg.save_steps or eval_every or default_every
+    return total, eval_every, save_every
+
+
+def run_loop(
+    model: Any,
+    train: list[Example],
+    cfg: LoopConfig,
+    run_path: Path,
+    pad_id: int,
+    validation: list[Example] | None = None,
+    resume: Path | bool = False,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+    on_step: Callable[[int, Any], None] | None = None,
+    desc: str = "training",
+) -> LoopResult:
+    """Train `model` (its trainable parameters) on `train`; see the module docstring.
+
+    resume: False for a fresh run, True for the latest checkpoint in `run_path`, or the
+    path of one checkpoint. on_log receives every metrics entry (after metrics.jsonl);
+    on_step(step, model) runs after each optimizer step (tests use it to inject faults).
+    """
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from transformers import get_scheduler
+
+    from tuneloop.progress import Progress
+
+    if not train:
+        raise TrainingError("no training examples left after tokenisation")
+    AcceleratorState._reset_state(True)  # one process may run several trainings (sweeps, tests)
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision="bf16" if cfg.bf16 else "no",
+        log_with=cfg.report_to or None,
+        project_dir=str(run_path),
+    )
+    world, rank = accelerator.num_processes, accelerator.process_index
+    main = accelerator.is_main_process
+    global_batch = cfg.batch_size * world
+    lengths = [len(e.input_ids) for e in train]
+    n_batches = len(batch_plan(lengths, global_batch, cfg.seed, 0, False))
+    if world > 1 and len(train) % global_batch and len(train) % global_batch < world:
+        n_batches -= 1  # a last batch too small to give every process an example is dropped
+    steps_per_epoch = max(1, math.ceil(n_batches / cfg.gradient_accumulation_steps))
+    total_steps, eval_every, save_every = _schedule(cfg, steps_per_epoch, bool(validation))
+
+    torch.manual_seed(cfg.seed)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
+    scheduler = get_scheduler(
+        cfg.lr_scheduler,
+        optimizer,
+        num_warmup_steps=math.ceil(cfg.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+    ckpt_dir = run_path / "checkpoints"
+    metrics_path = run_path / "metrics.jsonl"
+
+    state: dict[str, Any] = {
+        "step": 0,
+        "tokens": 0,
+        "loss_sum": 0.0,  # token-weighted, for the run's mean train loss
+        "loss_tokens": 0,
+        "best_eval_loss": None,
+        "best_step": None,
+        "bad_evals": 0,
+        "train_s": 0.0,
+    }
+    resumed_from = None
+    if resume:
+        path = latest_checkpoint(ckpt_dir) if resume is True else Path(resume)
+        ckpt = load_checkpoint(path)
+        load_trainable_state(accelerator.unwrap_model(model), ckpt["weights"], path)
+        optimizer.load_state_dict(ckpt["optimizer"]["optimizer"])
+        scheduler.load_state_dict(ckpt["optimizer"]["scheduler"])
+        state.update(ckpt["state"])
+        set_rng_state(ckpt["rng"])
+        resumed_from = state["step"]
+        if main:
+            _truncate_log(metrics_path, resumed_from)
+    history = _read_log(metrics_path)
+
+    def log(entry: dict[str, Any]) -> None:
+        history.append(entry)
+        if main:
+            with metrics_path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(entry) + "\n")
+            if cfg.report_to:
+                accelerator.log({k: v for k, v in entry.items() if k != "step"}, entry["step"])
+            if on_log:
+                on_log(entry)
+
+    def checkpoint() -> Path | None:
+        if not main:
+            return None
+        path = save_checkpoint(
+            ckpt_dir,
+            state["step"],
+            trainable_state(accelerator.unwrap_model(model)),
+            optimizer,
+            scheduler,
+            state,
+        )
+        best = state["best_step"]
+        keep = {ckpt_dir / f"step-{best:06d}"} if best is not None else set()
+        rotate(ckpt_dir, cfg.save_total_limit, keep)
+        return path
+
+    def evaluate() -> float:
+        assert validation is not None
+        model.eval()
+        total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+        mine = list(range(rank, len(validation), world))
+        size = cfg.batch_size * 2
+        with torch.no_grad(), accelerator.autocast():
+            for lo in range(0, len(mine), size):
+                batch = collate([validation[i] for i in mine[lo : lo + size]], pad_id)
+                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                total[0] += token_loss_sum(model, batch).double()
+                total[1] += _targets(batch)
+        total = accelerator.reduce(total, "sum")
+        model.train()
+        return float(total[0] / total[1].clamp(min=1))
+
+    if cfg.report_to and main:
+        accelerator.init_trackers(run_path.name, config=json.loads(json.dumps(cfg.__dict__)))
+    bar = Progress(total_steps, desc, "step") if main else None
+    if bar:
+        bar.update(state["step"])
+    window = {"loss": 0.0, "targets": 0, "tokens": 0, "start": time.perf_counter()}
+    stopped_early = False
+    last_entry: dict[str, Any] = {}
+    with _StopSignal() as stop:
+        while state["step"] < total_steps and not stopped_early:
+            step_start = time.perf_counter()
+            epoch, in_epoch = divmod(state["step"], steps_per_epoch)
+            plan = batch_plan(lengths, global_batch, cfg.seed, epoch, cfg.group_by_length)[
+                :n_batches
+            ]
+            ga = cfg.gradient_accumulation_steps
+            micro = plan[in_epoch * ga : (in_epoch + 1) * ga]
+            batches = []
+            for ids in micro:
+                per = math.ceil(len(ids) / world)
+                mine = ids[rank * per : (rank + 1) * per] or ids[:1]
+                batches.append(collate([train[i] for i in mine], pad_id))
+            count = torch.tensor(
+                [float(sum(_targets(b) for b in batches))], device=accelerator.device
+            )
+            n_targets = float(accelerator.reduce(count, "sum")[0])
+            step_loss = torch.zeros((), dtype=torch.float64)
+            step_tokens = 0
+            for k, batch in enumerate(batches):
+                batch = {key: v.to(accelerator.device) for key, v in batch.items()}
+                step_tokens += int(batch["attention_mask"].sum())
+                sync = k == len(batches) - 1
+                ctx = nullcontext() if sync else accelerator.no_sync(model)
+                with ctx, accelerator.autocast():
+                    loss_sum = token_loss_sum(model, batch)
+                    # DDP averages gradients over processes, hence the factor `world`
+                    accelerator.backward(loss_sum * world / max(n_targets, 1.0))
+                step_loss += loss_sum.detach().double().cpu()
+            total_loss = accelerator.reduce(step_loss.to(accelerator.device), "sum")
+            loss = float(total_loss) / max(n_targets, 1.0)
+            step_no = state["step"] + 1
+            if not math.isfinite(loss):
+                raise NonFiniteLoss(
+                    f"loss became {loss} at step {step_no}; stopped before the update, nothing "
+                    "saved (lower training.learning_rate, or check the data)"
+                )
+            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+            if not math.isfinite(grad_norm):
+                raise NonFiniteLoss(
+                    f"gradient norm became {grad_norm} at step {step_no}; stopped before the "
+                    "update, nothing saved (lower training.learning_rate, or check the data)"
+                )
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] = step_no
+            state["tokens"] += step_tokens * world
+            state["loss_sum"] += loss * n_targets
+            state["loss_tokens"] += n_targets
+            state["train_s"] += time.perf_counter() - step_start
+            window["loss"] += loss * n_targets
+            window["targets"] += n_targets
+            window["tokens"] += step_tokens * world
+            if on_step:
+                on_step(step_no, accelerator.unwrap_model(model))
+            epoch_f = step_no / steps_per_epoch
+            if bar:
+                bar.update(1)
+            if step_no % cfg.logging_steps == 0 or step_no == total_steps:
+                elapsed = max(time.perf_counter() - window["start"], 1e-9)
+                last_entry = {
+                    "step": step_no,
+                    "epoch": round(epoch_f, 4),
+                    "loss": window["loss"] / max(window["targets"], 1.0),
+                    "grad_norm": grad_norm,
+                    "learning_rate": lr,
+                    "tokens_seen": state["tokens"],
+                    "tokens_per_s": window["tokens"] / elapsed,
+                }
+                log(last_entry)
+                if bar:
+                    tok_s = window["tokens"] / elapsed
+                    bar.postfix(loss=f"{last_entry['loss']:.4f}", tok_s=f"{tok_s:.0f}")
+                window = {"loss": 0.0, "targets": 0, "tokens": 0, "start": time.perf_counter()}
+            evaluated = False
+            if eval_every and (step_no % eval_every == 0 or step_no == total_steps):
+                eval_loss = evaluate()
+                evaluated = True
+                best = state["best_eval_loss"]
+                if best is None or eval_loss < best - cfg.early_stopping_min_delta:
+                    state["best_eval_loss"], state["best_step"] = eval_loss, step_no
+                    state["bad_evals"] = 0
+                else:
+                    state["bad_evals"] += 1
+                log(
+                    {
+                        "step": step_no,
+                        "epoch": round(epoch_f, 4),
+                        "eval_loss": eval_loss,
+                        "eval_perplexity": math.exp(min(eval_loss, 50.0)),
+                    }
+                )
+                if bar:
+                    bar.postfix(eval_loss=f"{eval_loss:.4f}")
+                patience = cfg.early_stopping_patience
+                if patience and state["bad_evals"] >= patience:
+                    stopped_early = True
+            # the last step needs no checkpoint: the final model is saved by the caller, and
+            # the best one (if not the last) was checkpointed when it was measured
+            due = evaluated or step_no % save_every == 0 or stop.received
+            if due and step_no < total_steps and not stopped_early:
+                checkpoint()
+            if stop.received and step_no < total_steps:
+                if bar:
+                    bar.close()
+                name = signal.Signals(stop.received).name
+                raise TrainingInterrupted(
+                    f"{name} received: saved checkpoint at step {step_no} in {ckpt_dir}; "
+                    f"resume with: tuneloop train --resume {run_path}"
+                )
+    if bar:
+        bar.close()
+    if cfg.report_to and main:
+        accelerator.end_training()
+    accelerator.wait_for_everyone()
+    best_step = state["best_step"]
+    if (
+        cfg.load_best_at_end
+        and best_step is not None
+        and best_step != state["step"]
+        and (ckpt_dir / f"step-{best_step:06d}").is_dir()
+    ):
+        best = load_checkpoint(ckpt_dir / f"step-{best_step:06d}")
+        load_trainable_state(accelerator.unwrap_model(model), best["weights"], best["path"])
+    losses = [h["loss"] for h in history if "loss" in h]
+    return LoopResult(
+        steps=state["step"],
+        epochs=state["step"] / steps_per_epoch,
+        train_loss=state["loss_sum"] / max(state["loss_tokens"], 1.0),
+        final_loss=losses[-1] if losses else None,
+        tokens=int(state["tokens"]),
+        train_s=state["train_s"],
+        best_step=best_step,
+        best_eval_loss=state["best_eval_loss"],
+        stopped_early=stopped_early,
+        resumed_from=resumed_from,
+        history=history,
+    )
+
+
+def _read_log(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log entries after `step`, so a resumed run's metrics.jsonl is one clean curve."""
+    entries = [e for e in _read_log(path) if e.get("step", 0) <= step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(e) + "\n" for e in entries), encoding="utf-8")
+    tmp.replace(path)

@@ -1,0 +1,118 @@
+"""Continued pretraining: adapt a model to a domain by next-token prediction on raw text.
+
+Flow: recipe -> documents (a folder of .txt/.md/.html, or a file of text rows) -> run record
+-> model -> documents tokenised, joined by EOS and packed into `data.max_length` blocks (no
+padding; the loss is on every token) -> the shared loop -> save -> model card -> record.
+Blocks cross document boundaries, as in standard causal-LM pretraining; the EOS between
+documents tells the model where one ends.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from tuneloop.config import Recipe
+from tuneloop.errors import DataError
+from tuneloop.train import common
+from tuneloop.train.loop import LoopConfig, run_loop
+from tuneloop.train.tokenize import pack_documents
+
+
+def _texts(path: str) -> tuple[list[str], str]:
+    from tuneloop.data.readers import read_rows
+
+    result = read_rows(path, "text", strict=True)
+    texts = [r["text"] for r in result.rows if r.get("kind") == "text" and r.get("text")]
+    if not texts:
+        raise DataError(f"{path}: no text documents (pretrain reads .txt/.md/.html or text rows)")
+    return texts, result.format
+
+
+def pretrain(
+    recipe: Recipe,
+    run_dir: str | Path | None = None,
+    resume: str | Path | bool = False,
+    on_step: Any = None,
+) -> Any:
+    """Run one continued-pretraining job; returns a TrainResult like `sft.train`."""
+    from tuneloop import registry
+    from tuneloop.models import load_tokenizer, resolve
+    from tuneloop.train.sft import TrainResult, _resume_arg, _run_for
+
+    started = time.perf_counter()
+    common.check_runtime(recipe)
+    d = recipe.data
+    train_path = common.data_path(d.train)
+    texts, fmt = _texts(train_path)
+    eval_texts = None
+    if d.eval:
+        eval_path = common.data_path(d.eval)
+        eval_texts, _ = _texts(eval_path)
+    elif d.validation_split > 0:
+        _, va = common.stratified_split(
+            [None] * len(texts), d.validation_split, recipe.training.seed
+        )
+        held = set(va)
+        eval_texts = [t for i, t in enumerate(texts) if i in held]
+        texts = [t for i, t in enumerate(texts) if i not in held]
+    datasets = {
+        "train": registry.register_dataset(
+            Path(train_path).stem, [{"text": t} for t in texts], train_path, fmt
+        ).id
+    }
+    resolved = resolve(recipe.model)
+    run, run_path = _run_for(recipe, datasets, resolved.base, run_dir, resume)
+    meta = common.run_meta(
+        run, recipe, resolved.base, datasets=datasets, data_format="text", prompt_format=None
+    )
+    timings = {"data_s": time.perf_counter() - started}
+    try:
+        tokenizer = load_tokenizer(resolved.base)
+        packed = pack_documents(tokenizer, texts, d.max_length)
+        if not packed.examples:
+            raise DataError(
+                f"{train_path}: {packed.summary()['tokens']} tokens is less than one block of "
+                f"data.max_length {d.max_length}"
+            )
+        val = pack_documents(tokenizer, eval_texts, d.max_length) if eval_texts else None
+        meta["tokenization"] = {"train": packed.summary(), "documents": len(texts)}
+        model, info = common.prepare_model(recipe, resolved)
+        meta["model"] = info
+        common.write_json(run_path / "run.json", meta)
+        result = run_loop(
+            model,
+            packed.examples,
+            LoopConfig.from_training(recipe.training, common.use_bf16(recipe)),
+            run_path,
+            pad_id=tokenizer.pad_token_id,
+            validation=val.examples if val and val.examples else None,
+            resume=_resume_arg(resume),
+            on_log=lambda entry: registry.add_run_metrics(run.id, entry),
+            on_step=on_step,
+            desc="pretraining",
+        )
+        common.check_finite(model)
+        model_dir = run_path / "model"
+        common.save_model(model, tokenizer, model_dir, resolved.base)
+    except BaseException as err:
+        status = "interrupted" if type(err).__name__ == "TrainingInterrupted" else "failed"
+        registry.update_run(run.id, status=status, error=f"{type(err).__name__}: {err}")
+        raise
+    from tuneloop.train.export import write_model_card
+
+    metrics = result.metrics()
+    timings["train_s"] = result.train_s
+    timings["total_s"] = time.perf_counter() - started
+    write_model_card(model_dir, recipe, meta, metrics)
+    registry.add_model(
+        name=f"{recipe.name}-{run.id}",
+        kind="adapter" if recipe.adapter.type in ("lora", "qlora") else "full",
+        path=str(model_dir),
+        base_model=recipe.model,
+        run_id=run.id,
+        step=result.steps,
+    )
+    registry.update_run(run.id, status="completed", metrics=metrics, timings=timings)
+    return TrainResult(run.id, run_path, model_dir, metrics, result.history, timings["total_s"])
