@@ -340,14 +340,14 @@ def run_loop(
     def checkpoint() -> Path | None:
         if not main:
             return None
-        path = save_checkpoint(
-            ckpt_dir,
-            state["step"],
-            trainable_state(accelerator.unwrap_model(model)),
-            optimizer,
-            scheduler,
-            state,
-        )
+        weights = trainable_state(accelerator.unwrap_model(model))
+        bad = next((n for n, w in weights.items() if not torch.isfinite(w).all()), None)
+        if bad is not None:
+            raise NonFiniteLoss(
+                f"weights became non-finite at step {state['step']} ({bad}); no checkpoint "
+                "written, nothing saved"
+            )
+        path = save_checkpoint(ckpt_dir, state["step"], weights, optimizer, scheduler, state)
         best = state["best_step"]
         keep = {ckpt_dir / f"step-{best:06d}"} if best is not None else set()
         rotate(ckpt_dir, cfg.save_total_limit, keep)

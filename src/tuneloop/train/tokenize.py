@@ -95,9 +95,12 @@ def _token_labels(tokenizer: Any, text: str, spans: list[tuple[int, int]]) -> Ex
     if getattr(tokenizer, "is_fast", False):
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids = enc["input_ids"]
+        # a token carries the loss if its characters overlap an answer span
         labels = [
-            tok if any(s < end and e > s0 for s0, e in spans) else IGNORE
-            for tok, (s, end) in zip(ids, enc["offset_mapping"], strict=True)
+            tok
+            if any(start < span_end and end > span_start for span_start, span_end in spans)
+            else IGNORE
+            for tok, (start, end) in zip(ids, enc["offset_mapping"], strict=True)
         ]
         return Example(ids, labels)
     # slow tokenizers have no offsets: tokenise the pieces between span edges separately
