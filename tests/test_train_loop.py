@@ -289,3 +289,35 @@ def test_loss_is_finite_and_logged_to_registry(tiny_model: Path, tmp_path: Path)
     assert all(math.isfinite(e["loss"]) and e["tokens_per_s"] > 0 for e in entries)
     lines = (result.run_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x) for x in lines] == entries
+
+
+def test_fast_loss_equals_plain_loss_and_gradients(tiny_model: Path) -> None:
+    """The loop's loss (output layer on target positions only) is the plain full-logits
+    cross-entropy: same value, same gradients."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tuneloop.models import load_tokenizer
+    from tuneloop.train.loop import collate, loss_module, token_loss_sum
+    from tuneloop.train.tokenize import tokenize_conversations
+
+    tokenizer = load_tokenizer(str(tiny_model))
+    convs = [
+        [
+            {"role": "user", "content": f"question {i} " * (i + 1)},
+            {"role": "assistant", "content": f"answer {i}"},
+        ]
+        for i in range(4)
+    ]
+    examples = tokenize_conversations(tokenizer, convs, 128, progress=False).examples
+    batch = collate(examples, tokenizer.pad_token_id)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    plain = token_loss_sum(model, batch)
+    plain.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    fast = loss_module(model)(**batch)
+    fast.backward()
+    assert fast.item() == pytest.approx(plain.item(), rel=1e-5)
+    for n, p in model.named_parameters():
+        assert torch.allclose(p.grad, grads[n], rtol=1e-4, atol=1e-6), n

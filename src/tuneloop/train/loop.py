@@ -155,7 +155,8 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, Any]:
 
 
 def token_loss_sum(model: Any, batch: dict[str, Any]) -> Any:
-    """Summed next-token cross-entropy over the batch's target tokens."""
+    """Summed next-token cross-entropy over the batch's target tokens (the plain way: full
+    logits for every position). The loop uses `CausalLMLoss`, which must agree with this."""
     import torch.nn.functional as F
 
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
@@ -167,6 +168,50 @@ def token_loss_sum(model: Any, batch: dict[str, Any]) -> Any:
         ignore_index=IGNORE,
         reduction="sum",
     )
+
+
+def _loss_module() -> Any:
+    import torch
+    import torch.nn.functional as F
+
+    class CausalLMLoss(torch.nn.Module):
+        """The model plus its loss, as one module (so DDP/FSDP wrap the whole forward).
+
+        The output layer runs only on positions that have a target: in SFT most positions
+        are prompt tokens, and with a 49k-token vocabulary the full logits are the largest
+        tensor of the step. Models whose logits are post-processed (soft-capping, scaling)
+        take the plain path.
+        """
+
+        def __init__(self, model: Any) -> None:
+            super().__init__()
+            self.model = model
+            base = model.get_base_model() if hasattr(model, "get_base_model") else model
+            config = getattr(base, "config", None)
+            special = getattr(config, "final_logit_softcapping", None) or getattr(
+                config, "logit_scale", None
+            )
+            decoder = getattr(base, "get_decoder", lambda: None)()
+            head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+            self._parts = None if special or decoder is None or head is None else (decoder, head)
+
+        def forward(self, input_ids: Any, attention_mask: Any, labels: Any) -> Any:
+            if self._parts is None:
+                batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+                return token_loss_sum(self.model, {**batch, "labels": labels})
+            decoder, head = self._parts
+            hidden = decoder(input_ids=input_ids, attention_mask=attention_mask)[0]
+            targets = labels[:, 1:]
+            keep = targets != IGNORE
+            logits = head(hidden[:, :-1][keep]).float()
+            return F.cross_entropy(logits, targets[keep], reduction="sum")
+
+    return CausalLMLoss
+
+
+def loss_module(model: Any) -> Any:
+    """Wrap `model` in the loss module the loop trains (see CausalLMLoss)."""
+    return _loss_module()(model)
 
 
 def _targets(batch: dict[str, Any]) -> int:
@@ -298,8 +343,12 @@ def run_loop(
         num_warmup_steps=math.ceil(cfg.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
-    model, optimizer = accelerator.prepare(model, optimizer)
-    model.train()
+    net, optimizer = accelerator.prepare(loss_module(model), optimizer)
+    net.train()
+
+    def inner() -> Any:
+        return accelerator.unwrap_model(net).model
+
     ckpt_dir = run_path / "checkpoints"
     metrics_path = run_path / "metrics.jsonl"
 
@@ -317,7 +366,7 @@ def run_loop(
     if resume:
         path = latest_checkpoint(ckpt_dir) if resume is True else Path(resume)
         ckpt = load_checkpoint(path)
-        load_trainable_state(accelerator.unwrap_model(model), ckpt["weights"], path)
+        load_trainable_state(inner(), ckpt["weights"], path)
         optimizer.load_state_dict(ckpt["optimizer"]["optimizer"])
         scheduler.load_state_dict(ckpt["optimizer"]["scheduler"])
         state.update(ckpt["state"])
@@ -340,7 +389,7 @@ def run_loop(
     def checkpoint() -> Path | None:
         if not main:
             return None
-        weights = trainable_state(accelerator.unwrap_model(model))
+        weights = trainable_state(inner())
         bad = next((n for n, w in weights.items() if not torch.isfinite(w).all()), None)
         if bad is not None:
             raise NonFiniteLoss(
@@ -355,7 +404,7 @@ def run_loop(
 
     def evaluate() -> float:
         assert validation is not None
-        model.eval()
+        net.eval()
         total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
         mine = list(range(rank, len(validation), world))
         size = cfg.batch_size * 2
@@ -363,10 +412,10 @@ def run_loop(
             for lo in range(0, len(mine), size):
                 batch = collate([validation[i] for i in mine[lo : lo + size]], pad_id)
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-                total[0] += token_loss_sum(model, batch).double()
+                total[0] += net(**batch).double()
                 total[1] += _targets(batch)
         total = accelerator.reduce(total, "sum")
-        model.train()
+        net.train()
         return float(total[0] / total[1].clamp(min=1))
 
     if cfg.report_to and main:
@@ -401,9 +450,9 @@ def run_loop(
                 batch = {key: v.to(accelerator.device) for key, v in batch.items()}
                 step_tokens += int(batch["attention_mask"].sum())
                 sync = k == len(batches) - 1
-                ctx = nullcontext() if sync else accelerator.no_sync(model)
+                ctx = nullcontext() if sync else accelerator.no_sync(net)
                 with ctx, accelerator.autocast():
-                    loss_sum = token_loss_sum(model, batch)
+                    loss_sum = net(**batch)
                     # DDP averages gradients over processes, hence the factor `world`
                     accelerator.backward(loss_sum * world / max(n_targets, 1.0))
                 step_loss += loss_sum.detach().double().cpu()
@@ -415,7 +464,7 @@ def run_loop(
                     f"loss became {loss} at step {step_no}; stopped before the update, nothing "
                     "saved (lower training.learning_rate, or check the data)"
                 )
-            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+            grad_norm = float(accelerator.clip_grad_norm_(net.parameters(), cfg.max_grad_norm))
             if not math.isfinite(grad_norm):
                 raise NonFiniteLoss(
                     f"gradient norm became {grad_norm} at step {step_no}; stopped before the "
@@ -434,7 +483,7 @@ def run_loop(
             window["targets"] += n_targets
             window["tokens"] += step_tokens * world
             if on_step:
-                on_step(step_no, accelerator.unwrap_model(model))
+                on_step(step_no, inner())
             epoch_f = step_no / steps_per_epoch
             if bar:
                 bar.update(1)
@@ -503,7 +552,7 @@ def run_loop(
         and (ckpt_dir / f"step-{best_step:06d}").is_dir()
     ):
         best = load_checkpoint(ckpt_dir / f"step-{best_step:06d}")
-        load_trainable_state(accelerator.unwrap_model(model), best["weights"], best["path"])
+        load_trainable_state(inner(), best["weights"], best["path"])
     losses = [h["loss"] for h in history if "loss" in h]
     return LoopResult(
         steps=state["step"],
