@@ -8,16 +8,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tuneloop.data.dedup import (
+    allowed_edits,
     cluster_ids,
     exact_duplicate_groups,
     lsh_bands,
     minhash_signatures,
     near_duplicate_clusters,
+    near_duplicate_pairs,
     normalize_for_hash,
     semantic_duplicate_clusters,
     shingle_sets,
+    star_clusters,
+    strip_shared_affixes,
+    word_edit_distances,
 )
-from tuneloop.data.records import Row
+from tuneloop.data.records import Row, row_key_text
 from tuneloop.data.steps import run_step
 from tuneloop.errors import DataError
 
@@ -149,6 +154,157 @@ def test_clusters_sorted_by_first_index() -> None:
         near_duplicate_clusters(texts, threshold=0.0)
 
 
+# --- word edit distance -------------------------------------------------------------------
+
+
+def reference_distance(x: list[int] | list[str], y: list[int] | list[str]) -> int:
+    """Plain full-table Levenshtein distance over words."""
+    previous = list(range(len(y) + 1))
+    for i, wx in enumerate(x, 1):
+        current = [i] + [0] * len(y)
+        for j, wy in enumerate(y, 1):
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (wx != wy))
+        previous = current
+    return previous[-1]
+
+
+_SEQ = st.lists(st.integers(0, 4), max_size=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(_SEQ, _SEQ), min_size=1, max_size=20), st.integers(0, 4))
+def test_banded_distance_equals_full_table(
+    pairs: list[tuple[list[int], list[int]]], k: int
+) -> None:
+    a, b = [x for x, _ in pairs], [y for _, y in pairs]
+    got = word_edit_distances(a, b, k).tolist()
+    # exact up to k; anything further is reported as k + 1
+    assert got == [min(reference_distance(x, y), k + 1) for x, y in pairs]
+
+
+def test_banded_distance_by_hand() -> None:
+    a = [[1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 3, 4], [], [1, 2, 3, 4, 5, 6]]
+    b = [[1, 2, 3, 4], [1, 9, 3, 4, 5], [4, 3, 2, 1], [7], [6, 5, 4, 3, 2, 1]]
+    # equal; a substitution and an insertion; all four differ (4 > 2); one insertion;
+    # reversed: 6 edits (capped at 3)
+    assert word_edit_distances(a, b, 2).tolist() == [0, 2, 3, 1, 3]
+    assert word_edit_distances(a, b, 4).tolist() == [0, 2, 4, 1, 5]
+
+
+def test_allowed_edits_grow_with_length() -> None:
+    # one edit per 3 words of the longer text, at most max_edits: never as many as words
+    words = np.array([0, 1, 2, 3, 5, 6, 30])
+    assert allowed_edits(words, 2, 3).tolist() == [0, 0, 0, 1, 1, 2, 2]
+    assert allowed_edits(words, 1, 2).tolist() == [0, 0, 1, 1, 1, 1, 1]
+    with pytest.raises(ValueError, match="words_per_edit"):
+        allowed_edits(words, 2, 1)  # 1-word texts could then differ in every word
+
+
+def test_edit_pairs_by_hand() -> None:
+    texts = [
+        "Where is my new card?",  # 5 words: 1 edit allowed
+        "where is my new card please",  # one insertion; 6 words: 2 edits allowed
+        "Where is my nwe card",  # a typo is one substituted word
+        "Where is my old phone?",  # 2 substitutions from 0: too many for 5 words
+        "card",
+        "cards",  # 1-word texts: 0 edits allowed
+    ]
+    assert near_duplicate_pairs(texts, "edit") == [
+        (0, 1, 1.0),
+        (0, 2, 1.0),
+        (1, 2, 2.0),
+    ]
+    assert near_duplicate_pairs(texts, "edit", max_edits=1) == [(0, 1, 1.0), (0, 2, 1.0)]
+    assert near_duplicate_pairs(texts, "edit", max_edits=0) == []
+    with pytest.raises(ValueError, match="method"):
+        near_duplicate_pairs(texts, "cosine")
+
+
+_VOCAB = ["card", "pin", "lost", "my", "the", "top", "up", "fee", "why", "how", "a", "b"]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.lists(st.sampled_from(_VOCAB), max_size=9), min_size=2, max_size=14),
+    st.lists(st.tuples(st.integers(0, 13), st.integers(0, 8), st.sampled_from(_VOCAB))),
+    st.integers(0, 3),
+    st.integers(2, 4),
+)
+def test_edit_pairs_equal_brute_force(
+    base: list[list[str]],
+    edits: list[tuple[int, int, str]],
+    max_edits: int,
+    words_per_edit: int,
+) -> None:
+    # copies of some texts with a word replaced, so that close pairs are common
+    texts = [" ".join(t) for t in base]
+    for which, where, word in edits:
+        words = list(base[which % len(base)])
+        if words:
+            words[where % len(words)] = word
+        texts.append(" ".join(words))
+    seqs = [t.split() for t in texts]
+    want = []
+    for i in range(len(texts)):
+        for j in range(i + 1, len(texts)):
+            longer = max(len(seqs[i]), len(seqs[j]))
+            d = reference_distance(seqs[i], seqs[j])
+            if d <= allowed_edits(np.array(longer), max_edits, words_per_edit):
+                want.append((i, j, float(d)))
+    # the prefix-filter candidates miss no pair within the limit, and verification is exact
+    got = near_duplicate_pairs(texts, "edit", max_edits=max_edits, words_per_edit=words_per_edit)
+    assert got == want
+
+
+# --- star clusters --------------------------------------------------------------------------
+
+
+def test_star_clusters_do_not_chain() -> None:
+    # a~b and b~c, a and c too far apart: b is dropped for a, c is kept (union-find: one)
+    a, b, c = "where is my new card", "where is my new phone", "where is my old phone"
+    texts = [a, b, c, "something else entirely here"]
+    pairs = near_duplicate_pairs(texts, "edit")
+    assert pairs == [(0, 1, 1.0), (1, 2, 1.0)]
+    assert star_clusters(4, pairs) == [[0, 1]]
+    assert near_duplicate_clusters(texts, method="edit") == [[0, 1, 2]]
+    # visited from the end, c is kept first and b joins it; a stays on its own
+    assert star_clusters(4, pairs, order=[3, 2, 1, 0]) == [[2, 1]]
+
+
+def test_star_clusters_join_the_closest_representative() -> None:
+    # 2 is 0.5 from rep 0 and 0.2 from rep 1: it joins 1; 3 ties between 0 and 1: earliest
+    pairs = [(0, 2, 0.5), (1, 2, 0.2), (0, 3, 0.3), (1, 3, 0.3)]
+    assert star_clusters(4, pairs) == [[0, 3], [1, 2]]  # ordered by representative
+    assert star_clusters(4, pairs, order=[1, 0, 2, 3]) == [[1, 2, 3]]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.integers(1, 12).flatmap(
+        lambda n: st.tuples(
+            st.just(n),
+            st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1), st.integers(0, 3))),
+            st.permutations(range(n)),
+        )
+    )
+)
+def test_star_clusters_properties(case: tuple[int, list[tuple[int, int, int]], list[int]]) -> None:
+    n, raw, order = case
+    distance = {(min(i, j), max(i, j)): float(d) for i, j, d in raw if i != j}
+    pairs = sorted((i, j, d) for (i, j), d in distance.items())
+    groups = star_clusters(n, pairs, order)
+    dropped = {m: g[0] for g in groups for m in g[1:]}
+    kept = [x for x in range(n) if x not in dropped]
+    rank = {x: k for k, x in enumerate(order)}
+    for member, rep in dropped.items():
+        # every dropped row is a near duplicate of its kept row, which comes first in order
+        assert (min(member, rep), max(member, rep)) in distance and rank[rep] < rank[member]
+        assert rep in kept
+    # what is kept has no near duplicate left among it
+    assert not any((i, j) in distance for i in kept for j in kept if i < j)
+    assert all(g[1:] == sorted(g[1:]) for g in groups)
+
+
 # --- semantic duplicates --------------------------------------------------------------------
 
 
@@ -246,6 +402,45 @@ def test_step_rejects_bad_options() -> None:
         run_step("dedup", [text_row("x", "a")], field="body")
     with pytest.raises(DataError, match="keep"):
         run_step("dedup", [text_row("x", "a")], keep="random")
+    with pytest.raises(DataError, match="method must be one of jaccard, edit, not 'levenshtein'"):
+        run_step("dedup", [text_row("x", "a")], method="levenshtein")
+    for bad in (-1, 11, 1.5, True, "2"):
+        with pytest.raises(DataError, match="max_edits must be a whole number from 0 to 10"):
+            run_step("dedup", [text_row("x", "a")], method="edit", max_edits=bad)
+    with pytest.raises(DataError, match="method"):
+        cluster_ids([text_row("x", "a")], method="minhash")
+
+
+CHAIN = ["Where is my new card?", "where is my new phone", "Where is my old phone?"]
+
+
+def test_step_edit_method_does_not_chain() -> None:
+    # 5 words: 1 edit allowed; 0~1 and 1~2 are one edit apart, 0 and 2 two
+    rows = [text_row(t, str(i)) for i, t in enumerate([*CHAIN, UNRELATED[0]])]
+    out, log = run_step("dedup", rows, method="edit")
+    assert [r["source"] for r in out] == ["0", "2", "3"]
+    assert log.dropped == {"near duplicate": 1}
+    assert log.details["clusters"] == [
+        {"kind": "near", "size": 2, "rows": ["0", "1"], "kept": "0", "example": CHAIN[0]}
+    ]
+    # the split keeps the whole chain together
+    assert cluster_ids(rows, method="edit") == [0, 0, 0, 1]
+    # with fewer edits allowed nothing is near; jaccard sees these short texts differently
+    assert len(run_step("dedup", rows, method="edit", max_edits=0)[0]) == 4
+    assert len(run_step("dedup", rows)[0]) == 4
+
+
+def test_step_edit_method_keep_longest() -> None:
+    texts = [CHAIN[0], CHAIN[0] + " please", CHAIN[1], UNRELATED[1]]
+    rows = [text_row(t, str(i)) for i, t in enumerate(texts)]
+    out, log = run_step("dedup", rows, method="edit", keep="longest")
+    # the longest row is kept first; 0 joins it; 2 is 2 edits from 1 (6 words allow 2)
+    assert [r["source"] for r in out] == ["1", "3"]
+    assert log.details["clusters"][0]["rows"] == ["0", "1", "2"]
+    assert log.details["clusters"][0]["kept"] == "1"
+    out, _ = run_step("dedup", rows, method="edit")
+    # kept in index order: 0 first; 1 joins it, 2 joins it too (one edit from 0)
+    assert [r["source"] for r in out] == ["0", "3"]
 
 
 def test_cluster_ids() -> None:
@@ -270,12 +465,23 @@ _WORDS = st.sampled_from(["card", "Card!", "top up", "top-up", "pin", "lost", "m
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.lists(_WORDS, min_size=1, max_size=6).map(" ".join), min_size=1, max_size=12))
-def test_dedup_keeps_a_subsequence_and_never_everything(texts: list[str]) -> None:
+@given(
+    st.lists(st.lists(_WORDS, min_size=1, max_size=6).map(" ".join), min_size=1, max_size=12),
+    st.sampled_from(["jaccard", "edit"]),
+)
+def test_dedup_keeps_a_subsequence_and_never_everything(texts: list[str], method: str) -> None:
     rows = [text_row(t, f"line {i}") for i, t in enumerate(texts)]
-    out, log = run_step("dedup", rows, threshold=0.5)
+    out, log = run_step("dedup", rows, threshold=0.5, method=method)
     assert out  # every cluster keeps one row
     kept = [rows.index(r) for r in out]
     assert kept == sorted(set(kept))  # a subsequence, in input order, no repeats
     assert len(out) + sum(log.dropped.values()) == len(rows)
-    assert len(out) == len(set(cluster_ids(rows, threshold=0.5)))
+    # no near duplicate is left among the kept rows (texts as the step compares them) ...
+    compared = strip_shared_affixes([row_key_text(r) for r in rows])
+    left = [compared[i] for i in kept]
+    assert exact_duplicate_groups(left) == []
+    assert near_duplicate_pairs(left, method, threshold=0.5) == []
+    # ... and every split cluster keeps a row; a cluster can keep more than one, because
+    # clusters are transitive and the step does not chain
+    ids = cluster_ids(rows, threshold=0.5, method=method)
+    assert {ids[i] for i in kept} == set(ids)

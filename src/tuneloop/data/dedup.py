@@ -4,11 +4,19 @@ Duplicates make a model memorise the repeated rows and leak between train and te
 Three detectors, from cheap to expensive:
 
 - exact: same text after `normalize_for_hash` (case, punctuation, spacing ignored);
-- near: MinHash LSH over character shingles (datasketch's `MinHashLSH` finds candidate
-  pairs, the exact Jaccard similarity of the shingle sets confirms them);
+- near (`near_duplicate_pairs`), one of two methods:
+  - "jaccard" (the default, for long texts): MinHash LSH over character shingles
+    (datasketch's `MinHashLSH` finds candidate pairs, the exact Jaccard similarity of the
+    shingle sets confirms them);
+  - "edit" (for short texts: queries, titles): at most a few word edits apart, candidates
+    by prefix filtering on each text's rarest words, verified by a banded word-level
+    Levenshtein computation vectorised over all candidate pairs;
 - semantic: cosine similarity of embeddings computed elsewhere.
 
-Pairs become clusters by union-find, so a~b and b~c put a, b and c in one cluster.
+Pairs are grouped two ways. The dedup step drops rows by `star_clusters`: every dropped
+row is a near duplicate of the row kept for it, so a chain a~b~c does not drop c for a.
+`cluster_ids`, which the split step uses to keep duplicates on one side, joins pairs by
+union-find: a~b and b~c put a, b and c in one cluster, the safe side against leakage.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ LSH_RECALL = 0.985  # chance that a pair right at the threshold becomes an LSH c
 METHODS = ("jaccard", "edit")
 MAX_EDITS_LIMIT = 10  # beyond this many word edits two texts are not "near"
 # One word edit allowed per this many words of the longer text (see `allowed_edits`).
-WORDS_PER_EDIT = 4
+WORDS_PER_EDIT = 3
 
 # Apostrophes are deleted rather than spaced so that "can't" and "cant" hash alike; every
 # other punctuation mark becomes a space so that "top-up" and "top up" do.
@@ -525,10 +533,13 @@ def _banded_distances(
     if not len(left):
         return out
     lengths = np.diff(offsets)
+    ids = np.append(ids, -1)  # something to index (and mask) when every text is empty
     swap = lengths[left] > lengths[right]
     short, long = np.where(swap, right, left), np.where(swap, left, right)
     gap = lengths[long] - lengths[short]
     todo = np.flatnonzero(gap <= limit)
+    if not len(todo):
+        return out
     todo = todo[np.argsort(lengths[short[todo]], kind="stable")]
     size = lengths[short[todo]]
     bounds = np.flatnonzero(np.r_[True, size[1:] != size[:-1], True])
@@ -565,7 +576,8 @@ def _band_batch(
     b = np.full((len(short), words + 2 * k), -1, dtype=np.int64)
     b[:, k:] = np.where(inside, ids[np.minimum(offsets[long][:, None] + col, len(ids) - 1)], -1)
     final = (long_len - words + k).astype(np.int64)  # the last cell's offset in the band
-    # row 0: column j costs j; offsets o < k are columns j = o - k < 0
+    # row 0: column j costs j; offsets o < k are columns j = o - k < 0, which stay at cap
+    # in every row because everything they are computed from is at cap
     row = np.full((len(short), band), cap, dtype=np.int16)
     row[:, k:] = np.arange(k + 1)
     # the edits still needed from band offset o to the final cell: at least |final - o|
@@ -576,8 +588,6 @@ def _band_batch(
         np.minimum(cur[:, :-1], row[:, 1:] + 1, out=cur[:, :-1])  # delete a's word
         for o in range(1, band):  # insert b's word: left to right along the row
             np.minimum(cur[:, o], cur[:, o - 1] + 1, out=cur[:, o])
-        if i < k:
-            cur[:, : k - i] = cap  # columns j < 0
         np.minimum(cur, cap, out=cur)
         row = cur
         live = (row + to_final).min(axis=1) <= limit
@@ -732,8 +742,10 @@ def dedup(
     """Drop exact and near-duplicate rows, keeping one row per cluster.
 
     method: how near duplicates are found: "jaccard" (character 5-gram sets with Jaccard
-    >= threshold; for long texts) or "edit" (at most max_edits word edits, fewer for
-    texts under 4 * max_edits words, see `allowed_edits`; for short texts such as queries).
+    >= threshold; for long texts) or "edit" (at most max_edits word edits, and one per
+    WORDS_PER_EDIT = 3 words of the longer text, see `allowed_edits`; for short texts such
+    as queries, where one or two changed words move shingle Jaccard too much).
+    max_edits: the most word edits for method "edit" (0 to 10).
     threshold: the Jaccard similarity for method "jaccard" (unused by "edit").
     semantic: also drop paraphrases whose sentence embeddings (all-MiniLM-L6-v2, bundled)
     have cosine similarity >= semantic_threshold, among rows left after exact/near dedup.
