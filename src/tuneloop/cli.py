@@ -125,6 +125,59 @@ def _run_dir(ref: str) -> str:
     return ref
 
 
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("args", nargs=-1)
+@click.option("--grid", "grid", multiple=True, metavar="KEY=V1,V2", help="A swept key.")
+@click.option(
+    "--data-fractions",
+    metavar="F1,F2",
+    help="Train on these fractions of the training rows, e.g. 0.1,0.25,0.5,1.0.",
+)
+@click.option(
+    "--metric",
+    default="eval_loss",
+    show_default=True,
+    help="What ranks the runs: eval_loss (from validation) or a generation metric "
+    "(exact_match, rouge_l, bleu) scored on the validation data.",
+)
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Sweep folder.")
+def sweep(
+    recipe: str,
+    args: tuple[str, ...],
+    grid: tuple[str, ...],
+    data_fractions: str | None,
+    metric: str,
+    out: str | None,
+) -> None:
+    """Train RECIPE over a grid of settings and/or data amounts; table, plots, best run.
+
+    \b
+    tuneloop sweep RECIPE --grid learning_rate=1e-4,2e-4 lora.r=8,16
+    tuneloop sweep RECIPE --data-fractions 0.1,0.25,0.5,1.0 data.validation_split=0.1
+
+    Arguments after RECIPE of the form key=v1,v2 (a comma in the value) are swept like
+    --grid; key=value ones are plain overrides applied to every run.
+    """
+    from tuneloop.config import load_recipe
+    from tuneloop.train.sweep import parse_axis, run_sweep
+
+    axes_text = list(grid) + [a for a in args if "=" in a and "," in a.partition("=")[2]]
+    overrides = [a for a in args if a not in axes_text]
+    base = load_recipe(recipe, overrides).model_dump(mode="json")
+    axes = [parse_axis(a) for a in axes_text]
+    fractions = [float(x) for x in data_fractions.split(",")] if data_fractions else None
+    if not axes and not fractions:
+        raise click.UsageError("nothing to sweep: give --grid KEY=V1,V2 or --data-fractions")
+    _quiet_libraries()
+    folder = out or f"sweep-{base.get('name', 'run')}"
+    result = run_sweep(base, axes, fractions, folder, metric=metric)
+    click.echo((result.directory / "results.md").read_text(encoding="utf-8"))
+    if result.best:
+        click.echo(f"best: run {result.best['run_id']} ({metric} = {result.best[metric]:.4g})")
+    click.echo(f"results and plots: {result.directory}")
+
+
 @cli.command()
 @click.argument("run")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")

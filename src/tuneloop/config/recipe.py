@@ -41,6 +41,19 @@ class DataConfig(_Section):
         description="Without `eval`, hold out this fraction of `train` for validation "
         "(stratified by label for classification data, seeded by `training.seed`).",
     )
+    limit_per_label: int | None = Field(
+        default=None,
+        gt=0,
+        description="Classification: train on at most N rows per label (a seeded random "
+        "choice, after the validation split), e.g. 10 to see how a few examples per class do.",
+    )
+    fraction: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1.0,
+        description="Train on this fraction of the training rows (a seeded choice, stratified "
+        "by label; after the validation split), for data-volume sweeps.",
+    )
     format: Literal[
         "auto", "messages", "prompt_response", "alpaca", "sharegpt", "classification", "text"
     ] = Field(
@@ -100,7 +113,14 @@ class AdapterConfig(_Section):
     )
     r: int = Field(default=16, gt=0, description="LoRA rank.")
     alpha: int = Field(default=32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
-    dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
+    dropout: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Dropout on the LoRA path. Off by default: on CPU it costs about a fifth "
+        "of the training step (measured in docs/experiments.md); raise it for small, noisy "
+        "data.",
+    )
     target_modules: str | list[str] = Field(
         default="all-linear",
         description="Modules that get adapters: `all-linear` or a list of module names "

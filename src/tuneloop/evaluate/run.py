@@ -100,17 +100,24 @@ def evaluate_file(
 ) -> EvalOutput:
     """Evaluate `model_ref` on a data file and record the result in the registry.
 
-    When `model_ref` is a run and no system prompt is given, the run's own system prompt is
-    used so the model is prompted the way it was trained. The data is read (strictly) before
-    the model is loaded, so a bad file fails in milliseconds.
+    When `model_ref` is a run, new data is prompted exactly as the run's training data was
+    (its recorded format, classification template, text/label fields and system prompt),
+    unless `fmt` or `system_prompt` say otherwise. The data is read (strictly) before the
+    model is loaded, so a bad file fails in seconds.
     """
     from tuneloop import registry
     from tuneloop.models import load, resolve
 
     _check_metrics(metrics)
     data_path = Path(data)
-    loaded_data = read_conversations(data_path, fmt=fmt)  # bad data fails before any model work
     resolved = resolve(model_ref)
+    options = None
+    trained = resolved.prompt_format
+    if trained:
+        from tuneloop.train.common import options_from_format
+
+        options = options_from_format(trained)
+    loaded_data = read_conversations(data_path, fmt=fmt, options=options)
     if system_prompt is None and resolved.recipe:
         system_prompt = resolved.recipe.get("data", {}).get("system_prompt")
     if system_prompt:

@@ -29,6 +29,7 @@ class ResolvedModel:
     adapter: str | None = None
     run_id: int | None = None
     recipe: dict[str, Any] = field(default_factory=dict)
+    prompt_format: dict[str, Any] | None = None  # how the run turned rows into prompts
 
 
 def resolve(ref: str, pull_missing: bool = True) -> ResolvedModel:
@@ -84,6 +85,9 @@ def _resolve_run(ref: str) -> ResolvedModel:
     resolved = _resolve_dir(ref, Path(finals[-1].path))
     resolved.run_id = run_id
     resolved.recipe = run.recipe
+    meta = Path(run.run_dir or "") / "run.json"
+    if run.run_dir and meta.is_file():
+        resolved.prompt_format = json.loads(meta.read_text(encoding="utf-8")).get("prompt_format")
     return resolved
 
 

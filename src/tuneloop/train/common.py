@@ -106,6 +106,34 @@ def stratified_split(
     return sorted(train), sorted(val)
 
 
+def limit_per_label(labels: list[str | None], limit: int, seed: int) -> list[int]:
+    """Indices of at most `limit` rows per label (seeded choice, kept in file order)."""
+    import numpy as np
+
+    rng = np.random.default_rng([seed, 1])
+    groups: dict[str | None, list[int]] = {}
+    for i, label in enumerate(labels):
+        groups.setdefault(label, []).append(i)
+    keep: list[int] = []
+    for key in sorted(groups, key=str):
+        members = groups[key]
+        keep += [members[j] for j in rng.permutation(len(members))[:limit]]
+    return sorted(keep)
+
+
+def write_conversations(path: Path, conversations: list[Any], labels: list[Any]) -> None:
+    """JSONL of chat rows (with their label), written atomically: a held-out split, so the
+    run's validation data can be evaluated later with `tuneloop eval`."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for conv, label in zip(conversations, labels, strict=True):
+            row: dict[str, Any] = {"messages": conv}
+            if label is not None:
+                row["label"] = label
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
 def check_runtime(recipe: Recipe) -> None:
     """Refuse a recipe this machine cannot run, before any data or model is loaded."""
     import torch

@@ -64,7 +64,7 @@ def train(
     if labels is not None:
         _check_labels(train_data.labels, labels, train_path)
     conversations, row_labels = train_data.conversations, train_data.labels
-    validation = None
+    validation, held_labels = None, None
     if d.eval:
         eval_path = common.data_path(d.eval)
         eval_data = read_conversations(eval_path, fmt, options=options)
@@ -74,7 +74,14 @@ def train(
     elif d.validation_split > 0:
         tr, va = common.stratified_split(row_labels, d.validation_split, recipe.training.seed)
         validation = [conversations[i] for i in va]
+        held_labels = [row_labels[i] for i in va]
         conversations, row_labels = [conversations[i] for i in tr], [row_labels[i] for i in tr]
+    if d.limit_per_label:
+        keep = common.limit_per_label(row_labels, d.limit_per_label, recipe.training.seed)
+        conversations, row_labels = [conversations[i] for i in keep], [row_labels[i] for i in keep]
+    if d.fraction < 1.0:
+        _, keep = common.stratified_split(row_labels, d.fraction, recipe.training.seed + 1)
+        conversations, row_labels = [conversations[i] for i in keep], [row_labels[i] for i in keep]
 
     datasets = {
         "train": registry.register_dataset(
@@ -100,6 +107,10 @@ def train(
         prompt_format=fmt_record,
         validation_split=d.validation_split if not d.eval else None,
     )
+    meta["train_rows"] = len(conversations)
+    if held_labels is not None and validation is not None:
+        common.write_conversations(run_path / "validation.jsonl", validation, held_labels)
+        meta["validation_file"] = str(run_path / "validation.jsonl")
     timings = {"data_s": time.perf_counter() - started}
     try:
         t0 = time.perf_counter()

@@ -1,0 +1,89 @@
+"""Sweeps: a grid times data fractions, each a real (tiny) run; table, plots, best run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from tuneloop import registry
+from tuneloop.cli import cli
+from tuneloop.errors import RecipeError
+from tuneloop.train.sweep import parse_axis, resolve_key
+
+from conftest import SUPPORT
+
+
+def test_keys_resolve_to_recipe_fields() -> None:
+    assert resolve_key("learning_rate") == "training.learning_rate"
+    assert resolve_key("lora.r") == "adapter.r"
+    assert parse_axis("lora.r=8,16") == ("adapter.r", [8, 16])
+    with pytest.raises(RecipeError, match="no recipe field named 'learnig_rate'"):
+        resolve_key("learnig_rate")
+    with pytest.raises(RecipeError, match="ambiguous"):
+        resolve_key("batch_size")  # training.batch_size and eval.batch_size
+
+
+def test_sweep_grid_and_data_fractions(tiny_model: Path, tmp_path: Path) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "name": "sw",
+                "model": str(tiny_model),
+                "data": {
+                    "train": str(SUPPORT / "train.jsonl"),
+                    "validation_split": 0.1,
+                    "max_length": 96,
+                },
+                "adapter": {"r": 4, "alpha": 8},
+                "training": {"max_steps": 2, "batch_size": 4, "logging_steps": 1},
+            }
+        )
+    )
+    out = tmp_path / "sweep"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "sweep",
+            str(recipe),
+            "--grid",
+            "learning_rate=1e-3,3e-2",
+            "adapter.alpha=8,16",
+            "--data-fractions",
+            "0.5,1.0",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "results.json").read_text())
+    runs = data["runs"]
+    assert len(runs) == 8 and data["metric"] == "eval_loss"
+    assert {
+        (r["training.learning_rate"], r["adapter.alpha"], r["data.fraction"]) for r in runs
+    } == {(lr, a, f) for lr in (1e-3, 3e-2) for a in (8, 16) for f in (0.5, 1.0)}
+    # half the data really is about half the rows
+    rows = {r["data.fraction"]: r["train_rows"] for r in runs}
+    assert abs(rows[0.5] - rows[1.0] / 2) <= 20
+    best = min(runs, key=lambda r: r["eval_loss"])
+    assert data["best_run_id"] == best["run_id"]
+    assert "**best**" in (out / "results.md").read_text()
+    for name in ("learning_rate", "alpha", "data"):
+        png = next(out.glob(f"eval_loss_vs_*{name}.png"))
+        assert png.stat().st_size > 5000
+    assert len(registry.list_runs()) == 8
+
+
+def test_a_bad_value_fails_before_any_training(tiny_model: Path, tmp_path: Path) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        yaml.safe_dump({"model": str(tiny_model), "data": {"train": str(SUPPORT / "train.jsonl")}})
+    )
+    result = CliRunner().invoke(cli, ["sweep", str(recipe), "learning_rate=1e-3,-1"])
+    assert isinstance(result.exception, RecipeError)
+    assert "training.learning_rate: Input should be greater than 0" in str(result.exception)
+    assert registry.list_runs() == []
