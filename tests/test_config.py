@@ -100,10 +100,24 @@ def test_resolved_recipe_round_trips(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "path", sorted(REPO.glob("examples/**/recipe.yaml")), ids=lambda p: p.parent.name
 )
-def test_every_shipped_recipe_parses(path: Path) -> None:
-    recipe = load_recipe(path)
+def test_every_shipped_recipe_parses(path: Path, tmp_path: Path) -> None:
+    if yaml.safe_load(path.read_text())["data"]["train"] is None:
+        # recipes for data outside the repository take the path on the command line
+        with pytest.raises(RecipeError, match=r"data\.train is not set.*data\.train=PATH"):
+            load_recipe(path)
+        data = tmp_path / "rows.csv"
+        data.write_text("text,label\nhello,greeting\n")
+        recipe = load_recipe(path, [f"data.train={data}"])
+    else:
+        recipe = load_recipe(path)
     assert isinstance(recipe, Recipe)
     assert Path(recipe.data.train).is_file()
+
+
+def test_a_stored_dataset_reference_is_not_taken_for_a_path(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text("data:\n  train: dataset:3\n")
+    assert load_recipe(path).data.train == "dataset:3"
 
 
 def test_docs_recipes_md_is_generated_from_schema() -> None:

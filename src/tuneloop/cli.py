@@ -67,6 +67,14 @@ def quickstart(out: str, overrides: tuple[str, ...]) -> None:
     help="Continue an interrupted run (its directory or run:ID) from its latest checkpoint.",
 )
 @click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Processes to train with (PyTorch DDP through torchrun; one per GPU, or CPU "
+    "processes sharing the cores). The global batch is batch_size x nproc.",
+)
+@click.option(
     "--from",
     "from_checkpoint",
     type=click.Path(file_okay=False),
@@ -76,6 +84,7 @@ def train(
     recipe: str | None,
     overrides: tuple[str, ...],
     resume: str | None,
+    nproc: int,
     from_checkpoint: str | None,
 ) -> None:
     """Fine-tune as described by RECIPE (YAML), with optional key=value overrides.
@@ -97,6 +106,17 @@ def train(
         raise click.UsageError("give a RECIPE file, or --resume RUN")
     parsed = load_recipe(recipe, list(overrides))
     _quiet_libraries()
+    if nproc > 1:
+        if resume:
+            raise click.UsageError("--resume with --nproc is not supported yet")
+        from tuneloop import registry
+        from tuneloop.train.launch import launch
+
+        run = registry.get_run(launch(parsed, recipe, list(overrides), nproc))
+        click.echo(f"run {run.id} {run.status} with {nproc} processes")
+        click.echo(f"model: {run.run_dir}/model")
+        click.echo(json.dumps(run.metrics, indent=2))
+        return
     from tuneloop.train.sft import train as run_train
 
     resume_arg: str | bool = from_checkpoint or bool(resume)

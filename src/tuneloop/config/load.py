@@ -131,11 +131,18 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         node = raw
         for part in field_path[:-1]:
             node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and isinstance(node.get(field_path[-1]), str):
-            value = Path(node[field_path[-1]]).expanduser()
+        value_text = node.get(field_path[-1]) if isinstance(node, dict) else None
+        if isinstance(value_text, str) and not value_text.startswith("dataset:"):
+            value = Path(value_text).expanduser()
             if not value.is_absolute():
                 node[field_path[-1]] = str((base / value).resolve())
     apply_overrides(raw, list(overrides or []))
+    data = raw.get("data")
+    if isinstance(data, dict) and data.get("train") is None:
+        raise RecipeError(
+            f"{path}: data.train is not set; give it in the recipe or on the command line "
+            "as data.train=PATH"
+        )
     return recipe_from_dict(raw, source=str(path))
 
 

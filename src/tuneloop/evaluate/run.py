@@ -86,6 +86,19 @@ def evaluate_conversations(
     )
 
 
+def _trained_prompt_format(model_ref: str) -> dict[str, Any] | None:
+    """How a run turned rows into prompts (None for anything but an existing run)."""
+    if not model_ref.startswith("run:"):
+        return None
+    from tuneloop.errors import TuneloopError
+    from tuneloop.models import resolve
+
+    try:
+        return resolve(model_ref).prompt_format
+    except TuneloopError:
+        return None  # reported by the model step, after the data has been checked
+
+
 def evaluate_file(
     model_ref: str,
     data: str | Path,
@@ -110,14 +123,14 @@ def evaluate_file(
 
     _check_metrics(metrics)
     data_path = Path(data)
-    resolved = resolve(model_ref)
     options = None
-    trained = resolved.prompt_format
+    trained = _trained_prompt_format(model_ref)
     if trained:
         from tuneloop.train.common import options_from_format
 
         options = options_from_format(trained)
     loaded_data = read_conversations(data_path, fmt=fmt, options=options)
+    resolved = resolve(model_ref)
     if system_prompt is None and resolved.recipe:
         system_prompt = resolved.recipe.get("data", {}).get("system_prompt")
     if system_prompt:

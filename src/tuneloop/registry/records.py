@@ -130,6 +130,14 @@ def start_run(
         return run
 
 
+def link_datasets(run_id: int, datasets: dict[str, int]) -> None:
+    """Record which dataset versions a run used (role -> dataset id); existing links stay."""
+    with session_scope() as s:
+        for role, dataset_id in datasets.items():
+            if s.get(RunDataset, (run_id, dataset_id, role)) is None:
+                s.add(RunDataset(run_id=run_id, dataset_id=dataset_id, role=role))
+
+
 def update_run(run_id: int, **fields: Any) -> Run:
     """Set fields on a run; `metrics` and `timings` are merged into what is there."""
     with session_scope() as s:

@@ -156,6 +156,13 @@ def check_runtime(recipe: Recipe) -> None:
         raise TrainingError("training.precision bf16: this GPU does not support bf16")
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a multi-process launch (torchrun/accelerate set RANK), or a lone process."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def use_bf16(recipe: Recipe) -> bool:
     import torch
 

@@ -440,15 +440,19 @@ def run_loop(
                 per = math.ceil(len(ids) / world)
                 mine = ids[rank * per : (rank + 1) * per] or ids[:1]
                 batches.append(collate([train[i] for i in mine], pad_id))
+            # target tokens (the loss denominator) and input tokens, over every process
             count = torch.tensor(
-                [float(sum(_targets(b) for b in batches))], device=accelerator.device
+                [
+                    float(sum(_targets(b) for b in batches)),
+                    float(sum(int(b["attention_mask"].sum()) for b in batches)),
+                ],
+                device=accelerator.device,
             )
-            n_targets = float(accelerator.reduce(count, "sum")[0])
+            counts = accelerator.reduce(count, "sum")
+            n_targets, step_tokens = float(counts[0]), int(counts[1])
             step_loss = torch.zeros((), dtype=torch.float64)
-            step_tokens = 0
             for k, batch in enumerate(batches):
                 batch = {key: v.to(accelerator.device) for key, v in batch.items()}
-                step_tokens += int(batch["attention_mask"].sum())
                 sync = k == len(batches) - 1
                 ctx = nullcontext() if sync else accelerator.no_sync(net)
                 with ctx, accelerator.autocast():
@@ -475,13 +479,13 @@ def run_loop(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state["step"] = step_no
-            state["tokens"] += step_tokens * world
+            state["tokens"] += step_tokens
             state["loss_sum"] += loss * n_targets
             state["loss_tokens"] += n_targets
             state["train_s"] += time.perf_counter() - step_start
             window["loss"] += loss * n_targets
             window["targets"] += n_targets
-            window["tokens"] += step_tokens * world
+            window["tokens"] += step_tokens
             if on_step:
                 on_step(step_no, inner())
             epoch_f = step_no / steps_per_epoch

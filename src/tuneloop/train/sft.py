@@ -10,6 +10,7 @@ exactly as in training.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 from tuneloop.config import Recipe
 from tuneloop.errors import DataError, RecipeError
 from tuneloop.train import common
+from tuneloop.train.launch import LAUNCHED_RUN, LAUNCHED_RUN_DIR
 from tuneloop.train.loop import LoopConfig, run_loop
 from tuneloop.train.tokenize import template_prefix_tokens, tokenize_conversations
 
@@ -54,6 +56,7 @@ def train(
     started = time.perf_counter()
     common.check_runtime(recipe)
     d = recipe.data
+    main = common.is_main_process()  # under --nproc, only rank 0 writes records and files
 
     # --- data: read strictly (a malformed row stops the run before a model is loaded)
     options = common.row_options(recipe)
@@ -83,15 +86,15 @@ def train(
         _, keep = common.stratified_split(row_labels, d.fraction, recipe.training.seed + 1)
         conversations, row_labels = [conversations[i] for i in keep], [row_labels[i] for i in keep]
 
-    datasets = {
-        "train": registry.register_dataset(
+    datasets: dict[str, int] = {}
+    if main:
+        datasets["train"] = registry.register_dataset(
             Path(train_path).stem, train_data.conversations, train_path, train_data.format
         ).id
-    }
-    if d.eval:
-        datasets["eval"] = registry.register_dataset(
-            Path(eval_path).stem, eval_data.conversations, eval_path, eval_data.format
-        ).id
+        if d.eval:
+            datasets["eval"] = registry.register_dataset(
+                Path(eval_path).stem, eval_data.conversations, eval_path, eval_data.format
+            ).id
 
     # --- run record and directory
     resolved = resolve(recipe.model)
@@ -108,7 +111,7 @@ def train(
         validation_split=d.validation_split if not d.eval else None,
     )
     meta["train_rows"] = len(conversations)
-    if held_labels is not None and validation is not None:
+    if main and held_labels is not None and validation is not None:
         common.write_conversations(run_path / "validation.jsonl", validation, held_labels)
         meta["validation_file"] = str(run_path / "validation.jsonl")
     timings = {"data_s": time.perf_counter() - started}
@@ -140,7 +143,8 @@ def train(
             meta["tokenization"]["validation"] = val_tok.summary()
         model, model_info = common.prepare_model(recipe, resolved)
         meta["model"] = model_info
-        common.write_json(run_path / "run.json", meta)
+        if main:
+            common.write_json(run_path / "run.json", meta)
         timings["setup_s"] = time.perf_counter() - t0
 
         result = run_loop(
@@ -155,28 +159,31 @@ def train(
             on_step=on_step,
         )
         timings["train_s"] = result.train_s
-        common.check_finite(model)
         model_dir = run_path / "model"
-        common.save_model(model, tokenizer, model_dir, resolved.base)
+        if main:
+            common.check_finite(model)
+            common.save_model(model, tokenizer, model_dir, resolved.base)
     except BaseException as err:
         status = "interrupted" if type(err).__name__ == "TrainingInterrupted" else "failed"
-        registry.update_run(run.id, status=status, error=f"{type(err).__name__}: {err}")
+        if main:
+            registry.update_run(run.id, status=status, error=f"{type(err).__name__}: {err}")
         raise
     metrics = result.metrics()
     metrics["dropped_rows"] = sum(train_tok.dropped.values())
     timings["total_s"] = time.perf_counter() - started
-    from tuneloop.train.export import write_model_card
+    if main:
+        from tuneloop.train.export import write_model_card
 
-    write_model_card(model_dir, recipe, meta, metrics)
-    registry.add_model(
-        name=f"{recipe.name}-{run.id}",
-        kind="adapter" if recipe.adapter.type in ("lora", "qlora") else "full",
-        path=str(model_dir),
-        base_model=recipe.model,
-        run_id=run.id,
-        step=result.steps,
-    )
-    registry.update_run(run.id, status="completed", metrics=metrics, timings=timings)
+        write_model_card(model_dir, recipe, meta, metrics)
+        registry.add_model(
+            name=f"{recipe.name}-{run.id}",
+            kind="adapter" if recipe.adapter.type in ("lora", "qlora") else "full",
+            path=str(model_dir),
+            base_model=recipe.model,
+            run_id=run.id,
+            step=result.steps,
+        )
+        registry.update_run(run.id, status="completed", metrics=metrics, timings=timings)
     return TrainResult(
         run_id=run.id,
         run_dir=run_path,
@@ -210,10 +217,17 @@ def _run_for(
     run_dir: str | Path | None,
     resume: str | Path | bool,
 ) -> tuple[Any, Path]:
-    """A new run, or (resuming) the existing run recorded in `run_dir`."""
+    """A new run, the run a `--nproc` launcher created, or (resuming) the run in `run_dir`."""
+    from tuneloop import registry
+
+    launched = os.environ.get(LAUNCHED_RUN)
+    if launched and not resume:
+        run_id = int(launched)
+        if common.is_main_process():
+            registry.link_datasets(run_id, datasets)
+        return registry.get_run(run_id), Path(os.environ[LAUNCHED_RUN_DIR])
     if not resume:
         return common.start_run(recipe, datasets, base_path, run_dir)
-    from tuneloop import registry
     from tuneloop.errors import TrainingError
 
     if run_dir is None:

@@ -1,0 +1,61 @@
+"""`tuneloop train RECIPE --nproc N`: the same run in N processes (PyTorch DDP).
+
+The launcher creates the run record and directory, then starts N workers with
+`torch.distributed.run` (torchrun). Each worker runs the ordinary training code; the
+process group (gloo on CPU, NCCL on GPUs) comes from the environment torchrun sets, through
+`accelerate`. Each optimizer step uses `batch_size x N` examples split across the workers,
+so N processes compute what one process computes with the same global batch. Only rank 0
+writes files and registry records.
+
+Multi-node: run torchrun yourself on every node with the same rendezvous settings and set
+TUNELOOP_LAUNCHED_RUN / TUNELOOP_LAUNCHED_RUN_DIR (a run id and a shared directory) so
+all ranks join one run, e.g. on node 0 of 2:
+
+    torchrun --nnodes 2 --node_rank 0 --nproc_per_node 8 --rdzv_endpoint host:29500 \
+        -m tuneloop.cli train recipe.yaml
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tuneloop.config import Recipe
+from tuneloop.errors import TrainingError
+
+LAUNCHED_RUN = "TUNELOOP_LAUNCHED_RUN"
+LAUNCHED_RUN_DIR = "TUNELOOP_LAUNCHED_RUN_DIR"
+
+
+def launch(recipe: Recipe, recipe_path: str, overrides: list[str], nproc: int) -> int:
+    """Run `recipe` in `nproc` processes; returns the run id. Raises if any worker fails."""
+    from tuneloop import registry
+    from tuneloop.train import common
+
+    if nproc < 2:
+        raise TrainingError("--nproc needs at least 2 processes")
+    common.check_runtime(recipe)
+    run, run_path = common.start_run(recipe, {}, "", None)
+    env = dict(os.environ)
+    env[LAUNCHED_RUN] = str(run.id)
+    env[LAUNCHED_RUN_DIR] = str(run_path)
+    # share the cores: N workers each with every core would oversubscribe the CPU
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc_per_node={nproc}", "-m", "tuneloop.cli", "train",
+        str(Path(recipe_path)), *overrides,
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, check=False)
+    if done.returncode != 0:
+        if registry.get_run(run.id).status == "running":
+            registry.update_run(
+                run.id, status="failed", error=f"a worker exited with {done.returncode}"
+            )
+        raise TrainingError(
+            f"run {run.id}: {nproc}-process training failed (exit {done.returncode}); the "
+            "workers' errors are above"
+        )
+    return run.id

@@ -1,0 +1,80 @@
+"""Two CPU processes (DDP over gloo, launched by `tuneloop train --nproc 2`) compute what
+one process computes with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tuneloop import registry
+
+from conftest import SUPPORT
+
+
+def _write_recipe(path: Path, tiny_model: Path, batch_size: int) -> Path:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": f"ddp-b{batch_size}",
+                "model": str(tiny_model),
+                "data": {"train": str(SUPPORT / "train.jsonl"), "max_length": 96},
+                "adapter": {"r": 4, "alpha": 8},
+                "training": {
+                    "max_steps": 3,
+                    "batch_size": batch_size,
+                    "logging_steps": 1,
+                    "learning_rate": 1e-3,
+                    "group_by_length": False,
+                },
+                "output_dir": str(path.parent / "runs"),
+            }
+        )
+    )
+    return path
+
+
+def _tuneloop(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, TUNELOOP_NO_PROGRESS="1")
+    return subprocess.run(
+        [sys.executable, "-m", "tuneloop.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def _losses(run_id: int) -> list[float]:
+    return [e["loss"] for e in registry.run_metrics(run_id) if "loss" in e]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo process groups are tested on Linux")
+def test_two_processes_match_one_with_the_same_global_batch(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    one = _tuneloop("train", str(_write_recipe(tmp_path / "one.yaml", tiny_model, 8)))
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = _tuneloop(
+        "train", str(_write_recipe(tmp_path / "two.yaml", tiny_model, 4)), "--nproc", "2"
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    runs = {r.name: r for r in registry.list_runs()}
+    assert set(runs) == {"ddp-b8", "ddp-b4"}  # one record for the two workers
+    single, double = runs["ddp-b8"], runs["ddp-b4"]
+    assert double.status == "completed"
+    a, b = _losses(single.id), _losses(double.id)
+    assert len(a) == len(b) == 3
+    for x, y in zip(a, b, strict=True):
+        assert y == pytest.approx(x, rel=1e-4)
+    # both saw the same number of tokens per step
+    assert double.metrics["train_tokens"] == single.metrics["train_tokens"]
+    lines = (Path(double.run_dir) / "metrics.jsonl").read_text().splitlines()
+    assert len([json.loads(x) for x in lines]) == 3  # written once, by rank 0
+    assert (Path(double.run_dir) / "model" / "adapter_model.safetensors").is_file()
