@@ -28,5 +28,5 @@ def test_quickstart_short_run_on_bundled_model(tmp_path: Path, bundled_model_dir
     assert 'id="metrics"' in html and "data:image/png;base64," in html
     assert html.count("<tr>") >= 1 + 4 + 1 + 3
     runs = {r.kind: r for r in registry.list_runs()}
-    assert runs["quickstart"].status == "completed" and runs["train"].status == "completed"
+    assert runs["quickstart"].status == "completed" and runs["sft"].status == "completed"
     assert len(registry.evals_for_run(runs["quickstart"].id)) == 2

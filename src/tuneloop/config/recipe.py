@@ -198,14 +198,14 @@ class TrainingConfig(_Section):
         default=None,
         gt=0,
         description="Measure validation loss every N optimizer steps (default: at the end of "
-        "every epoch, or every 10% of `max_steps`). Needs `data.eval` or "
+        "every epoch); the last step is always measured. Needs `data.eval` or "
         "`data.validation_split`.",
     )
     save_steps: int | None = Field(
         default=None,
         gt=0,
         description="Write a checkpoint every N steps (default: at every validation, else "
-        "every epoch or 10% of the steps). Checkpoints are written atomically.",
+        "every epoch). Checkpoints are written atomically.",
     )
     save_total_limit: int = Field(
         default=2,

@@ -280,12 +280,8 @@ def load_trainable_state(model: Any, weights: dict[str, Any], where: Path) -> No
 
 def _schedule(cfg: LoopConfig, steps_per_epoch: int, has_eval: bool) -> tuple[int, int, int]:
     """(total steps, eval every, save every)."""
-    if cfg.max_steps > 0:
-        total = cfg.max_steps
-        default_every = max(1, total // 10)
-    else:
-        total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
-        default_every = steps_per_epoch
+    total = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    default_every = steps_per_epoch  # plus the final step, which is always validated
     eval_every = (cfg.eval_steps or default_every) if has_eval else 0
     save_every = cfg.save_steps or eval_every or default_every
     return total, eval_every, save_every
