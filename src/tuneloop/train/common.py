@@ -215,6 +215,31 @@ def run_meta(run: Any, recipe: Recipe, base_path: str, **extra: Any) -> dict[str
     }
 
 
+def finish_run(
+    run: Any,
+    recipe: Recipe,
+    model_dir: Path,
+    meta: dict[str, Any],
+    metrics: dict[str, Any],
+    timings: dict[str, float],
+    steps: int,
+) -> None:
+    """Model card, model record, run completed (rank 0 only)."""
+    from tuneloop import registry
+    from tuneloop.train.export import write_model_card
+
+    write_model_card(model_dir, recipe, meta, metrics)
+    registry.add_model(
+        name=f"{recipe.name}-{run.id}",
+        kind="adapter" if recipe.adapter.type in ("lora", "qlora") else "full",
+        path=str(model_dir),
+        base_model=recipe.model,
+        run_id=run.id,
+        step=steps,
+    )
+    registry.update_run(run.id, status="completed", metrics=metrics, timings=timings)
+
+
 # --- model -------------------------------------------------------------------------------
 
 

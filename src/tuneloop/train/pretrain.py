@@ -44,6 +44,7 @@ def pretrain(
     started = time.perf_counter()
     common.check_runtime(recipe)
     d = recipe.data
+    main = common.is_main_process()  # under --nproc, only rank 0 writes records and files
     train_path = common.data_path(d.train)
     texts, fmt = _texts(train_path)
     eval_texts = None
@@ -57,11 +58,11 @@ def pretrain(
         held = set(va)
         eval_texts = [t for i, t in enumerate(texts) if i in held]
         texts = [t for i, t in enumerate(texts) if i not in held]
-    datasets = {
-        "train": registry.register_dataset(
+    datasets: dict[str, int] = {}
+    if main:
+        datasets["train"] = registry.register_dataset(
             Path(train_path).stem, [{"text": t} for t in texts], train_path, fmt
         ).id
-    }
     resolved = resolve(recipe.model)
     run, run_path = _run_for(recipe, datasets, resolved.base, run_dir, resume)
     meta = common.run_meta(
@@ -80,7 +81,8 @@ def pretrain(
         meta["tokenization"] = {"train": packed.summary(), "documents": len(texts)}
         model, info = common.prepare_model(recipe, resolved)
         meta["model"] = info
-        common.write_json(run_path / "run.json", meta)
+        if main:
+            common.write_json(run_path / "run.json", meta)
         result = run_loop(
             model,
             packed.examples,
@@ -93,26 +95,18 @@ def pretrain(
             on_step=on_step,
             desc="pretraining",
         )
-        common.check_finite(model)
         model_dir = run_path / "model"
-        common.save_model(model, tokenizer, model_dir, resolved.base)
+        if main:
+            common.check_finite(model)
+            common.save_model(model, tokenizer, model_dir, resolved.base)
     except BaseException as err:
         status = "interrupted" if type(err).__name__ == "TrainingInterrupted" else "failed"
-        registry.update_run(run.id, status=status, error=f"{type(err).__name__}: {err}")
+        if main:
+            registry.update_run(run.id, status=status, error=f"{type(err).__name__}: {err}")
         raise
-    from tuneloop.train.export import write_model_card
-
     metrics = result.metrics()
     timings["train_s"] = result.train_s
     timings["total_s"] = time.perf_counter() - started
-    write_model_card(model_dir, recipe, meta, metrics)
-    registry.add_model(
-        name=f"{recipe.name}-{run.id}",
-        kind="adapter" if recipe.adapter.type in ("lora", "qlora") else "full",
-        path=str(model_dir),
-        base_model=recipe.model,
-        run_id=run.id,
-        step=result.steps,
-    )
-    registry.update_run(run.id, status="completed", metrics=metrics, timings=timings)
+    if main:
+        common.finish_run(run, recipe, model_dir, meta, metrics, timings, result.steps)
     return TrainResult(run.id, run_path, model_dir, metrics, result.history, timings["total_s"])

@@ -172,18 +172,7 @@ def train(
     metrics["dropped_rows"] = sum(train_tok.dropped.values())
     timings["total_s"] = time.perf_counter() - started
     if main:
-        from tuneloop.train.export import write_model_card
-
-        write_model_card(model_dir, recipe, meta, metrics)
-        registry.add_model(
-            name=f"{recipe.name}-{run.id}",
-            kind="adapter" if recipe.adapter.type in ("lora", "qlora") else "full",
-            path=str(model_dir),
-            base_model=recipe.model,
-            run_id=run.id,
-            step=result.steps,
-        )
-        registry.update_run(run.id, status="completed", metrics=metrics, timings=timings)
+        common.finish_run(run, recipe, model_dir, meta, metrics, timings, result.steps)
     return TrainResult(
         run_id=run.id,
         run_dir=run_path,
