@@ -402,7 +402,10 @@ def run_loop(
         assert validation is not None
         net.eval()
         total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
-        mine = list(range(rank, len(validation), world))
+        # sorted by length: batches of similar lengths waste no compute on padding
+        mine = sorted(
+            range(rank, len(validation), world), key=lambda i: len(validation[i].input_ids)
+        )
         size = cfg.batch_size * 2
         with torch.no_grad(), accelerator.autocast():
             for lo in range(0, len(mine), size):
