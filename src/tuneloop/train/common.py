@@ -215,6 +215,21 @@ def run_meta(run: Any, recipe: Recipe, base_path: str, **extra: Any) -> dict[str
     }
 
 
+def save_final(model: Any, tokenizer: Any, model_dir: Path, base_path: str) -> None:
+    """The run's final model: refused if any weight is non-finite, else saved atomically."""
+    check_finite(model)
+    save_model(model, tokenizer, model_dir, base_path)
+
+
+def record_failure(run_id: int, err: BaseException) -> None:
+    """Mark the run interrupted (a checkpoint was saved) or failed, with the error."""
+    from tuneloop import registry
+    from tuneloop.errors import TrainingInterrupted
+
+    status = "interrupted" if isinstance(err, TrainingInterrupted) else "failed"
+    registry.update_run(run_id, status=status, error=f"{type(err).__name__}: {err}")
+
+
 def finish_run(
     run: Any,
     recipe: Recipe,

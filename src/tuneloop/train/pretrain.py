@@ -97,12 +97,10 @@ def pretrain(
         )
         model_dir = run_path / "model"
         if main:
-            common.check_finite(model)
-            common.save_model(model, tokenizer, model_dir, resolved.base)
+            common.save_final(model, tokenizer, model_dir, resolved.base)
     except BaseException as err:
-        status = "interrupted" if type(err).__name__ == "TrainingInterrupted" else "failed"
         if main:
-            registry.update_run(run.id, status=status, error=f"{type(err).__name__}: {err}")
+            common.record_failure(run.id, err)
         raise
     metrics = result.metrics()
     timings["train_s"] = result.train_s
