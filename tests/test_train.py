@@ -10,7 +10,7 @@ import pytest
 from tuneloop import registry
 from tuneloop.config import recipe_from_dict
 from tuneloop.evaluate import evaluate_file
-from tuneloop.train.sft import train
+from tuneloop.train import train
 
 from conftest import SUPPORT, chat, write_jsonl
 

@@ -14,8 +14,8 @@ import pytest
 from tuneloop import registry
 from tuneloop.config import recipe_from_dict
 from tuneloop.errors import RecipeError, TrainingError, TrainingInterrupted
+from tuneloop.train import train
 from tuneloop.train.loop import NonFiniteLoss, batch_plan
-from tuneloop.train.sft import train
 
 from conftest import SUPPORT, chat, write_jsonl
 

@@ -117,7 +117,7 @@ def train(
         click.echo(f"model: {run.run_dir}/model")
         click.echo(json.dumps(run.metrics, indent=2))
         return
-    from tuneloop.train.sft import train as run_train
+    from tuneloop.train import train as run_train
 
     resume_arg: str | bool = from_checkpoint or bool(resume)
     result = run_train(parsed, run_dir=run_dir, resume=resume_arg)

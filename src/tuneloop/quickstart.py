@@ -46,7 +46,7 @@ def run_quickstart(
     from tuneloop.evaluate import evaluate_file
     from tuneloop.evaluate.report import loss_curve_png, render_html, write_json_atomic
     from tuneloop.models import resolve
-    from tuneloop.train.sft import train
+    from tuneloop.train import train
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}

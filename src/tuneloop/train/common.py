@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -253,6 +255,55 @@ def finish_run(
         step=steps,
     )
     registry.update_run(run.id, status="completed", metrics=metrics, timings=timings)
+
+
+@dataclass
+class TrainResult:
+    run_id: int
+    run_dir: Path
+    model_dir: Path
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def resume_arg(resume: str | Path | bool) -> Path | bool:
+    if resume is True or resume is False:
+        return resume
+    return Path(resume)
+
+
+def run_for(
+    recipe: Recipe,
+    datasets: dict[str, int],
+    base_path: str,
+    run_dir: str | Path | None,
+    resume: str | Path | bool,
+) -> tuple[Any, Path]:
+    """A new run, the run a `--nproc` launcher created, or (resuming) the run in `run_dir`."""
+    from tuneloop import registry
+    from tuneloop.train.launch import LAUNCHED_RUN, LAUNCHED_RUN_DIR
+
+    launched = os.environ.get(LAUNCHED_RUN)
+    if launched and not resume:
+        run_id = int(launched)
+        if is_main_process():
+            registry.link_datasets(run_id, datasets)
+        return registry.get_run(run_id), Path(os.environ[LAUNCHED_RUN_DIR])
+    if not resume:
+        return start_run(recipe, datasets, base_path, run_dir)
+    from tuneloop.errors import TrainingError
+
+    if run_dir is None:
+        raise TrainingError("resume needs the run directory")
+    meta = Path(run_dir) / "run.json"
+    if not meta.is_file():
+        raise TrainingError(f"{run_dir} is not a run directory (no run.json); nothing to resume")
+    import json
+
+    run_id = json.loads(meta.read_text(encoding="utf-8"))["run_id"]
+    registry.update_run(run_id, status="running", error=None)
+    return registry.get_run(run_id), Path(run_dir)
 
 
 # --- model -------------------------------------------------------------------------------

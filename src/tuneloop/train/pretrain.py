@@ -36,10 +36,9 @@ def pretrain(
     resume: str | Path | bool = False,
     on_step: Any = None,
 ) -> Any:
-    """Run one continued-pretraining job; returns a TrainResult like `sft.train`."""
+    """Run one continued-pretraining job; returns a `common.TrainResult`."""
     from tuneloop import registry
     from tuneloop.models import load_tokenizer, resolve
-    from tuneloop.train.sft import TrainResult, _resume_arg, _run_for
 
     started = time.perf_counter()
     common.check_runtime(recipe)
@@ -64,7 +63,7 @@ def pretrain(
             Path(train_path).stem, [{"text": t} for t in texts], train_path, fmt
         ).id
     resolved = resolve(recipe.model)
-    run, run_path = _run_for(recipe, datasets, resolved.base, run_dir, resume)
+    run, run_path = common.run_for(recipe, datasets, resolved.base, run_dir, resume)
     meta = common.run_meta(
         run, recipe, resolved.base, datasets=datasets, data_format="text", prompt_format=None
     )
@@ -90,7 +89,7 @@ def pretrain(
             run_path,
             pad_id=tokenizer.pad_token_id,
             validation=val.examples if val and val.examples else None,
-            resume=_resume_arg(resume),
+            resume=common.resume_arg(resume),
             on_log=lambda entry: registry.add_run_metrics(run.id, entry),
             on_step=on_step,
             desc="pretraining",
@@ -107,4 +106,6 @@ def pretrain(
     timings["total_s"] = time.perf_counter() - started
     if main:
         common.finish_run(run, recipe, model_dir, meta, metrics, timings, result.steps)
-    return TrainResult(run.id, run_path, model_dir, metrics, result.history, timings["total_s"])
+    return common.TrainResult(
+        run.id, run_path, model_dir, metrics, result.history, timings["total_s"]
+    )

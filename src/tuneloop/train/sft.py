@@ -10,45 +10,28 @@ exactly as in training.
 
 from __future__ import annotations
 
-import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tuneloop.config import Recipe
 from tuneloop.errors import DataError, RecipeError
 from tuneloop.train import common
-from tuneloop.train.launch import LAUNCHED_RUN, LAUNCHED_RUN_DIR
 from tuneloop.train.loop import LoopConfig, run_loop
 from tuneloop.train.tokenize import template_prefix_tokens, tokenize_conversations
 
 
-@dataclass
-class TrainResult:
-    run_id: int
-    run_dir: Path
-    model_dir: Path
-    metrics: dict[str, Any]
-    history: list[dict[str, Any]] = field(default_factory=list)
-    seconds: float = 0.0
-
-
-def train(
+def sft(
     recipe: Recipe,
     run_dir: str | Path | None = None,
     resume: str | Path | bool = False,
     on_step: Any = None,
-) -> TrainResult:
+) -> common.TrainResult:
     """Run one SFT job described by `recipe`; returns where the model went and its metrics.
 
     resume: True continues the latest checkpoint of the run in `run_dir` (which must be
     given); a path names one checkpoint directory.
     """
-    if recipe.method == "pretrain":
-        from tuneloop.train.pretrain import pretrain
-
-        return pretrain(recipe, run_dir=run_dir, resume=resume, on_step=on_step)
     from tuneloop import registry
     from tuneloop.data.readers import read_conversations
     from tuneloop.models import load_tokenizer, resolve
@@ -98,7 +81,7 @@ def train(
 
     # --- run record and directory
     resolved = resolve(recipe.model)
-    run, run_path = _run_for(recipe, datasets, resolved.base, run_dir, resume)
+    run, run_path = common.run_for(recipe, datasets, resolved.base, run_dir, resume)
     fmt_record = common.prompt_format(recipe, train_data.format, labels)
     meta = common.run_meta(
         run,
@@ -154,7 +137,7 @@ def train(
             run_path,
             pad_id=tokenizer.pad_token_id,
             validation=val_tok.examples if val_tok else None,
-            resume=_resume_arg(resume),
+            resume=common.resume_arg(resume),
             on_log=lambda entry: registry.add_run_metrics(run.id, entry),
             on_step=on_step,
         )
@@ -171,7 +154,7 @@ def train(
     timings["total_s"] = time.perf_counter() - started
     if main:
         common.finish_run(run, recipe, model_dir, meta, metrics, timings, result.steps)
-    return TrainResult(
+    return common.TrainResult(
         run_id=run.id,
         run_dir=run_path,
         model_dir=model_dir,
@@ -189,41 +172,3 @@ def _check_labels(found: list[str | None], labels: list[str], path: str) -> None
                 f"{path}: row {i}: label {label!r} is not in data.labels "
                 f"({len(allowed)} labels, e.g. {sorted(allowed)[:3]})"
             )
-
-
-def _resume_arg(resume: str | Path | bool) -> Path | bool:
-    if resume is True or resume is False:
-        return resume
-    return Path(resume)
-
-
-def _run_for(
-    recipe: Recipe,
-    datasets: dict[str, int],
-    base_path: str,
-    run_dir: str | Path | None,
-    resume: str | Path | bool,
-) -> tuple[Any, Path]:
-    """A new run, the run a `--nproc` launcher created, or (resuming) the run in `run_dir`."""
-    from tuneloop import registry
-
-    launched = os.environ.get(LAUNCHED_RUN)
-    if launched and not resume:
-        run_id = int(launched)
-        if common.is_main_process():
-            registry.link_datasets(run_id, datasets)
-        return registry.get_run(run_id), Path(os.environ[LAUNCHED_RUN_DIR])
-    if not resume:
-        return common.start_run(recipe, datasets, base_path, run_dir)
-    from tuneloop.errors import TrainingError
-
-    if run_dir is None:
-        raise TrainingError("resume needs the run directory")
-    meta = Path(run_dir) / "run.json"
-    if not meta.is_file():
-        raise TrainingError(f"{run_dir} is not a run directory (no run.json); nothing to resume")
-    import json
-
-    run_id = json.loads(meta.read_text(encoding="utf-8"))["run_id"]
-    registry.update_run(run_id, status="running", error=None)
-    return registry.get_run(run_id), Path(run_dir)

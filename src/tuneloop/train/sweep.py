@@ -143,7 +143,7 @@ def run_sweep(
     metric: str = "eval_loss",
 ) -> SweepResult:
     """Train and score every combination; write the results table and plots into `out`."""
-    from tuneloop.train.sft import train
+    from tuneloop.train import train
 
     combos = plan(base, axes, fractions)
     directory = Path(out)
