@@ -26,6 +26,7 @@ def _write_recipe(path: Path, tiny_model: Path, batch_size: int) -> Path:
                 "data": {"train": str(SUPPORT / "train.jsonl"), "max_length": 96},
                 "adapter": {"r": 4, "alpha": 8},
                 "training": {
+                    "precision": "fp32",  # an exact (1e-4) comparison
                     "max_steps": 3,
                     "batch_size": batch_size,
                     "logging_steps": 1,

@@ -128,9 +128,10 @@ def test_tuned_model_emits_end_of_turn_and_stops(tiny_model: Path, tmp_path: Pat
 
     rows = [chat(f"What is the status of order {i}?", "It has shipped.") for i in range(24)]
     data = write_jsonl(tmp_path / "orders.jsonl", rows)
-    recipe = _tiny_recipe(
-        tiny_model, tmp_path, data, training={"epochs": 10, "batch_size": 8, "learning_rate": 1e-2}
-    )
+    # fp32: bf16 rounding on a width-64 model makes this 10-epoch toy run land elsewhere
+    # (the real model stops on all 1003 Banking77 answers under bf16; docs/experiments.md)
+    training = {"epochs": 10, "batch_size": 8, "learning_rate": 1e-2, "precision": "fp32"}
+    recipe = _tiny_recipe(tiny_model, tmp_path, data, training=training)
     result = train(recipe)
     model, tokenizer, _ = load(f"run:{result.run_id}")
     prompts = [[{"role": "user", "content": f"What is the status of order {i}?"}] for i in (77, 5)]

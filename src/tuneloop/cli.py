@@ -225,6 +225,11 @@ def export(run: str, out: str, merged: bool) -> None:
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N rows.")
 @click.option("--format", "fmt", default="auto", show_default=True, help="Row format.")
 @click.option("--system-prompt", help="System message for rows without one.")
+@click.option(
+    "--constrain-labels",
+    is_flag=True,
+    help="Classification: decode only labels from the run's label set (or the data's).",
+)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write results here.")
 def eval_cmd(
     model_ref: str,
@@ -235,6 +240,7 @@ def eval_cmd(
     limit: int | None,
     fmt: str,
     system_prompt: str | None,
+    constrain_labels: bool,
     json_out: str | None,
 ) -> None:
     """Generate answers with MODEL on DATA and score them against the references."""
@@ -246,7 +252,15 @@ def eval_cmd(
     from tuneloop.evaluate import evaluate_file
 
     out = evaluate_file(
-        model_ref, data, metrics or METRICS, max_new_tokens, batch_size, limit, fmt, system_prompt
+        model_ref,
+        data,
+        metrics or METRICS,
+        max_new_tokens,
+        batch_size,
+        limit,
+        fmt,
+        system_prompt,
+        constrain_labels=constrain_labels,
     )
     for name, value in out.metrics.items():
         click.echo(f"{name:12s} {value:.4f}")

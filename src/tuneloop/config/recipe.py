@@ -183,7 +183,11 @@ class TrainingConfig(_Section):
     )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         default="auto",
-        description="`auto` uses bf16 on a GPU that supports it and fp32 on CPU.",
+        description=(
+            "`auto` uses bf16 autocast on a GPU that supports it and on a CPU with native "
+            "bf16 units (AVX512-BF16 or AMX), else fp32. Trainable weights and optimizer "
+            "state stay fp32 either way."
+        ),
     )
     gradient_checkpointing: bool = Field(
         default=False,

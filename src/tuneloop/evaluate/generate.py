@@ -2,6 +2,12 @@
 
 Prompts are sorted by length before batching so each batch pads little; results come back in
 the caller's order. Greedy decoding is deterministic, so base-vs-tuned comparisons are fair.
+
+With `choices` (a classifier's label set) decoding is constrained by a token trie: at each
+step only tokens that continue some label are allowed, and a label must end with the
+end-of-turn token, so every answer is exactly one of the labels. The trie is built from the
+chat template's own rendering of each label as an answer, so the tokens are those the model
+was trained to emit.
 """
 
 from __future__ import annotations
@@ -29,6 +35,36 @@ def encode_prompt(tokenizer: Any, messages: Conversation) -> list[int]:
     return list(ids)
 
 
+def answer_tokens(tokenizer: Any, prompt: Conversation, answer: str) -> list[int]:
+    """Tokens the template puts after `prompt` for assistant answer `answer`, up to and
+    including the end-of-turn token."""
+    eos = tokenizer.eos_token_id
+    head = encode_prompt(tokenizer, prompt)
+    full = tokenizer.apply_chat_template(
+        [*prompt, {"role": "assistant", "content": answer}], tokenize=True
+    )
+    if hasattr(full, "keys"):
+        full = full["input_ids"]
+    full = list(full)
+    if full[: len(head)] == head and eos in full[len(head) :]:
+        tail = full[len(head) :]
+        return tail[: tail.index(eos) + 1]
+    # a template that re-renders the prompt: fall back to the plain answer tokens
+    return [*tokenizer(answer, add_special_tokens=False)["input_ids"], eos]
+
+
+def choice_trie(tokenizer: Any, prompt: Conversation, choices: list[str]) -> dict[int, Any]:
+    """Token trie of every choice rendered as the answer to `prompt` (nested dicts)."""
+    if not choices:
+        raise ValueError("constrained decoding needs at least one choice")
+    root: dict[int, Any] = {}
+    for choice in choices:
+        node = root
+        for tok in answer_tokens(tokenizer, prompt, choice):
+            node = node.setdefault(tok, {})
+    return root
+
+
 def generate(
     model: Any,
     tokenizer: Any,
@@ -36,11 +72,22 @@ def generate(
     max_new_tokens: int = 128,
     batch_size: int = 16,
     progress: Callable[[int], None] | None = None,
+    choices: list[str] | None = None,
 ) -> tuple[list[Generation], dict[str, float]]:
-    """Greedy answers for every prompt, plus throughput stats (tokens/s, seconds)."""
+    """Greedy answers for every prompt, plus throughput stats (tokens/s, seconds).
+
+    choices: constrain every answer to one of these strings (see the module docstring);
+    max_new_tokens is raised to the longest choice so none is cut off.
+    """
     import torch
 
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    trie = None
+    if choices is not None and prompts:
+        trie = choice_trie(tokenizer, prompts[0], choices)
+        max_new_tokens = max(
+            max_new_tokens, max(len(answer_tokens(tokenizer, prompts[0], c)) for c in choices)
+        )
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     results: list[Generation | None] = [None] * len(encoded)
     pad_id = tokenizer.pad_token_id
@@ -57,6 +104,9 @@ def generate(
             ids = encoded[i]
             input_ids[row, width - len(ids) :] = torch.tensor(ids)
             attention[row, width - len(ids) :] = 1
+        constrain = None
+        if trie is not None:
+            constrain = _trie_constraint(trie, width, eos_id)
         with torch.inference_mode():
             out = model.generate(
                 input_ids=input_ids.to(device),
@@ -65,6 +115,7 @@ def generate(
                 do_sample=False,
                 pad_token_id=pad_id,
                 eos_token_id=eos_id,
+                prefix_allowed_tokens_fn=constrain,
             )
         for row, i in enumerate(idx):
             new = out[row, width:].tolist()
@@ -83,6 +134,20 @@ def generate(
         "tokens_per_s": total_new / max(seconds, 1e-9),
     }
     return [r for r in results if r is not None], stats
+
+
+def _trie_constraint(trie: dict[int, Any], width: int, eos_id: int) -> Callable[..., list[int]]:
+    """prefix_allowed_tokens_fn for one batch whose prompts are left-padded to `width`."""
+
+    def allowed(_row: int, ids: Any) -> list[int]:
+        node = trie
+        for tok in ids[width:].tolist():
+            if tok not in node:
+                return [eos_id]  # finished row (padding after its end-of-turn)
+            node = node[tok]
+        return list(node) or [eos_id]
+
+    return allowed
 
 
 def answer_nll(

@@ -45,8 +45,11 @@ def evaluate_conversations(
     max_new_tokens: int = 128,
     batch_size: int = 16,
     label: str = "eval",
+    choices: list[str] | None = None,
 ) -> EvalOutput:
-    """Greedy-generate the final answer of each conversation and score it."""
+    """Greedy-generate the final answer of each conversation and score it.
+
+    choices: constrain every answer to one of these (a classifier's label set)."""
     _check_metrics(metrics)
     start = time.perf_counter()
     prompts = [c[:-1] for c in conversations]
@@ -61,7 +64,13 @@ def evaluate_conversations(
     if text_metrics:
         with Progress(total=len(prompts), desc=f"{label}: generating", unit="ex") as bar:
             gens, gen_stats = generate(
-                model, tokenizer, prompts, max_new_tokens, batch_size, progress=bar.update
+                model,
+                tokenizer,
+                prompts,
+                max_new_tokens,
+                batch_size,
+                progress=bar.update,
+                choices=choices,
             )
         preds = [g.text for g in gens]
         for ex, g in zip(examples, gens, strict=True):
@@ -110,6 +119,7 @@ def evaluate_file(
     system_prompt: str | None = None,
     run_id: int | None = None,
     label: str | None = None,
+    constrain_labels: bool = False,
 ) -> EvalOutput:
     """Evaluate `model_ref` on a data file and record the result in the registry.
 
@@ -117,6 +127,9 @@ def evaluate_file(
     (its recorded format, classification template, text/label fields and system prompt),
     unless `fmt` or `system_prompt` say otherwise. The data is read (strictly) before the
     model is loaded, so a bad file fails in seconds.
+
+    constrain_labels: decode only labels: the run's recorded label set, else the labels
+    found in the data file (an error when neither has any).
     """
     from tuneloop import registry
     from tuneloop.models import load, resolve
@@ -136,6 +149,16 @@ def evaluate_file(
     if system_prompt:
         loaded_data.conversations = with_system_prompt(loaded_data.conversations, system_prompt)
     conversations = loaded_data.conversations[:limit] if limit else loaded_data.conversations
+    choices = None
+    if constrain_labels:
+        choices = (trained or {}).get("labels") or sorted(
+            {lab for lab in loaded_data.labels if lab is not None}
+        )
+        if not choices:
+            raise TuneloopError(
+                f"--constrain-labels: no label set: {model_ref} recorded none and "
+                f"{data_path} has no labels (use classification rows, text + label)"
+            )
     dataset = registry.register_dataset(
         data_path.stem, loaded_data.conversations, str(data_path.resolve()), loaded_data.format
     )
@@ -148,13 +171,15 @@ def evaluate_file(
         max_new_tokens,
         batch_size,
         label=label or model_ref,
+        choices=choices,
     )
     settings = {
         "max_new_tokens": max_new_tokens,
         "batch_size": batch_size,
         "limit": limit,
         "system_prompt": system_prompt,
-        "decoding": "greedy",
+        "decoding": "greedy, constrained to labels" if choices else "greedy",
+        "choices": choices,
         "generation": out.generation,
     }
     record = registry.add_eval(

@@ -171,7 +171,27 @@ def use_bf16(recipe: Recipe) -> bool:
     if recipe.training.precision == "bf16":
         return True
     if recipe.training.precision == "auto":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        if torch.cuda.is_available():
+            return bool(torch.cuda.is_bf16_supported())
+        return cpu_has_bf16()
+    return False
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX).
+
+    Without such units, bf16 autocast on CPU is emulated and slower than fp32, so `auto`
+    only picks it where it pays: on this project's Zen 4 machine a LoRA step of the bundled
+    model runs 1.5x faster under bf16 autocast (docs/experiments.md).
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
     return False
 
 

@@ -82,6 +82,9 @@ def sft(
     # --- run record and directory
     resolved = resolve(recipe.model)
     run, run_path = common.run_for(recipe, datasets, resolved.base, run_dir, resume)
+    if labels is None and train_data.format == "classification":
+        # the classes seen in the whole training file, so eval can constrain to them
+        labels = sorted({lab for lab in train_data.labels if lab is not None})
     fmt_record = common.prompt_format(recipe, train_data.format, labels)
     meta = common.run_meta(
         run,
