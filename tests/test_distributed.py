@@ -17,11 +17,13 @@ from tuneloop import registry
 from conftest import SUPPORT
 
 
-def _write_recipe(path: Path, tiny_model: Path, batch_size: int) -> Path:
+def _write_recipe(
+    path: Path, tiny_model: Path, batch_size: int, name: str = "ddp", **training: object
+) -> Path:
     path.write_text(
         yaml.safe_dump(
             {
-                "name": f"ddp-b{batch_size}",
+                "name": f"{name}-b{batch_size}",
                 "model": str(tiny_model),
                 "data": {"train": str(SUPPORT / "train.jsonl"), "max_length": 96},
                 "adapter": {"r": 4, "alpha": 8},
@@ -32,6 +34,7 @@ def _write_recipe(path: Path, tiny_model: Path, batch_size: int) -> Path:
                     "logging_steps": 1,
                     "learning_rate": 1e-3,
                     "group_by_length": False,
+                    **training,
                 },
                 "output_dir": str(path.parent / "runs"),
             }
@@ -79,3 +82,45 @@ def test_two_processes_match_one_with_the_same_global_batch(
     lines = (Path(double.run_dir) / "metrics.jsonl").read_text().splitlines()
     assert len([json.loads(x) for x in lines]) == 3  # written once, by rank 0
     assert (Path(double.run_dir) / "model" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo process groups are tested on Linux")
+def test_fsdp_two_processes_match_one_and_save_a_plain_model(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """FSDP2 shards the weights over 2 processes; the losses, the gathered checkpoint and
+    the saved adapter all equal the 1-process run with the same global batch."""
+    from safetensors.torch import load_file
+
+    extra = {"eval_steps": 1, "save_total_limit": 5}  # checkpoints gathered at every step
+    data = {"validation_split": 0.25}
+    one = _write_recipe(tmp_path / "one.yaml", tiny_model, 8, "single", **extra)
+    two = _write_recipe(tmp_path / "two.yaml", tiny_model, 4, "fsdp", distributed="fsdp", **extra)
+    for path in (one, two):
+        recipe = yaml.safe_load(path.read_text())
+        recipe["data"].update(data)
+        path.write_text(yaml.safe_dump(recipe))
+    done = _tuneloop("train", str(one))
+    assert done.returncode == 0, done.stderr[-2000:]
+    done = _tuneloop("train", str(two), "--nproc", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = {r.name: r for r in registry.list_runs()}
+    single, sharded = runs["single-b8"], runs["fsdp-b4"]
+    assert sharded.status == "completed"
+    a, b = _losses(single.id), _losses(sharded.id)
+    assert len(a) == len(b) == 3
+    for x, y in zip(a, b, strict=True):
+        assert y == pytest.approx(x, rel=1e-4)
+    import torch
+
+    def weights(run_dir: str, where: str) -> dict[str, torch.Tensor]:
+        path = Path(run_dir) / where
+        return load_file(path) if path.suffix == ".safetensors" else torch.load(path)
+
+    state = json.loads((Path(sharded.run_dir) / "checkpoints/step-000002/state.json").read_text())
+    assert state["layout"] == "fsdp"  # the sharded path really ran
+    for where in ("checkpoints/step-000002/weights.pt", "model/adapter_model.safetensors"):
+        wa, wb = weights(single.run_dir, where), weights(sharded.run_dir, where)
+        assert wa.keys() == wb.keys() and wa, where
+        for name in wa:
+            assert (wa[name] - wb[name]).abs().max() <= 1e-4 * (wa[name].abs().max() + 1e-3)

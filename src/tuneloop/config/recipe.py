@@ -189,6 +189,14 @@ class TrainingConfig(_Section):
             "state stay fp32 either way."
         ),
     )
+    distributed: Literal["ddp", "fsdp"] = Field(
+        default="ddp",
+        description=(
+            "With --nproc N: `ddp` replicates the model in every process; `fsdp` shards "
+            "weights, gradients and optimizer state over the processes (PyTorch FSDP2, one "
+            "unit per transformer block), for models too big to replicate."
+        ),
+    )
     gradient_checkpointing: bool = Field(
         default=False,
         description="Recompute activations in the backward pass: less memory, ~30% slower.",

@@ -1,4 +1,5 @@
-"""`tuneloop train RECIPE --nproc N`: the same run in N processes (PyTorch DDP).
+"""`tuneloop train RECIPE --nproc N`: the same run in N processes (DDP, or FSDP2 sharding
+with `training.distributed: fsdp`; see train/loop.py).
 
 The launcher creates the run record and directory, then starts N workers with
 `torch.distributed.run` (torchrun). Each worker runs the ordinary training code; the

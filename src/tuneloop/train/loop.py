@@ -67,6 +67,7 @@ class LoopConfig:
     seed: int = 0
     logging_steps: int = 5
     group_by_length: bool = True
+    distributed: str = "ddp"  # or "fsdp"; only matters with several processes
     bf16: bool = False
     report_to: list[str] = field(default_factory=list)
 
@@ -332,6 +333,10 @@ def run_loop(
     total_steps, eval_every, save_every = _schedule(cfg, steps_per_epoch, bool(validation))
 
     torch.manual_seed(cfg.seed)
+    fsdp = cfg.distributed == "fsdp" and world > 1
+    net = loss_module(model)
+    if fsdp:  # shard first: the optimizer must hold the sharded parameters
+        _fsdp_shard(net, world, accelerator.device.type)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
     scheduler = get_scheduler(
         cfg.lr_scheduler,
@@ -339,11 +344,12 @@ def run_loop(
         num_warmup_steps=math.ceil(cfg.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
-    net, optimizer = accelerator.prepare(loss_module(model), optimizer)
+    if not fsdp:
+        net, optimizer = accelerator.prepare(net, optimizer)
     net.train()
 
     def inner() -> Any:
-        return accelerator.unwrap_model(net).model
+        return net.model if fsdp else accelerator.unwrap_model(net).model
 
     ckpt_dir = run_path / "checkpoints"
     metrics_path = run_path / "metrics.jsonl"
@@ -362,6 +368,11 @@ def run_loop(
     if resume:
         path = latest_checkpoint(ckpt_dir) if resume is True else Path(resume)
         ckpt = load_checkpoint(path)
+        if ckpt["state"].get("layout") == "fsdp" or fsdp:
+            raise TrainingError(
+                f"{path}: resuming FSDP training is not supported yet; start a new run, or "
+                "train with training.distributed ddp"
+            )
         load_trainable_state(inner(), ckpt["weights"], path)
         optimizer.load_state_dict(ckpt["optimizer"]["optimizer"])
         scheduler.load_state_dict(ckpt["optimizer"]["scheduler"])
@@ -383,16 +394,22 @@ def run_loop(
                 on_log(entry)
 
     def checkpoint() -> Path | None:
+        saved_optimizer: Any = optimizer
+        if fsdp:  # every process takes part in gathering the shards; rank 0 writes
+            weights, full_optimizer = _fsdp_full_state(net, optimizer)
+            saved_optimizer = _StateOnly(full_optimizer)
+            state["layout"] = "fsdp"
         if not main:
             return None
-        weights = trainable_state(inner())
+        if not fsdp:
+            weights = trainable_state(inner())
         bad = next((n for n, w in weights.items() if not torch.isfinite(w).all()), None)
         if bad is not None:
             raise NonFiniteLoss(
                 f"weights became non-finite at step {state['step']} ({bad}); no checkpoint "
                 "written, nothing saved"
             )
-        path = save_checkpoint(ckpt_dir, state["step"], weights, optimizer, scheduler, state)
+        path = save_checkpoint(ckpt_dir, state["step"], weights, saved_optimizer, scheduler, state)
         best = state["best_step"]
         keep = {ckpt_dir / f"step-{best:06d}"} if best is not None else set()
         rotate(ckpt_dir, cfg.save_total_limit, keep)
@@ -453,7 +470,11 @@ def run_loop(
             for k, batch in enumerate(batches):
                 batch = {key: v.to(accelerator.device) for key, v in batch.items()}
                 sync = k == len(batches) - 1
-                ctx = nullcontext() if sync else accelerator.no_sync(net)
+                if fsdp:  # FSDP2: reduce-scatter gradients only on the last micro-batch
+                    net.set_requires_gradient_sync(sync)
+                    ctx: Any = nullcontext()
+                else:
+                    ctx = nullcontext() if sync else accelerator.no_sync(net)
                 with ctx, accelerator.autocast():
                     loss_sum = net(**batch)
                     # DDP averages gradients over processes, hence the factor `world`
@@ -467,7 +488,12 @@ def run_loop(
                     f"loss became {loss} at step {step_no}; stopped before the update, nothing "
                     "saved (lower training.learning_rate, or check the data)"
                 )
-            grad_norm = float(accelerator.clip_grad_norm_(net.parameters(), cfg.max_grad_norm))
+            if fsdp:  # gradients are DTensor shards; the norm is reduced over processes
+                trainable = [p for p in net.parameters() if p.requires_grad]
+                norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+            else:
+                grad_norm = float(accelerator.clip_grad_norm_(net.parameters(), cfg.max_grad_norm))
             if not math.isfinite(grad_norm):
                 raise NonFiniteLoss(
                     f"gradient norm became {grad_norm} at step {step_no}; stopped before the "
@@ -555,7 +581,12 @@ def run_loop(
         and (ckpt_dir / f"step-{best_step:06d}").is_dir()
     ):
         best = load_checkpoint(ckpt_dir / f"step-{best_step:06d}")
-        load_trainable_state(inner(), best["weights"], best["path"])
+        if fsdp:
+            _fsdp_load_weights(net, best["weights"])
+        else:
+            load_trainable_state(inner(), best["weights"], best["path"])
+    if fsdp:  # hand the caller a plain model (rank 0 saves it): gather, then unshard
+        _fsdp_unshard(net, main)
     losses = [h["loss"] for h in history if "loss" in h]
     return LoopResult(
         steps=state["step"],
@@ -570,6 +601,94 @@ def run_loop(
         resumed_from=resumed_from,
         history=history,
     )
+
+
+# --- FSDP2 (training.distributed: fsdp) ----------------------------------------------------
+
+
+class _StateOnly:
+    """Stands in for the optimizer when its (gathered) state is all there is to save."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self._state = state
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._state
+
+
+def _fsdp_shard(net: Any, world: int, device_type: str) -> None:
+    """Shard `net` over `world` processes: one FSDP unit per transformer block (the classes
+    the model names in `_no_split_modules`) plus the root (embeddings, final norm, head)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    model = net.model
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    block_names = set(getattr(base, "_no_split_modules", None) or [])
+    blocks = [m for m in net.modules() if type(m).__name__ in block_names]
+    if not blocks:
+        raise TrainingError(
+            f"training.distributed fsdp: {type(base).__name__} names no transformer block "
+            "class (_no_split_modules); use training.distributed ddp"
+        )
+    mesh = init_device_mesh(device_type, (world,))
+    for block in blocks:
+        fully_shard(block, mesh=mesh)
+    fully_shard(net, mesh=mesh)
+
+
+def _full_options() -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def _fsdp_full_state(net: Any, optimizer: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(trainable weights by parameter name, full optimizer state), gathered on rank 0
+    (empty elsewhere). A collective: every process must call it."""
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    full = get_model_state_dict(net, options=_full_options())
+    opt = get_optimizer_state_dict(net, optimizer, options=_full_options())
+    names = [n for n, p in net.model.named_parameters() if p.requires_grad]
+    weights = {n: full[f"model.{n}"] for n in names} if full else {}
+    return weights, opt
+
+
+def _fsdp_load_weights(net: Any, weights: dict[str, Any]) -> None:
+    """Load full trainable weights (every process passes them) into the sharded model."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(
+        net,
+        {f"model.{n}": w for n, w in weights.items()},
+        options=StateDictOptions(full_state_dict=True, strict=False),
+    )
+
+
+def _fsdp_unshard(net: Any, main: bool) -> None:
+    """Gather every weight on rank 0 and put plain tensors back in the model there, so the
+    caller saves it like any model (tied weights stay one parameter). A collective."""
+    import torch
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    full = get_model_state_dict(net, options=_full_options())
+    if not main:
+        return
+    made: dict[int, Any] = {}
+    for prefix, module in net.model.named_modules():
+        for leaf, param in list(module._parameters.items()):
+            if param is None:
+                continue
+            key = f"model.{prefix}.{leaf}" if prefix else f"model.{leaf}"
+            if id(param) not in made:
+                made[id(param)] = torch.nn.Parameter(
+                    full[key].clone(), requires_grad=param.requires_grad
+                )
+            module._parameters[leaf] = made[id(param)]
 
 
 def _read_log(path: Path) -> list[dict[str, Any]]:
