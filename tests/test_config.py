@@ -21,7 +21,10 @@ def test_defaults_are_the_careful_ones() -> None:
     recipe = recipe_from_dict({"data": {"train": "x.jsonl"}})
     assert recipe.model == "smollm2-135m-instruct"
     assert recipe.adapter.type == "lora" and recipe.adapter.target_modules == "all-linear"
-    assert recipe.training.learning_rate == pytest.approx(2e-4)
+    assert (recipe.adapter.r, recipe.adapter.alpha, recipe.adapter.dropout) == (32, 64, 0.0)
+    assert recipe.training.learning_rate is None  # chosen by adapter and model size
+    assert recipe.data.train_on == "all_assistant"  # loss on answers only, never the prompt
+    assert recipe.training.epochs == 3
     assert recipe.training.gradient_checkpointing is False
 
 

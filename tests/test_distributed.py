@@ -124,3 +124,43 @@ def test_fsdp_two_processes_match_one_and_save_a_plain_model(
         assert wa.keys() == wb.keys() and wa, where
         for name in wa:
             assert (wa[name] - wb[name]).abs().max() <= 1e-4 * (wa[name].abs().max() + 1e-3)
+
+
+def _jsonl_losses(run_dir: str) -> dict[int, float]:
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return {e["step"]: e["loss"] for e in map(json.loads, lines) if "loss" in e}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo process groups are tested on Linux")
+@pytest.mark.parametrize("distributed", ["ddp", "fsdp"])
+def test_two_process_run_resumes_exactly(
+    tiny_model: Path, tmp_path: Path, distributed: str
+) -> None:
+    """`--resume --nproc 2` from step 3 repeats steps 4-6 of the uninterrupted 2-process run
+    (dropout on, so every process's random stream must be restored); resuming with another
+    process count is refused."""
+    path = _write_recipe(
+        tmp_path / "r.yaml", tiny_model, 4, f"resume-{distributed}",
+        max_steps=6, save_steps=1, save_total_limit=10, distributed=distributed,
+    )  # fmt: skip
+    recipe = yaml.safe_load(path.read_text())
+    recipe["adapter"]["dropout"] = 0.1
+    path.write_text(yaml.safe_dump(recipe))
+    done = _tuneloop("train", str(path), "--nproc", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = registry.list_runs()
+    before = _jsonl_losses(run.run_dir)
+    assert sorted(before) == [1, 2, 3, 4, 5, 6]
+
+    ckpt = str(Path(run.run_dir) / "checkpoints" / "step-000003")
+    single = _tuneloop("train", "--resume", run.run_dir, "--from", ckpt)
+    assert single.returncode != 0
+    assert "2-process run" in single.stderr and "--nproc 2" in single.stderr
+
+    again = _tuneloop("train", "--resume", run.run_dir, "--from", ckpt, "--nproc", "2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    after = _jsonl_losses(run.run_dir)
+    assert sorted(after) == [1, 2, 3, 4, 5, 6]
+    for step in (4, 5, 6):
+        assert after[step] == pytest.approx(before[step], rel=1e-4), step
+    assert registry.get_run(run.id).status == "completed"

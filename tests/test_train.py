@@ -240,3 +240,53 @@ def test_pretrain_on_a_folder_of_documents(tiny_model: Path, tmp_path: Path) -> 
     assert losses[-1] < losses[0]
     assert any("eval_loss" in h for h in result.history)
     assert registry.get_run(result.run_id).kind == "pretrain"
+
+
+def test_unset_learning_rate_follows_adapter_and_size_and_labels_are_recorded(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """The careful defaults: LoRA-family adapters get a larger step than full fine-tuning,
+    big models a smaller one; a classification run without data.labels records the labels
+    of its training file, so `eval --constrain-labels` knows them."""
+    import csv
+
+    from tuneloop.train.common import learning_rate
+
+    def rate(adapter: str, params: int, lr: float | None = None) -> float:
+        recipe = recipe_from_dict(
+            {
+                "name": "x",
+                "model": "m",
+                "data": {"train": "t.jsonl"},
+                "adapter": {"type": adapter}
+                | ({"train_top_layers": 1} if adapter == "freeze" else {}),
+                "training": {"learning_rate": lr},
+            }
+        )
+        return learning_rate(recipe, params)
+
+    assert rate("lora", 135_000_000) == 1e-3
+    assert rate("lora", 7_000_000_000) == 2e-4
+    assert rate("full", 135_000_000) == 1e-4
+    assert rate("freeze", 7_000_000_000) == 2e-5
+    assert rate("full", 135_000_000, lr=5e-5) == 5e-5
+
+    train_csv = tmp_path / "intents.csv"
+    with train_csv.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "label"])
+        for i in range(6):
+            writer.writerow([f"card {i} never came", "card_arrival"])
+            writer.writerow([f"refund {i} missing", "refund_missing"])
+    result = train(
+        _tiny_recipe(
+            tiny_model,
+            tmp_path,
+            train_csv,
+            data={"format": "classification"},
+            training={"max_steps": 1, "batch_size": 4, "learning_rate": None},
+        )
+    )
+    meta = json.loads((result.run_dir / "run.json").read_text())
+    assert meta["learning_rate"] == 1e-4  # full fine-tuning of a tiny model
+    assert meta["prompt_format"]["labels"] == ["card_arrival", "refund_missing"]

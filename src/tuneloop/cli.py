@@ -71,8 +71,9 @@ def quickstart(out: str, overrides: tuple[str, ...]) -> None:
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Processes to train with (PyTorch DDP through torchrun; one per GPU, or CPU "
-    "processes sharing the cores). The global batch is batch_size x nproc.",
+    help="Processes to train with (torchrun; DDP, or FSDP with training.distributed=fsdp; "
+    "one per GPU, or CPU processes sharing the cores). The global batch is "
+    "batch_size x nproc. Works with --resume (same nproc as the run).",
 )
 @click.option(
     "--from",
@@ -107,12 +108,11 @@ def train(
     parsed = load_recipe(recipe, list(overrides))
     _quiet_libraries()
     if nproc > 1:
-        if resume:
-            raise click.UsageError("--resume with --nproc is not supported yet")
         from tuneloop import registry
         from tuneloop.train.launch import launch
 
-        run = registry.get_run(launch(parsed, recipe, list(overrides), nproc))
+        run_id = launch(parsed, recipe, list(overrides), nproc, run_dir, from_checkpoint)
+        run = registry.get_run(run_id)
         click.echo(f"run {run.id} {run.status} with {nproc} processes")
         click.echo(f"model: {run.run_dir}/model")
         click.echo(json.dumps(run.metrics, indent=2))

@@ -62,8 +62,12 @@ def save_checkpoint(
     optimizer: Any,
     scheduler: Any,
     loop_state: dict[str, Any],
+    rng: dict[str, Any] | None = None,
 ) -> Path:
-    """Write checkpoint `step` under `directory` atomically; returns its path."""
+    """Write checkpoint `step` under `directory` atomically; returns its path.
+
+    rng: the random states to store (default: this process's; a multi-process run passes
+    every rank's, as {"ranks": [...]})."""
     import torch
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -76,7 +80,7 @@ def save_checkpoint(
         {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
         staging / "optimizer.pt",
     )
-    torch.save(rng_state(), staging / "rng.pt")
+    torch.save(rng if rng is not None else rng_state(), staging / "rng.pt")
     (staging / "state.json").write_text(json.dumps(loop_state, indent=2), encoding="utf-8")
     files = {p.name: _sha256(p) for p in sorted(staging.iterdir())}
     (staging / MANIFEST).write_text(

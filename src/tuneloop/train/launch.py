@@ -30,15 +30,40 @@ LAUNCHED_RUN = "TUNELOOP_LAUNCHED_RUN"
 LAUNCHED_RUN_DIR = "TUNELOOP_LAUNCHED_RUN_DIR"
 
 
-def launch(recipe: Recipe, recipe_path: str, overrides: list[str], nproc: int) -> int:
-    """Run `recipe` in `nproc` processes; returns the run id. Raises if any worker fails."""
+def launch(
+    recipe: Recipe,
+    recipe_path: str,
+    overrides: list[str],
+    nproc: int,
+    resume_dir: str | None = None,
+    from_checkpoint: str | None = None,
+) -> int:
+    """Run `recipe` in `nproc` processes; returns the run id. Raises if any worker fails.
+
+    resume_dir: continue that run (from its latest checkpoint, or `from_checkpoint`); every
+    worker loads the checkpoint, which must come from a run with the same `nproc`.
+    """
+    import json
+
     from tuneloop import registry
     from tuneloop.train import common
 
     if nproc < 2:
         raise TrainingError("--nproc needs at least 2 processes")
     common.check_runtime(recipe)
-    run, run_path = common.start_run(recipe, {}, "", None)
+    if resume_dir:
+        meta = Path(resume_dir) / "run.json"
+        if not meta.is_file():
+            raise TrainingError(f"{resume_dir} is not a run directory (no run.json)")
+        run = registry.get_run(json.loads(meta.read_text(encoding="utf-8"))["run_id"])
+        run_path = Path(resume_dir)
+        registry.update_run(run.id, status="running", error=None)
+        worker_args = ["--resume", str(run_path)]
+        if from_checkpoint:
+            worker_args += ["--from", from_checkpoint]
+    else:
+        run, run_path = common.start_run(recipe, {}, "", None)
+        worker_args = [str(Path(recipe_path))]
     env = dict(os.environ)
     env[LAUNCHED_RUN] = str(run.id)
     env[LAUNCHED_RUN_DIR] = str(run_path)
@@ -47,7 +72,7 @@ def launch(recipe: Recipe, recipe_path: str, overrides: list[str], nproc: int) -
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         f"--nproc_per_node={nproc}", "-m", "tuneloop.cli", "train",
-        str(Path(recipe_path)), *overrides,
+        *worker_args, *overrides,
     ]  # fmt: skip
     done = subprocess.run(command, env=env, check=False)
     if done.returncode != 0:

@@ -34,6 +34,7 @@ from tuneloop.errors import TrainingError, TrainingInterrupted
 from tuneloop.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
+    rng_state,
     rotate,
     save_checkpoint,
     set_rng_state,
@@ -72,10 +73,12 @@ class LoopConfig:
     report_to: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_training(cls, training: Any, bf16: bool) -> LoopConfig:
-        """From a recipe's `training` section."""
-        names = {f for f in cls.__dataclass_fields__ if f != "bf16"}
-        return cls(bf16=bf16, **{k: getattr(training, k) for k in names})
+    def from_training(cls, training: Any, bf16: bool, learning_rate: float) -> LoopConfig:
+        """From a recipe's `training` section (its learning rate resolved by the caller)."""
+        names = {f for f in cls.__dataclass_fields__ if f not in ("bf16", "learning_rate")}
+        return cls(
+            bf16=bf16, learning_rate=learning_rate, **{k: getattr(training, k) for k in names}
+        )
 
 
 @dataclass
@@ -368,16 +371,25 @@ def run_loop(
     if resume:
         path = latest_checkpoint(ckpt_dir) if resume is True else Path(resume)
         ckpt = load_checkpoint(path)
-        if ckpt["state"].get("layout") == "fsdp" or fsdp:
+        written_by = ckpt["state"].get("world", 1)
+        if written_by != world:
             raise TrainingError(
-                f"{path}: resuming FSDP training is not supported yet; start a new run, or "
-                "train with training.distributed ddp"
+                f"{path} was written by a {written_by}-process run; resume it with the same "
+                f"number of processes (--nproc {written_by}), so the global batch is the same"
             )
-        load_trainable_state(inner(), ckpt["weights"], path)
-        optimizer.load_state_dict(ckpt["optimizer"]["optimizer"])
+        layout = ckpt["state"].get("layout", "ddp")
+        if (layout == "fsdp") != fsdp:
+            raise TrainingError(f"{path}: resume with training.distributed {layout}, as the run")
+        if fsdp:
+            _fsdp_load_weights(net, ckpt["weights"])
+            _fsdp_load_optimizer(net, optimizer, ckpt["optimizer"]["optimizer"])
+        else:
+            load_trainable_state(inner(), ckpt["weights"], path)
+            optimizer.load_state_dict(ckpt["optimizer"]["optimizer"])
         scheduler.load_state_dict(ckpt["optimizer"]["scheduler"])
         state.update(ckpt["state"])
-        set_rng_state(ckpt["rng"])
+        rngs = ckpt["rng"]
+        set_rng_state(rngs["ranks"][rank] if "ranks" in rngs else rngs)
         resumed_from = state["step"]
         if main:
             _truncate_log(metrics_path, resumed_from)
@@ -395,6 +407,14 @@ def run_loop(
 
     def checkpoint() -> Path | None:
         saved_optimizer: Any = optimizer
+        rngs = None
+        if world > 1:  # each process's random state, so a resume continues every stream
+            import torch.distributed as dist
+
+            gathered: list[Any] = [None] * world
+            dist.all_gather_object(gathered, rng_state())
+            rngs = {"ranks": gathered}
+            state["world"] = world
         if fsdp:  # every process takes part in gathering the shards; rank 0 writes
             weights, full_optimizer = _fsdp_full_state(net, optimizer)
             saved_optimizer = _StateOnly(full_optimizer)
@@ -409,7 +429,9 @@ def run_loop(
                 f"weights became non-finite at step {state['step']} ({bad}); no checkpoint "
                 "written, nothing saved"
             )
-        path = save_checkpoint(ckpt_dir, state["step"], weights, saved_optimizer, scheduler, state)
+        path = save_checkpoint(
+            ckpt_dir, state["step"], weights, saved_optimizer, scheduler, state, rngs
+        )
         best = state["best_step"]
         keep = {ckpt_dir / f"step-{best:06d}"} if best is not None else set()
         rotate(ckpt_dir, cfg.save_total_limit, keep)
@@ -555,6 +577,9 @@ def run_loop(
                 patience = cfg.early_stopping_patience
                 if patience and state["bad_evals"] >= patience:
                     stopped_early = True
+            if world > 1:  # a signal may reach the processes at different steps: agree
+                flag = torch.tensor([float(stop.received or 0)], device=accelerator.device)
+                stop.received = int(accelerator.reduce(flag, "max")) or None
             # the last step needs no checkpoint: the final model is saved by the caller, and
             # the best one (if not the last) was checkpointed when it was measured
             due = evaluated or step_no % save_every == 0 or stop.received
@@ -666,6 +691,18 @@ def _fsdp_load_weights(net: Any, weights: dict[str, Any]) -> None:
         net,
         {f"model.{n}": w for n, w in weights.items()},
         options=StateDictOptions(full_state_dict=True, strict=False),
+    )
+
+
+def _fsdp_load_optimizer(net: Any, optimizer: Any, full: dict[str, Any]) -> None:
+    """Load a gathered (full) optimizer state into the sharded optimizer."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_optimizer_state_dict,
+    )
+
+    set_optimizer_state_dict(
+        net, optimizer, full, options=StateDictOptions(full_state_dict=True, strict=False)
     )
 
 

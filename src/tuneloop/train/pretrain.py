@@ -80,12 +80,14 @@ def pretrain(
         meta["tokenization"] = {"train": packed.summary(), "documents": len(texts)}
         model, info = common.prepare_model(recipe, resolved)
         meta["model"] = info
+        lr = common.learning_rate(recipe, info["total_params"])
+        meta["learning_rate"] = lr
         if main:
             common.write_json(run_path / "run.json", meta)
         result = run_loop(
             model,
             packed.examples,
-            LoopConfig.from_training(recipe.training, common.use_bf16(recipe)),
+            LoopConfig.from_training(recipe.training, common.use_bf16(recipe), lr),
             run_path,
             pad_id=tokenizer.pad_token_id,
             validation=val.examples if val and val.examples else None,

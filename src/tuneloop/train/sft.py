@@ -129,6 +129,8 @@ def sft(
             meta["tokenization"]["validation"] = val_tok.summary()
         model, model_info = common.prepare_model(recipe, resolved)
         meta["model"] = model_info
+        lr = common.learning_rate(recipe, model_info["total_params"])
+        meta["learning_rate"] = lr
         if main:
             common.write_json(run_path / "run.json", meta)
         timings["setup_s"] = time.perf_counter() - t0
@@ -136,7 +138,7 @@ def sft(
         result = run_loop(
             model,
             train_tok.examples,
-            LoopConfig.from_training(recipe.training, common.use_bf16(recipe)),
+            LoopConfig.from_training(recipe.training, common.use_bf16(recipe), lr),
             run_path,
             pad_id=tokenizer.pad_token_id,
             validation=val_tok.examples if val_tok else None,
