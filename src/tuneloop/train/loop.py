@@ -13,8 +13,10 @@ Why tuneloop owns this loop instead of handing batches to `transformers.Trainer`
   optimizer touches the weights, and nothing is saved; SIGTERM or Ctrl-C finishes the current
   step, writes a checkpoint and exits.
 
-`accelerate` provides devices, mixed precision and multi-process (DDP/FSDP) wrapping, so the
-same loop runs on a laptop and under `accelerate launch`.
+`accelerate` provides devices, mixed precision and DDP wrapping, so the same loop runs on
+a laptop and under torchrun. With `training.distributed: fsdp` the loop shards the model
+itself with PyTorch FSDP2 (`fully_shard`) and gathers full weights for checkpoints and the
+final model, so checkpoints look the same whichever way the run was split.
 """
 
 from __future__ import annotations
