@@ -59,6 +59,13 @@ def _losses(run_id: int) -> list[float]:
     return [e["loss"] for e in registry.run_metrics(run_id) if "loss" in e]
 
 
+def _assert_same_losses(run_a: int, run_b: int, steps: int) -> None:
+    a, b = _losses(run_a), _losses(run_b)
+    assert len(a) == len(b) == steps
+    for x, y in zip(a, b, strict=True):
+        assert y == pytest.approx(x, rel=1e-4)
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo process groups are tested on Linux")
 def test_two_processes_match_one_with_the_same_global_batch(
     tiny_model: Path, tmp_path: Path
@@ -73,10 +80,7 @@ def test_two_processes_match_one_with_the_same_global_batch(
     assert set(runs) == {"ddp-b8", "ddp-b4"}  # one record for the two workers
     single, double = runs["ddp-b8"], runs["ddp-b4"]
     assert double.status == "completed"
-    a, b = _losses(single.id), _losses(double.id)
-    assert len(a) == len(b) == 3
-    for x, y in zip(a, b, strict=True):
-        assert y == pytest.approx(x, rel=1e-4)
+    _assert_same_losses(single.id, double.id, steps=3)
     # both saw the same number of tokens per step
     assert double.metrics["train_tokens"] == single.metrics["train_tokens"]
     lines = (Path(double.run_dir) / "metrics.jsonl").read_text().splitlines()
@@ -107,10 +111,7 @@ def test_fsdp_two_processes_match_one_and_save_a_plain_model(
     runs = {r.name: r for r in registry.list_runs()}
     single, sharded = runs["single-b8"], runs["fsdp-b4"]
     assert sharded.status == "completed"
-    a, b = _losses(single.id), _losses(sharded.id)
-    assert len(a) == len(b) == 3
-    for x, y in zip(a, b, strict=True):
-        assert y == pytest.approx(x, rel=1e-4)
+    _assert_same_losses(single.id, sharded.id, steps=3)
     import torch
 
     def weights(run_dir: str, where: str) -> dict[str, torch.Tensor]:
