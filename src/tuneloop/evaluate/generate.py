@@ -53,16 +53,22 @@ def answer_tokens(tokenizer: Any, prompt: Conversation, answer: str) -> list[int
     return [*tokenizer(answer, add_special_tokens=False)["input_ids"], eos]
 
 
-def choice_trie(tokenizer: Any, prompt: Conversation, choices: list[str]) -> dict[int, Any]:
-    """Token trie of every choice rendered as the answer to `prompt` (nested dicts)."""
+def choice_trie(
+    tokenizer: Any, prompt: Conversation, choices: list[str]
+) -> tuple[dict[int, Any], int]:
+    """Token trie of every choice rendered as the answer to `prompt` (nested dicts), and the
+    length in tokens of the longest choice."""
     if not choices:
         raise ValueError("constrained decoding needs at least one choice")
     root: dict[int, Any] = {}
+    longest = 0
     for choice in choices:
+        tokens = answer_tokens(tokenizer, prompt, choice)
+        longest = max(longest, len(tokens))
         node = root
-        for tok in answer_tokens(tokenizer, prompt, choice):
+        for tok in tokens:
             node = node.setdefault(tok, {})
-    return root
+    return root, longest
 
 
 def generate(
@@ -84,10 +90,8 @@ def generate(
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     trie = None
     if choices is not None and prompts:
-        trie = choice_trie(tokenizer, prompts[0], choices)
-        max_new_tokens = max(
-            max_new_tokens, max(len(answer_tokens(tokenizer, prompts[0], c)) for c in choices)
-        )
+        trie, longest = choice_trie(tokenizer, prompts[0], choices)
+        max_new_tokens = max(max_new_tokens, longest)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     results: list[Generation | None] = [None] * len(encoded)
     pad_id = tokenizer.pad_token_id
