@@ -318,14 +318,16 @@ def test_loss_is_finite_and_logged_to_registry(tiny_model: Path, tmp_path: Path)
     assert [json.loads(x) for x in lines] == entries
 
 
-def test_fast_loss_equals_plain_loss_and_gradients(tiny_model: Path) -> None:
-    """The loop's loss (output layer on target positions only) is the plain full-logits
-    cross-entropy: same value, same gradients."""
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_fast_loss_equals_plain_loss_and_gradients(tiny_model: Path, attention: str) -> None:
+    """The loop's loss (output layer on target positions only, with either attention kernel
+    `training.attention` may pick) is the plain full-logits sdpa cross-entropy: same value,
+    same gradients."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from tuneloop.models import load_tokenizer
-    from tuneloop.train.loop import collate, loss_module, token_loss_sum
+    from tuneloop.train.loop import _set_attention, collate, loss_module, token_loss_sum
     from tuneloop.train.tokenize import tokenize_conversations
 
     tokenizer = load_tokenizer(str(tiny_model))
@@ -339,12 +341,146 @@ def test_fast_loss_equals_plain_loss_and_gradients(tiny_model: Path) -> None:
     examples = tokenize_conversations(tokenizer, convs, 128, progress=False).examples
     batch = collate(examples, tokenizer.pad_token_id)
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    assert _set_attention(model, "sdpa") in ("sdpa", "eager")
     plain = token_loss_sum(model, batch)
     plain.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
+    assert _set_attention(model, attention) == "sdpa"
+    assert model.config._attn_implementation == attention
     fast = loss_module(model)(**batch)
     fast.backward()
     assert fast.item() == pytest.approx(plain.item(), rel=1e-5)
     for n, p in model.named_parameters():
         assert torch.allclose(p.grad, grads[n], rtol=1e-4, atol=1e-6), n
+
+
+def test_attention_auto_picks_eager_for_short_cpu_sequences(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    from tuneloop.train.loop import choose_attention
+
+    assert choose_attention("auto", 100, "cpu") == "eager"
+    assert choose_attention("auto", 2048, "cpu") == "sdpa"
+    assert choose_attention("auto", 100, "cuda") == "sdpa"
+    assert choose_attention("sdpa", 100, "cpu") == "sdpa"
+    result = train(_recipe(tiny_model, tmp_path, training={"max_steps": 1}))
+    assert result.metrics["attention"] == "eager"
+
+
+def _tiny_examples(tiny_model: Path, n: int) -> tuple[Any, list[Any]]:
+    from tuneloop.models import load_tokenizer
+    from tuneloop.train.tokenize import tokenize_conversations
+
+    tokenizer = load_tokenizer(str(tiny_model))
+    convs = [
+        [
+            {"role": "user", "content": f"question {i} " * (1 + 3 * (i % 4))},
+            {"role": "assistant", "content": f"answer {i} " * (1 + i % 3)},
+        ]
+        for i in range(n)
+    ]
+    return tokenizer, tokenize_conversations(tokenizer, convs, 128, progress=False).examples
+
+
+def test_pack_examples_best_fit_decreasing() -> None:
+    from tuneloop.train.tokenize import IGNORE, Example, pack_examples
+
+    lengths = [5, 9, 3, 7, 2, 12, 4]
+    examples = [Example(list(range(1, n + 1)), list(range(1, n + 1))) for n in lengths]
+    rows, fill = pack_examples(examples, capacity=14)
+    assert sum(len(r.input_ids) for r in rows) == sum(lengths)
+    assert all(len(r.input_ids) <= 14 for r in rows)
+    assert len(rows) == 3  # 42 tokens in rows of 14: the minimum, all full
+    assert fill == pytest.approx(1.0)
+    for r in rows:
+        assert r.positions is not None and len(r.positions) == len(r.input_ids)
+        starts = [k for k, p in enumerate(r.positions) if p == 0]
+        assert all(r.labels[k] == IGNORE for k in starts)  # no target across a boundary
+    assert pack_examples(examples, capacity=14)[0] == rows  # deterministic
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_batch_equals_padded_batch(tiny_model: Path, attention: str) -> None:
+    """Packing drops the padding and changes nothing else: same loss, same gradients."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tuneloop.train.loop import _set_attention, collate, loss_module
+    from tuneloop.train.tokenize import pack_examples
+
+    tokenizer, examples = _tiny_examples(tiny_model, 8)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    _set_attention(model, attention)
+    net = loss_module(model)
+    padded = collate(examples, tokenizer.pad_token_id)
+    rows, _ = pack_examples(examples, 2 * max(len(e.input_ids) for e in examples))
+    packed = collate(rows, tokenizer.pad_token_id)
+    assert "attention_mask" not in packed and "position_ids" in packed
+    real = sum(len(e.input_ids) for e in examples)
+    assert len(rows) < len(examples)  # rows really hold several examples
+    assert real / packed["input_ids"].numel() > real / padded["input_ids"].numel()
+    assert int((packed["labels"][:, 1:] != -100).sum()) == int(
+        (padded["labels"][:, 1:] != -100).sum()
+    )
+    loss_padded = net(**padded)
+    loss_padded.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    loss_packed = net(**packed)
+    loss_packed.backward()
+    assert loss_packed.item() == pytest.approx(loss_padded.item(), rel=1e-5)
+    for n, p in model.named_parameters():
+        assert torch.allclose(p.grad, grads[n], rtol=1e-4, atol=1e-6), n
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_examples_do_not_attend_to_each_other(tiny_model: Path, attention: str) -> None:
+    """Changing one example's tokens leaves the logits of the others in its row unchanged,
+    and each example's logits equal those it gets alone."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tuneloop.train.loop import _set_attention, collate
+    from tuneloop.train.tokenize import Example, pack_examples
+
+    tokenizer, examples = _tiny_examples(tiny_model, 3)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    _set_attention(model, attention)
+    capacity = sum(len(e.input_ids) for e in examples)
+    pad = tokenizer.pad_token_id
+
+    def logits(exs: list[Example]) -> Any:
+        rows, _ = pack_examples(exs, capacity)
+        assert len(rows) == 1  # one row holding all of them
+        batch = collate(rows, pad)
+        with torch.no_grad():
+            return model(
+                input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+            ).logits[0]
+
+    first = logits(examples)
+    # the longest example goes first in the row (best-fit decreasing); perturb it
+    order = sorted(range(3), key=lambda i: (-len(examples[i].input_ids), i))
+    head = examples[order[0]]
+    changed = Example([(t + 7) % 100 + 3 for t in head.input_ids], head.labels)
+    second = logits([changed if e is head else e for e in examples])
+    n = len(head.input_ids)
+    assert not torch.allclose(first[:n], second[:n])  # the perturbed example did change
+    assert torch.allclose(first[n:], second[n:], atol=1e-5)  # the others did not
+    at = 0
+    for i in order:  # each example, packed, sees exactly what it sees alone
+        e = examples[i]
+        with torch.no_grad():
+            alone = model(input_ids=torch.tensor([e.input_ids])).logits[0]
+        assert torch.allclose(first[at : at + len(e.input_ids)], alone, atol=1e-4)
+        at += len(e.input_ids)
+
+
+def test_packing_run_records_its_rows(tiny_model: Path, tmp_path: Path) -> None:
+    result = train(_recipe(tiny_model, tmp_path, training={"packing": True, "max_steps": 2}))
+    meta = json.loads((result.run_dir / "run.json").read_text())
+    packed = meta["tokenization"]["packed"]
+    examples = meta["tokenization"]["train"]["examples"]
+    assert 0 < packed["rows"] < examples and 0.5 < packed["fill"] <= 1.0
+    assert all(math.isfinite(h["loss"]) for h in result.history if "loss" in h)

@@ -71,6 +71,7 @@ class LoopConfig:
     logging_steps: int = 5
     group_by_length: bool = True
     distributed: str = "ddp"  # or "fsdp"; only matters with several processes
+    attention: str = "auto"  # or "eager" / "sdpa"; see choose_attention
     bf16: bool = False
     report_to: list[str] = field(default_factory=list)
 
@@ -95,6 +96,7 @@ class LoopResult:
     best_eval_loss: float | None = None
     stopped_early: bool = False
     resumed_from: int | None = None
+    attention: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def metrics(self) -> dict[str, Any]:
@@ -112,6 +114,8 @@ class LoopResult:
             out["best_step"] = self.best_step
         if self.stopped_early:
             out["stopped_early"] = True
+        if self.attention:
+            out["attention"] = self.attention
         return out
 
 
@@ -145,18 +149,32 @@ def batch_plan(
 
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, Any]:
-    """Right-padded tensors: input_ids, attention_mask, labels (IGNORE on padding)."""
+    """Right-padded tensors: input_ids, attention_mask, labels (IGNORE on padding).
+
+    Packed rows (examples with `positions`, from `pack_examples`) get position_ids and no
+    attention mask instead: from the restarting positions transformers builds a
+    block-diagonal causal mask, so no token attends across the examples of a row. Padding
+    then continues the positions as a segment of its own.
+    """
     import torch
 
     width = max(len(e.input_ids) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
+    packed = any(e.positions is not None for e in examples)
+    positions = torch.arange(width, dtype=torch.long).repeat(len(examples), 1)
     for row, e in enumerate(examples):
         n = len(e.input_ids)
         ids[row, :n] = torch.tensor(e.input_ids)
         labels[row, :n] = torch.tensor(e.labels)
         mask[row, :n] = 1
+        if packed:
+            if e.positions is not None:
+                positions[row, :n] = torch.tensor(e.positions)
+            positions[row, n:] = torch.arange(width - n)
+    if packed:
+        return {"input_ids": ids, "position_ids": positions, "labels": labels}
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
@@ -165,7 +183,7 @@ def token_loss_sum(model: Any, batch: dict[str, Any]) -> Any:
     logits for every position). The loop uses `CausalLMLoss`, which must agree with this."""
     import torch.nn.functional as F
 
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    out = model(**{k: v for k, v in batch.items() if k != "labels"})
     logits = out.logits[:, :-1, :].float()
     targets = batch["labels"][:, 1:]
     return F.cross_entropy(
@@ -201,12 +219,22 @@ def _loss_module() -> Any:
             head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
             self._parts = None if special or decoder is None or head is None else (decoder, head)
 
-        def forward(self, input_ids: Any, attention_mask: Any, labels: Any) -> Any:
+        def forward(
+            self,
+            input_ids: Any,
+            labels: Any,
+            attention_mask: Any = None,
+            position_ids: Any = None,
+        ) -> Any:
+            # packed rows (see collate) carry position ids and no attention mask;
+            # transformers builds the per-example mask from them only without a KV cache
+            inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+            if position_ids is not None:
+                inputs["position_ids"] = position_ids
             if self._parts is None:
-                batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-                return token_loss_sum(self.model, {**batch, "labels": labels})
+                return token_loss_sum(self.model, {**inputs, "labels": labels})
             decoder, head = self._parts
-            hidden = decoder(input_ids=input_ids, attention_mask=attention_mask)[0]
+            hidden = decoder(**inputs)[0]
             targets = labels[:, 1:]
             keep = targets != IGNORE
             logits = head(hidden[:, :-1][keep]).float()
@@ -222,6 +250,33 @@ def loss_module(model: Any) -> Any:
 
 def _targets(batch: dict[str, Any]) -> int:
     return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+EAGER_MAX_TOKENS = 512  # measured CPU crossover (docs/performance.md)
+
+
+def choose_attention(setting: str, longest: int, device_type: str) -> str:
+    """The attention kernel to train with: the setting, or for `auto` the measured faster.
+
+    On a CPU, PyTorch's flash-attention kernel (what `sdpa` runs) has a slow backward for
+    short sequences: plain matmul + softmax ("eager") trained SmolLM2-135M 20-35% faster up
+    to 512 tokens, and sdpa won from 1,024 (its memory also grows linearly, not
+    quadratically). On a GPU, sdpa (flash / memory-efficient kernels) is the better choice.
+    """
+    if setting != "auto":
+        return setting
+    return "eager" if device_type == "cpu" and longest <= EAGER_MAX_TOKENS else "sdpa"
+
+
+def _set_attention(model: Any, name: str) -> str | None:
+    """Switch the model's attention kernel; returns the previous one (None if unknown)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    old = getattr(config, "_attn_implementation", None)
+    if old is None or not hasattr(base, "set_attn_implementation") or old == name:
+        return old
+    base.set_attn_implementation(name)
+    return old
 
 
 # --- the loop ------------------------------------------------------------------------------
@@ -338,6 +393,8 @@ def run_loop(
     total_steps, eval_every, save_every = _schedule(cfg, steps_per_epoch, bool(validation))
 
     torch.manual_seed(cfg.seed)
+    attention = choose_attention(cfg.attention, max(lengths), accelerator.device.type)
+    old_attention = _set_attention(model, attention)
     fsdp = cfg.distributed == "fsdp" and world > 1
     net = loss_module(model)
     if fsdp:  # shard first: the optimizer must hold the sharded parameters
@@ -475,17 +532,15 @@ def run_loop(
             ]
             ga = cfg.gradient_accumulation_steps
             micro = plan[in_epoch * ga : (in_epoch + 1) * ga]
-            batches = []
+            batches, real_tokens = [], 0
             for ids in micro:
                 per = math.ceil(len(ids) / world)
-                mine = ids[rank * per : (rank + 1) * per] or ids[:1]
-                batches.append(collate([train[i] for i in mine], pad_id))
+                mine = [train[i] for i in ids[rank * per : (rank + 1) * per] or ids[:1]]
+                real_tokens += sum(len(e.input_ids) for e in mine)
+                batches.append(collate(mine, pad_id))
             # target tokens (the loss denominator) and input tokens, over every process
             count = torch.tensor(
-                [
-                    float(sum(_targets(b) for b in batches)),
-                    float(sum(int(b["attention_mask"].sum()) for b in batches)),
-                ],
+                [float(sum(_targets(b) for b in batches)), float(real_tokens)],
                 device=accelerator.device,
             )
             counts = accelerator.reduce(count, "sum")
@@ -614,6 +669,8 @@ def run_loop(
             load_trainable_state(inner(), best["weights"], best["path"])
     if fsdp:  # hand the caller a plain model (rank 0 saves it): gather, then unshard
         _fsdp_unshard(net, main)
+    if old_attention is not None:  # the kernel was a training choice; give the model back
+        _set_attention(model, old_attention)
     losses = [h["loss"] for h in history if "loss" in h]
     return LoopResult(
         steps=state["step"],
@@ -626,6 +683,7 @@ def run_loop(
         best_eval_loss=state["best_eval_loss"],
         stopped_early=stopped_early,
         resumed_from=resumed_from,
+        attention=attention,
         history=history,
     )
 

@@ -18,7 +18,11 @@ from tuneloop.config import Recipe
 from tuneloop.errors import DataError, RecipeError
 from tuneloop.train import common
 from tuneloop.train.loop import LoopConfig, run_loop
-from tuneloop.train.tokenize import template_prefix_tokens, tokenize_conversations
+from tuneloop.train.tokenize import (
+    pack_examples,
+    template_prefix_tokens,
+    tokenize_conversations,
+)
 
 
 def sft(
@@ -125,6 +129,10 @@ def sft(
             else None
         )
         meta["tokenization"] = {"train": train_tok.summary()}
+        train_examples = train_tok.examples
+        if recipe.training.packing:
+            train_examples, fill = pack_examples(train_examples, d.max_length)
+            meta["tokenization"]["packed"] = {"rows": len(train_examples), "fill": fill}
         if val_tok is not None:
             meta["tokenization"]["validation"] = val_tok.summary()
         model, model_info = common.prepare_model(recipe, resolved)
@@ -137,7 +145,7 @@ def sft(
 
         result = run_loop(
             model,
-            train_tok.examples,
+            train_examples,
             LoopConfig.from_training(recipe.training, common.use_bf16(recipe), lr),
             run_path,
             pad_id=tokenizer.pad_token_id,

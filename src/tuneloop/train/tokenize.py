@@ -27,6 +27,7 @@ IGNORE = -100
 class Example:
     input_ids: list[int]
     labels: list[int]
+    positions: list[int] | None = None  # packed rows only: restart at 0 per example
 
     @property
     def num_targets(self) -> int:
@@ -166,3 +167,45 @@ def pack_documents(tokenizer: Any, texts: list[str], block_size: int) -> Tokeniz
     if tail:
         out.dropped[f"last {tail} tokens (less than one block)"] += 1
     return out
+
+
+def pack_examples(examples: list[Example], capacity: int) -> tuple[list[Example], float]:
+    """Examples laid end to end in rows of at most `capacity` tokens; returns the rows and
+    the fraction of row space that holds tokens (before padding to the batch).
+
+    Best-fit decreasing: longest first, each into the row whose free space fits it most
+    tightly, so rows come out nearly full. Positions restart at 0 for every example and
+    each example's first token carries no label, so a packed row computes exactly the
+    loss of its examples padded separately (a test checks loss and gradients); the
+    model's mask comes from the positions (see `loop.collate`). Deterministic.
+    """
+    import bisect
+
+    order = sorted(range(len(examples)), key=lambda i: (-len(examples[i].input_ids), i))
+    rows: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (free tokens, row), sorted
+    for i in order:
+        n = len(examples[i].input_ids)
+        at = bisect.bisect_left(free, (n, -1))
+        if at == len(free):
+            rows.append([i])
+            if capacity - n > 0:
+                bisect.insort(free, (capacity - n, len(rows) - 1))
+            continue
+        room, r = free.pop(at)
+        rows[r].append(i)
+        if room - n > 0:
+            bisect.insort(free, (room - n, r))
+    packed = []
+    for row in rows:
+        ids: list[int] = []
+        labels: list[int] = []
+        positions: list[int] = []
+        for i in row:
+            e = examples[i]
+            ids += e.input_ids
+            labels += [IGNORE, *e.labels[1:]]
+            positions += range(len(e.input_ids))
+        packed.append(Example(ids, labels, positions))
+    total = sum(len(e.input_ids) for e in examples)
+    return packed, total / max(1, capacity * len(rows))
