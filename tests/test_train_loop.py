@@ -484,3 +484,37 @@ def test_packing_run_records_its_rows(tiny_model: Path, tmp_path: Path) -> None:
     examples = meta["tokenization"]["train"]["examples"]
     assert 0 < packed["rows"] < examples and 0.5 < packed["fill"] <= 1.0
     assert all(math.isfinite(h["loss"]) for h in result.history if "loss" in h)
+
+
+@pytest.mark.parametrize("adapter", ["full", "lora"])
+def test_fused_chunked_cross_entropy_equals_plain(tiny_model: Path, adapter: str) -> None:
+    """Pretraining-style batches (every position a target) through the fused, chunked
+    output layer give the plain loss and gradients, head weight included (tied or not)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tuneloop.train.loop import loss_module, token_loss_sum
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    if adapter == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 100, (3, 20), generator=gen)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    batch["labels"][2, :5] = -100  # a few positions without a target
+    plain = token_loss_sum(model, batch)
+    plain.backward()
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    grads = {n: p.grad.clone() for n, p in trainable.items()}
+    model.zero_grad()
+    net = loss_module(model)
+    net.ce_chunk = 7  # 52 targets: 8 chunks, the last one partial
+    fused = net(**batch)
+    fused.backward()
+    assert fused.item() == pytest.approx(plain.item(), rel=1e-5)
+    for n, p in trainable.items():
+        # relative to the tensor's largest gradient (LoRA A's are exactly 0 at init)
+        err = float((p.grad - grads[n]).abs().max() / grads[n].abs().max().clamp(min=1e-12))
+        assert err < 1e-4, n

@@ -44,6 +44,7 @@ from tuneloop.train.checkpoint import (
 from tuneloop.train.tokenize import IGNORE, Example
 
 MEGABATCH = 50  # batches per length-sorted megabatch (as in transformers' length grouping)
+CE_CHUNK = 4096  # target positions per output-layer chunk (see CausalLMLoss)
 
 
 class NonFiniteLoss(TrainingError):
@@ -203,8 +204,10 @@ def _loss_module() -> Any:
 
         The output layer runs only on positions that have a target: in SFT most positions
         are prompt tokens, and with a 49k-token vocabulary the full logits are the largest
-        tensor of the step. Models whose logits are post-processed (soft-capping, scaling)
-        take the plain path.
+        tensor of the step. Beyond `ce_chunk` target positions (pretraining blocks), the
+        output layer and the loss run fused, chunk by chunk (`fused_linear_cross_entropy`),
+        so those logits are never held whole. Models whose logits are post-processed
+        (soft-capping, scaling) take the plain path.
         """
 
         def __init__(self, model: Any) -> None:
@@ -218,6 +221,8 @@ def _loss_module() -> Any:
             decoder = getattr(base, "get_decoder", lambda: None)()
             head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
             self._parts = None if special or decoder is None or head is None else (decoder, head)
+            self.ce_chunk = CE_CHUNK
+            self._fusable = isinstance(head, torch.nn.Linear) and head.bias is None
 
         def forward(
             self,
@@ -237,10 +242,84 @@ def _loss_module() -> Any:
             hidden = decoder(**inputs)[0]
             targets = labels[:, 1:]
             keep = targets != IGNORE
-            logits = head(hidden[:, :-1][keep]).float()
-            return F.cross_entropy(logits, targets[keep], reduction="sum")
+            hidden, targets = hidden[:, :-1][keep], targets[keep]
+            if hidden.size(0) > self.ce_chunk and self._fusable:
+                # many targets (pretraining): never hold the (targets x vocabulary) logits
+                return fused_linear_cross_entropy(hidden, head.weight, targets, self.ce_chunk)
+            return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
 
     return CausalLMLoss
+
+
+def fused_linear_cross_entropy(hidden: Any, weight: Any, targets: Any, chunk: int) -> Any:
+    """sum(cross_entropy(hidden @ weight.T, targets)), with the logits one chunk of rows at
+    a time: peak memory holds one (chunk x vocabulary) block instead of all the logits.
+
+    The gradients are computed chunk by chunk in the forward pass (softmax minus one-hot,
+    times the weight / the hidden states) and only scaled in the backward pass, so nothing
+    is recomputed: the same three matrix products as the plain path. Under autocast the
+    products run in the autocast dtype and the softmax in fp32, as the plain path does.
+    """
+    return _fused_ce()(hidden, weight, targets, chunk)
+
+
+_FUSED_CE: Any = None
+
+
+def _fused_ce() -> Any:
+    global _FUSED_CE
+    if _FUSED_CE is not None:
+        return _FUSED_CE.apply
+    import torch
+
+    class FusedLinearCrossEntropy(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, hidden: Any, weight: Any, targets: Any, chunk: int) -> Any:
+            device = hidden.device.type
+            ctx.weight_dtype = weight.dtype
+            dtype = (
+                torch.get_autocast_dtype(device)
+                if torch.is_autocast_enabled(device)
+                else weight.dtype
+            )
+            with torch.autocast(device, enabled=False):
+                w = weight.to(dtype)
+                total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+                grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+                grad_weight = (
+                    torch.zeros_like(weight, dtype=torch.float32)
+                    if ctx.needs_input_grad[1]
+                    else None
+                )
+                for lo in range(0, hidden.size(0), chunk):
+                    h = hidden[lo : lo + chunk].to(dtype)
+                    t = targets[lo : lo + chunk]
+                    logits = (h @ w.t()).float()
+                    lse = torch.logsumexp(logits, dim=-1)
+                    total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+                    if grad_hidden is None and grad_weight is None:
+                        continue
+                    probs = torch.exp(logits - lse[:, None])  # d loss / d logits ...
+                    probs[torch.arange(t.size(0), device=t.device), t] -= 1.0  # ... - one-hot
+                    g = probs.to(dtype)
+                    if grad_hidden is not None:
+                        grad_hidden[lo : lo + chunk] = (g @ w).to(hidden.dtype)
+                    if grad_weight is not None:
+                        grad_weight += (g.t() @ h).float()
+            ctx.save_for_backward(
+                *(x if x is not None else torch.empty(0) for x in (grad_hidden, grad_weight))
+            )
+            return total
+
+        @staticmethod
+        def backward(ctx: Any, grad_out: Any) -> Any:
+            grad_hidden, grad_weight = ctx.saved_tensors
+            gh = grad_hidden * grad_out if ctx.needs_input_grad[0] else None
+            gw = (grad_weight * grad_out).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
+            return gh, gw, None, None
+
+    _FUSED_CE = FusedLinearCrossEntropy
+    return _FUSED_CE.apply
 
 
 def loss_module(model: Any) -> Any:
