@@ -76,9 +76,8 @@ def evaluate_conversations(
         for ex, g in zip(examples, gens, strict=True):
             ex["prediction"] = g.text
             ex["scores"]["stopped"] = float(g.stopped)
-        scorers = {"exact_match": M.exact_match, "rouge_l": M.rouge_l, "bleu": M.bleu}
         for name in text_metrics:
-            agg, per = scorers[name](preds, refs)
+            agg, per = M.SCORERS[name](preds, refs)
             result[name] = agg
             for ex, s in zip(examples, per, strict=True):
                 ex["scores"][name] = s
