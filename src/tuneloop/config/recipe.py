@@ -13,7 +13,18 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 METRICS = ("exact_match", "rouge_l", "bleu", "perplexity")
-Metric = Literal["exact_match", "rouge_l", "bleu", "perplexity"]
+Metric = Literal[
+    "exact_match",
+    "token_f1",
+    "rouge_1",
+    "rouge_2",
+    "rouge_l",
+    "rouge_lsum",
+    "bleu",
+    "meteor",
+    "json_valid",
+    "perplexity",
+]
 
 
 class _Section(BaseModel):
@@ -284,7 +295,8 @@ class EvalConfig(_Section):
 
     metrics: list[Metric] = Field(
         default_factory=lambda: list(METRICS),
-        description="Metrics to compute: exact_match, rouge_l, bleu, perplexity.",
+        description="Metrics to compute: exact_match, token_f1, rouge_1, rouge_2, rouge_l, "
+        "rouge_lsum, bleu, meteor, json_valid, perplexity (docs/evaluation.md).",
     )
     max_new_tokens: int = Field(
         default=128, gt=0, description="Generation budget per answer (greedy decoding)."
