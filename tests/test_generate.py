@@ -86,7 +86,18 @@ def test_eval_constrain_labels_uses_the_data_labels(tiny_model: Path, tmp_path: 
         constrain_labels=True,
     )
     assert {e["prediction"] for e in out.examples} <= set(LABELS)
+    # text + label rows get the classification report with no extra flag
+    report = out.classification
+    assert report is not None and report["examples"] == len(LABELS) * 2
+    hits = sum(e["prediction"] == e["reference"] for e in out.examples)
+    assert out.metrics["accuracy"] == pytest.approx(hits / len(out.examples))
+    assert out.metrics["accuracy"] == pytest.approx(out.metrics["exact_match"])
+    assert report["outside_label_set"] == 0  # constrained: every answer is a label
+    assert sum(c["count"] for c in report["confusions"]) == len(out.examples) - hits
+    assert report["accuracy_ci"]["low"] <= out.metrics["accuracy"] <= report["accuracy_ci"]["high"]
     chat_file = tmp_path / "chat.jsonl"
     chat_file.write_text('{"prompt": "hi", "response": "hello"}\n')
     with pytest.raises(TuneloopError, match="no label set"):
         evaluate_file(str(tiny_model), chat_file, metrics=["exact_match"], constrain_labels=True)
+    plain = evaluate_file(str(tiny_model), chat_file, metrics=["exact_match"], max_new_tokens=2)
+    assert plain.classification is None and "accuracy" not in plain.metrics

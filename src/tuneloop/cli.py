@@ -264,16 +264,30 @@ def eval_cmd(
     )
     for name, value in out.metrics.items():
         click.echo(f"{name:12s} {value:.4f}")
+    if out.classification:
+        _echo_classification(out.classification)
     click.echo(f"eval {out.eval_id} stored ({len(out.examples)} examples, {out.seconds:.0f} s)")
     if json_out:
         payload = {
             "model": model_ref,
             "data": data,
             "metrics": out.metrics,
+            "classification": out.classification,
             "eval_id": out.eval_id,
             "examples": out.examples,
         }
         Path(json_out).write_text(json.dumps(payload, indent=2), encoding="utf-8")
+
+
+def _echo_classification(report: dict[str, Any], top: int = 5) -> None:
+    acc, f1 = report["accuracy_ci"], report["macro_f1_ci"]
+    click.echo(
+        f"classification: accuracy {acc['value']:.4f} [{acc['low']:.4f}, {acc['high']:.4f}], "
+        f"macro-F1 {f1['value']:.4f} [{f1['low']:.4f}, {f1['high']:.4f}] (95% bootstrap), "
+        f"{report['outside_label_set']} answers outside the label set"
+    )
+    for pair in report["confusions"][:top]:
+        click.echo(f"  {pair['reference']} -> {pair['predicted']}: {pair['count']}")
 
 
 @cli.group()

@@ -171,7 +171,11 @@ def to_row(raw: Any, fmt: str, source: str, options: RowOptions = RowOptions()) 
     if not isinstance(raw, dict):
         raise ValueError(f"expected a JSON object, got {type(raw).__name__}")
     if fmt in ("messages", "sharegpt", "alpaca", "prompt_response"):
-        row = sft_row(to_conversation(raw, fmt), source)
+        # a chat row may carry its class (e.g. a run's held-out validation.jsonl): keep it,
+        # so evaluation reports accuracy and confusions on it
+        label = raw.get("label")
+        label = label.strip() if isinstance(label, str) and label.strip() else None
+        row = sft_row(to_conversation(raw, fmt), source, label=label)
     elif fmt == "classification":
         row = _classification_row(raw, source, options)
     elif fmt == "preference":

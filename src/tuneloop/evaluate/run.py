@@ -28,6 +28,7 @@ class EvalOutput:
     generation: dict[str, float] = field(default_factory=dict)
     eval_id: int | None = None
     dataset_id: int | None = None
+    classification: dict[str, Any] | None = None
 
 
 def _check_metrics(metrics: list[str] | tuple[str, ...]) -> None:
@@ -172,6 +173,22 @@ def evaluate_file(
         label=label or model_ref,
         choices=choices,
     )
+    labelled = all(lab is not None for lab in loaded_data.labels[: len(conversations)])
+    generated = any(m != "perplexity" for m in metrics)
+    if conversations and labelled and generated:
+        # text + label rows: accuracy, macro-F1 and confusions with no extra configuration
+        from tuneloop.evaluate.classification import classification_report
+
+        label_set = sorted(
+            set((trained or {}).get("labels") or []) | set(loaded_data.labels) - {None}
+        )
+        out.classification = classification_report(
+            [ex["prediction"] for ex in out.examples],
+            [ex["reference"] for ex in out.examples],
+            label_set,
+        )
+        out.metrics["accuracy"] = out.classification["accuracy"]
+        out.metrics["macro_f1"] = out.classification["macro"]["f1"]
     settings = {
         "max_new_tokens": max_new_tokens,
         "batch_size": batch_size,
@@ -180,6 +197,7 @@ def evaluate_file(
         "decoding": "greedy, constrained to labels" if choices else "greedy",
         "choices": choices,
         "generation": out.generation,
+        "classification": out.classification,
     }
     record = registry.add_eval(
         model_ref=model_ref,
