@@ -20,6 +20,7 @@ from tuneloop.registry.tables import (
     Dataset,
     EvalExample,
     EvalResult,
+    JudgeCall,
     ModelRecord,
     Run,
     RunDataset,
@@ -278,3 +279,32 @@ def eval_examples(eval_id: int) -> list[EvalExample]:
                 .order_by(EvalExample.index)
             )
         )
+
+
+def judge_call_key(judge: str, request: dict[str, Any]) -> str:
+    """The cache key of one judge request (sha256 of the judge and the canonical request)."""
+    blob = json.dumps({"judge": judge, "request": request}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def cached_judge_calls(keys: list[str]) -> dict[str, str]:
+    """The stored responses among `keys` (key -> response)."""
+    if not keys:
+        return {}
+    with session_scope() as s:
+        found = s.scalars(select(JudgeCall).where(JudgeCall.key.in_(keys)))
+        return {c.key: c.response for c in found}
+
+
+def store_judge_calls(judge: str, calls: list[tuple[str, dict[str, Any], str]]) -> None:
+    """Store (key, request, response) triples of one judge; existing keys are kept."""
+    if not calls:
+        return
+    with session_scope() as s:
+        have = set(
+            s.scalars(select(JudgeCall.key).where(JudgeCall.key.in_([k for k, _, _ in calls])))
+        )
+        for key, request, response in calls:
+            if key not in have:
+                s.add(JudgeCall(key=key, judge=judge, request=request, response=response))
+                have.add(key)

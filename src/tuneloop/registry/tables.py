@@ -140,3 +140,16 @@ class RunMetric(Base):
     step: Mapped[int] = mapped_column(Integer)
     values: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class JudgeCall(Base):
+    """One judge completion, keyed by a hash of (judge, request): judging is slow and,
+    for remote judges, paid, so a repeated request is answered from here."""
+
+    __tablename__ = "judge_calls"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    judge: Mapped[str] = mapped_column(Text)
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    response: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

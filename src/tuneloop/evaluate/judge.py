@@ -1,0 +1,342 @@
+"""LLM-as-judge: rubric grading, reference-guided grading and pairwise comparison.
+
+A judge is any model tuneloop can run (a bundled or local model, a run, a checkpoint) or
+an OpenAI-compatible endpoint: `openai:MODEL` with the base URL in `OPENAI_BASE_URL` and
+the key in `OPENAI_API_KEY`.
+
+Local judges decode their verdict constrained to the allowed answers (the scores of the
+scale, or A / B / tie) with the same token trie as `eval --constrain-labels`, so every
+verdict is valid even from a small model; the short reason is a second, free generation
+after the verdict. Endpoint judges answer in one call and the verdict is parsed from the
+text ("Score: 7", "Verdict: A"); an unparseable reply is counted, never guessed.
+
+Pairwise comparisons are judged in both orders (A/B, then B/A). When the two orders
+disagree the pair is a tie and counts towards the judge's position-bias rate, the share
+of pairs whose verdict depended on the order.
+
+Every judge completion is cached in the registry (`judge_calls`), keyed by the judge and
+the exact request, so re-running a report or adding a model re-judges only what is new.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tuneloop.errors import TuneloopError
+
+GRADE_SYSTEM = "You are a careful, strict evaluator of answers. Follow the output format."
+PAIR_SYSTEM = GRADE_SYSTEM
+
+
+@dataclass(frozen=True)
+class Rubric:
+    """What single-answer grading asks for: criteria and an integer scale."""
+
+    criteria: str = "helpfulness, correctness and clarity"
+    low: int = 1
+    high: int = 10
+
+    def __post_init__(self) -> None:
+        if self.high <= self.low:
+            raise ValueError(f"rubric scale must go up: {self.low}..{self.high}")
+        if self.high - self.low > 20:
+            raise ValueError("rubric scale too wide (at most 21 points)")
+
+    @property
+    def scores(self) -> list[str]:
+        return [str(k) for k in range(self.low, self.high + 1)]
+
+
+@dataclass
+class Grade:
+    score: float | None  # None when an endpoint's reply had no parseable score
+    reason: str
+    raw: str
+
+
+@dataclass
+class PairVerdict:
+    winner: str  # "a", "b" or "tie" (also when the two orders disagree)
+    first_order: str  # verdict with a shown first: "a", "b" or "tie" ("?" unparsed)
+    second_order: str  # verdict with b shown first, mapped back to a/b
+    consistent: bool
+    reasons: list[str] = field(default_factory=list)
+
+
+def _grade_messages(
+    question: str, answer: str, rubric: Rubric, reference: str | None
+) -> list[dict[str, str]]:
+    ref = f"Reference answer (correct):\n{reference}\n\n" if reference is not None else ""
+    guide = (
+        "Compare the answer with the reference; an answer that contradicts it is wrong. "
+        if reference is not None
+        else ""
+    )
+    text = (
+        f"Grade the answer to the question for {rubric.criteria}, on a scale of "
+        f"{rubric.low} (worst) to {rubric.high} (best). {guide}\n\n"
+        f"Question:\n{question}\n\n{ref}Answer to grade:\n{answer}\n\n"
+        f"Reply with 'Score: N' (N from {rubric.low} to {rubric.high}), then one sentence "
+        "with the reason."
+    )
+    return [{"role": "system", "content": GRADE_SYSTEM}, {"role": "user", "content": text}]
+
+
+def _pair_messages(question: str, first: str, second: str, criteria: str) -> list[dict[str, str]]:
+    text = (
+        f"Which answer to the question is better for {criteria}? Judge the content, not "
+        "the order or the length.\n\n"
+        f"Question:\n{question}\n\nAnswer A:\n{first}\n\nAnswer B:\n{second}\n\n"
+        "Reply with 'Verdict: A', 'Verdict: B' or 'Verdict: tie', then one sentence with "
+        "the reason."
+    )
+    return [{"role": "system", "content": PAIR_SYSTEM}, {"role": "user", "content": text}]
+
+
+_SCORE = re.compile(r"score\s*[:=]?\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE)
+_VERDICT = re.compile(r"verdict\s*[:=]?\s*(a|b|tie)\b", re.IGNORECASE)
+
+
+def parse_score(text: str, rubric: Rubric) -> float | None:
+    """The score in a free-text reply ("Score: 7"), if present and on the scale."""
+    m = _SCORE.search(text) or re.match(r"\s*(-?\d+(?:\.\d+)?)\b", text)
+    if not m:
+        return None
+    value = float(m.group(1))
+    return value if rubric.low <= value <= rubric.high else None
+
+
+def parse_verdict(text: str) -> str | None:
+    """'A', 'B' or 'tie' from a free-text reply ("Verdict: B"), if present."""
+    m = _VERDICT.search(text) or re.match(r"\s*(a|b|tie)\b", text, re.IGNORECASE)
+    if not m:
+        return None
+    v = m.group(1).lower()
+    return "tie" if v == "tie" else v.upper()
+
+
+class Judge:
+    """A model that grades and compares answers (see the module docstring).
+
+    ref: a model reference (`smollm2-135m-instruct`, a directory, `run:ID`) or
+    `openai:MODEL` for an OpenAI-compatible endpoint.
+    """
+
+    def __init__(
+        self, ref: str, batch_size: int = 8, reason_tokens: int = 48, cache: bool = True
+    ) -> None:
+        self.ref = ref
+        self.batch_size = batch_size
+        self.reason_tokens = reason_tokens
+        self.cache = cache
+        self.calls = 0  # completions actually computed (not answered by the cache)
+        self._local: tuple[Any, Any] | None = None
+        self.remote = ref.startswith("openai:")
+        if self.remote and not os.environ.get("OPENAI_BASE_URL"):
+            raise TuneloopError(
+                f"judge {ref}: set OPENAI_BASE_URL (and OPENAI_API_KEY if the endpoint "
+                "needs one) to the OpenAI-compatible server"
+            )
+
+    # --- completions, cached -------------------------------------------------------------
+
+    def _complete(
+        self,
+        conversations: Sequence[list[dict[str, str]]],
+        choices: list[str] | None,
+        max_new_tokens: int,
+    ) -> list[str]:
+        from tuneloop import registry
+
+        requests = [
+            {"messages": list(c), "choices": choices, "max_new_tokens": max_new_tokens}
+            for c in conversations
+        ]
+        keys = [registry.judge_call_key(self.ref, r) for r in requests]
+        known = registry.cached_judge_calls(keys) if self.cache else {}
+        todo = [i for i, k in enumerate(keys) if k not in known]
+        if todo:
+            fresh = self._run([conversations[i] for i in todo], choices, max_new_tokens)
+            self.calls += len(todo)
+            for i, text in zip(todo, fresh, strict=True):
+                known[keys[i]] = text
+            if self.cache:
+                registry.store_judge_calls(
+                    self.ref, [(keys[i], requests[i], known[keys[i]]) for i in todo]
+                )
+        return [known[k] for k in keys]
+
+    def _run(
+        self,
+        conversations: Sequence[list[dict[str, str]]],
+        choices: list[str] | None,
+        max_new_tokens: int,
+    ) -> list[str]:
+        if self.remote:
+            return [self._remote(c, max_new_tokens) for c in conversations]
+        from tuneloop.evaluate.generate import generate
+
+        if self._local is None:
+            from tuneloop.models import load
+
+            model, tokenizer, _ = load(self.ref)
+            model.eval()
+            self._local = (model, tokenizer)
+        model, tokenizer = self._local
+        gens, _ = generate(
+            model, tokenizer, list(conversations), max_new_tokens, self.batch_size, choices=choices
+        )
+        return [g.text for g in gens]
+
+    def _remote(self, messages: list[dict[str, str]], max_new_tokens: int) -> str:
+        base = os.environ["OPENAI_BASE_URL"].rstrip("/")
+        body = {
+            "model": self.ref.split(":", 1)[1],
+            "messages": messages,
+            "max_tokens": max_new_tokens,
+            "temperature": 0,
+        }
+        headers = {"Content-Type": "application/json"}
+        if os.environ.get("OPENAI_API_KEY"):
+            headers["Authorization"] = f"Bearer {os.environ['OPENAI_API_KEY']}"
+        req = urllib.request.Request(
+            f"{base}/chat/completions", json.dumps(body).encode(), headers, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                data = json.loads(resp.read())
+        except OSError as err:
+            raise TuneloopError(f"judge {self.ref}: request to {base} failed: {err}") from None
+        try:
+            return str(data["choices"][0]["message"]["content"])
+        except (KeyError, IndexError, TypeError):
+            raise TuneloopError(f"judge {self.ref}: unexpected reply {str(data)[:200]}") from None
+
+    # --- grading -------------------------------------------------------------------------
+
+    def grade(
+        self,
+        questions: Sequence[str],
+        answers: Sequence[str],
+        rubric: Rubric = Rubric(),
+        references: Sequence[str] | None = None,
+    ) -> list[Grade]:
+        """One grade per answer; with `references`, reference-guided grading."""
+        refs = list(references) if references is not None else [None] * len(questions)
+        if not len(questions) == len(answers) == len(refs):
+            raise ValueError("questions, answers and references must have the same length")
+        prompts = [
+            _grade_messages(q, a, rubric, r)
+            for q, a, r in zip(questions, answers, refs, strict=True)
+        ]
+        if self.remote:
+            replies = self._complete(prompts, None, self.reason_tokens + 16)
+            return [Grade(parse_score(t, rubric), t, t) for t in replies]
+        scores = self._complete(prompts, rubric.scores, 8)
+        reasons = self._reasons(prompts, [f"Score: {s}" for s in scores])
+        return [
+            Grade(float(s), r, f"Score: {s}. {r}") for s, r in zip(scores, reasons, strict=True)
+        ]
+
+    def _reasons(self, prompts: list[list[dict[str, str]]], verdicts: list[str]) -> list[str]:
+        follow = [
+            [
+                *p,
+                {"role": "assistant", "content": v},
+                {"role": "user", "content": "Why, in one sentence?"},
+            ]
+            for p, v in zip(prompts, verdicts, strict=True)
+        ]
+        return self._complete(follow, None, self.reason_tokens)
+
+    # --- pairwise ------------------------------------------------------------------------
+
+    def compare(
+        self,
+        questions: Sequence[str],
+        answers_a: Sequence[str],
+        answers_b: Sequence[str],
+        criteria: str = "helpfulness, correctness and clarity",
+    ) -> list[PairVerdict]:
+        """Judge every pair in both orders; disagreement between the orders is a tie."""
+        if not len(questions) == len(answers_a) == len(answers_b):
+            raise ValueError("questions and both answer lists must have the same length")
+        forward = [
+            _pair_messages(q, a, b, criteria)
+            for q, a, b in zip(questions, answers_a, answers_b, strict=True)
+        ]
+        backward = [
+            _pair_messages(q, b, a, criteria)
+            for q, a, b in zip(questions, answers_a, answers_b, strict=True)
+        ]
+        prompts = forward + backward
+        if self.remote:
+            replies = self._complete(prompts, None, self.reason_tokens + 16)
+            raw = [parse_verdict(t) or "?" for t in replies]
+            reasons = replies
+        else:
+            raw = self._complete(prompts, ["A", "B", "tie"], 4)
+            reasons = self._reasons(prompts, [f"Verdict: {v}" for v in raw])
+        n = len(questions)
+        out = []
+        for i in range(n):
+            first = {"A": "a", "B": "b", "tie": "tie"}.get(raw[i], "?")
+            second = {"A": "b", "B": "a", "tie": "tie"}.get(raw[n + i], "?")  # b was shown first
+            consistent = first == second and first != "?"
+            out.append(
+                PairVerdict(
+                    winner=first if consistent else "tie",
+                    first_order=first,
+                    second_order=second,
+                    consistent=consistent,
+                    reasons=[reasons[i], reasons[n + i]],
+                )
+            )
+        return out
+
+
+def position_bias(verdicts: Sequence[PairVerdict]) -> dict[str, float]:
+    """How much the order of the answers decided the verdicts.
+
+    inconsistent_rate: share of pairs whose two orders disagreed (reported as ties).
+    first_position_rate: among decisive verdicts (A or B), the share that picked the answer
+    shown first; 0.5 is an unbiased judge.
+    """
+    if not verdicts:
+        return {"inconsistent_rate": 0.0, "first_position_rate": 0.5, "pairs": 0}
+    inconsistent = sum(not v.consistent for v in verdicts) / len(verdicts)
+    first = decisive = 0
+    for v in verdicts:
+        for shown_first, verdict in (("a", v.first_order), ("b", v.second_order)):
+            if verdict in ("a", "b"):
+                decisive += 1
+                first += verdict == shown_first
+    return {
+        "inconsistent_rate": inconsistent,
+        "first_position_rate": first / decisive if decisive else 0.5,
+        "pairs": len(verdicts),
+    }
+
+
+def cohen_kappa(a: Sequence[Any], b: Sequence[Any]) -> float:
+    """Cohen's kappa between two raters' labels of the same items (1 = full agreement,
+    0 = what chance alone gives): how far a judge can be trusted against human labels."""
+    from collections import Counter
+
+    if len(a) != len(b):
+        raise ValueError(f"{len(a)} labels against {len(b)}")
+    if not a:
+        raise ValueError("kappa needs at least one item")
+    n = len(a)
+    observed = sum(x == y for x, y in zip(a, b, strict=True)) / n
+    ca, cb = Counter(a), Counter(b)
+    expected = sum(ca[k] * cb[k] for k in ca) / (n * n)
+    if expected == 1.0:
+        return 1.0 if observed == 1.0 else 0.0
+    return (observed - expected) / (1 - expected)
