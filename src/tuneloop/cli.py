@@ -217,8 +217,15 @@ def export(run: str, out: str, merged: bool) -> None:
 
 
 @cli.command(name="eval")
-@click.option("--model", "model_ref", required=True, help="Model reference (name, dir, run:ID).")
-@click.option("--data", required=True, type=click.Path(), help="Chat or prompt/response file.")
+@click.argument("suite", required=False, type=click.Path(dir_okay=False))
+@click.option(
+    "--model",
+    "model_refs",
+    multiple=True,
+    required=True,
+    help="Model reference (name, dir, run:ID, openai:MODEL); repeat to compare with a suite.",
+)
+@click.option("--data", type=click.Path(), help="Chat, prompt/response or text + label file.")
 @click.option("--metric", "metrics", multiple=True, help="Metric (repeatable); default: all.")
 @click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
@@ -231,9 +238,13 @@ def export(run: str, out: str, merged: bool) -> None:
     help="Classification: decode only labels from the run's label set (or the data's).",
 )
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write results here.")
+@click.option(
+    "--out", type=click.Path(file_okay=False), help="Suite: report folder (default: runs dir)."
+)
 def eval_cmd(
-    model_ref: str,
-    data: str,
+    suite: str | None,
+    model_refs: tuple[str, ...],
+    data: str | None,
     metrics: tuple[str, ...],
     max_new_tokens: int,
     batch_size: int,
@@ -242,16 +253,27 @@ def eval_cmd(
     system_prompt: str | None,
     constrain_labels: bool,
     json_out: str | None,
+    out: str | None,
 ) -> None:
-    """Generate answers with MODEL on DATA and score them against the references."""
+    """Score MODEL on --data, or every --model on every task of SUITE (a YAML file)."""
     from pathlib import Path
 
     from tuneloop.config.recipe import METRICS
 
     _quiet_libraries()
+    if suite:
+        if data:
+            raise click.UsageError("give a SUITE file or --data, not both")
+        _run_suite_cmd(suite, list(model_refs), out)
+        return
+    if not data:
+        raise click.UsageError("give --data FILE (or a SUITE file)")
+    if len(model_refs) != 1:
+        raise click.UsageError("--data evaluates one --model; use a SUITE file for several")
+    model_ref = model_refs[0]
     from tuneloop.evaluate import evaluate_file
 
-    out = evaluate_file(
+    result = evaluate_file(
         model_ref,
         data,
         metrics or METRICS,
@@ -262,21 +284,110 @@ def eval_cmd(
         system_prompt,
         constrain_labels=constrain_labels,
     )
-    for name, value in out.metrics.items():
+    for name, value in result.metrics.items():
         click.echo(f"{name:12s} {value:.4f}")
-    if out.classification:
-        _echo_classification(out.classification)
-    click.echo(f"eval {out.eval_id} stored ({len(out.examples)} examples, {out.seconds:.0f} s)")
+    if result.classification:
+        _echo_classification(result.classification)
+    click.echo(
+        f"eval {result.eval_id} stored ({len(result.examples)} examples, {result.seconds:.0f} s)"
+    )
     if json_out:
         payload = {
             "model": model_ref,
             "data": data,
-            "metrics": out.metrics,
-            "classification": out.classification,
-            "eval_id": out.eval_id,
-            "examples": out.examples,
+            "metrics": result.metrics,
+            "classification": result.classification,
+            "eval_id": result.eval_id,
+            "examples": result.examples,
         }
         Path(json_out).write_text(json.dumps(payload, indent=2), encoding="utf-8")
+
+
+def _report_dir(out: str | None, kind: str, name: str) -> Any:
+    import time
+    from pathlib import Path
+
+    from tuneloop.config.home import runs_dir
+
+    if out:
+        return Path(out)
+    return runs_dir() / f"{kind}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _run_suite_cmd(suite_path: str, models: list[str], out: str | None) -> None:
+    from tuneloop.evaluate.suite import load_suite, run_suite, write_report
+
+    suite = load_suite(suite_path)
+    result = run_suite(suite, models)
+    for name, task in result["tasks"].items():
+        for model, res in task["results"].items():
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in res["metrics"].items())
+            click.echo(f"{name} / {model}: {shown}")
+            if res["classification"]:
+                _echo_classification(res["classification"], top=3)
+    if "pairwise" in result:
+        _echo_pairwise(result["pairwise"])
+    json_path, html_path = write_report(
+        result, _report_dir(out, "suite", suite.name), f"Suite {suite.name}"
+    )
+    click.echo(f"report: {html_path} (and {json_path.name})")
+
+
+def _echo_pairwise(pairwise: dict[str, Any]) -> None:
+    bias = pairwise["position_bias"]
+    click.echo(
+        f"pairwise judge {pairwise['judge']}: position bias {bias['inconsistent_rate']:.1%} of "
+        f"pairs changed verdict with the order; first-shown answer won "
+        f"{bias['first_position_rate']:.1%} of decisive verdicts"
+    )
+    for row in pairwise["leaderboard"]:
+        click.echo(
+            f"  {row['model']}: {row['rating']:.0f} [{row['low']:.0f}, {row['high']:.0f}] "
+            f"(W {row['wins']} / L {row['losses']} / T {row['ties']})"
+        )
+
+
+@cli.command()
+@click.argument("base")
+@click.argument("tuned")
+@click.option("--suite", "suite_path", required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--gate",
+    help='Fail (exit 1) unless these hold for TUNED, e.g. "accuracy>=0.9,forgetting.drop<=0.05".',
+)
+@click.option("--out", type=click.Path(file_okay=False), help="Report folder.")
+def compare(base: str, tuned: str, suite_path: str, gate: str | None, out: str | None) -> None:
+    """Compare BASE and TUNED per example on a suite, with the forgetting check."""
+    _quiet_libraries()
+    from tuneloop.evaluate.suite import check_gate, load_suite, write_report
+    from tuneloop.evaluate.suite import compare as run_compare
+
+    suite = load_suite(suite_path)
+    result = run_compare(suite, base, tuned)
+    for name, task in result["tasks"].items():
+        b, t = task["base"]["metrics"], task["tuned"]["metrics"]
+        shown = ", ".join(f"{k} {b[k]:.4f} -> {t[k]:.4f}" for k in t if k in b)
+        changes = ", ".join(f"{k} {v}" for k, v in sorted(task["changes"].items()))
+        click.echo(f"{name}: {shown}; per example on {task['metric']}: {changes}")
+    f = result["forgetting"]
+    click.echo(
+        f"forgetting ({f['metric']} on {f['task']}): base {f['base']:.4f}, tuned "
+        f"{f['tuned']:.4f}, drop {f['drop']:.4f} [{f['drop_ci']['low']:.4f}, "
+        f"{f['drop_ci']['high']:.4f}]{' FLAGGED' if f['flagged'] else ''}"
+    )
+    if "pairwise" in result:
+        _echo_pairwise(result["pairwise"])
+    failed = check_gate(result, gate) if gate else []
+    gate_info = {"expression": gate, "failed": failed} if gate else None
+    json_path, html_path = write_report(
+        result, _report_dir(out, "compare", suite.name), f"{base} vs {tuned}", gate_info
+    )
+    click.echo(f"report: {html_path} (and {json_path.name})")
+    if failed:
+        click.echo("gate FAILED: " + "; ".join(failed), err=True)
+        sys.exit(1)
+    if gate:
+        click.echo("gate passed")
 
 
 def _echo_classification(report: dict[str, Any], top: int = 5) -> None:

@@ -120,6 +120,7 @@ def evaluate_file(
     run_id: int | None = None,
     label: str | None = None,
     constrain_labels: bool = False,
+    use_run_format: bool = True,
 ) -> EvalOutput:
     """Evaluate `model_ref` on a data file and record the result in the registry.
 
@@ -130,6 +131,7 @@ def evaluate_file(
 
     constrain_labels: decode only labels: the run's recorded label set, else the labels
     found in the data file (an error when neither has any).
+    use_run_format: False reads the file as it is, ignoring the run's recorded format.
     """
     from tuneloop import registry
     from tuneloop.models import load, resolve
@@ -137,14 +139,14 @@ def evaluate_file(
     _check_metrics(metrics)
     data_path = Path(data)
     options = None
-    trained = _trained_prompt_format(model_ref)
+    trained = _trained_prompt_format(model_ref) if use_run_format else None
     if trained:
         from tuneloop.train.common import options_from_format
 
         options = options_from_format(trained)
     loaded_data = read_conversations(data_path, fmt=fmt, options=options)
     resolved = resolve(model_ref)
-    if system_prompt is None and resolved.recipe:
+    if system_prompt is None and resolved.recipe and use_run_format:
         system_prompt = resolved.recipe.get("data", {}).get("system_prompt")
     if system_prompt:
         loaded_data.conversations = with_system_prompt(loaded_data.conversations, system_prompt)
