@@ -189,6 +189,12 @@ def test_bad_suites_fail_clearly(tmp_path: Path, tiny_model: Path) -> None:
     bad.write_text(yaml.safe_dump({"name": "x", "tasks": [{"name": "t", "data": "nope.jsonl"}]}))
     with pytest.raises(TuneloopError, match="task t: no file"):
         load_suite(bad)
+    unset = tmp_path / "unset.yaml"
+    unset.write_text(
+        yaml.safe_dump({"name": "x", "tasks": [{"name": "t", "data": "${NO_SUCH_VAR_X}"}]})
+    )
+    with pytest.raises(TuneloopError, match="unset variable"):
+        load_suite(unset)
     proc = run_cli("eval", str(bad), "--model", str(tiny_model))
     assert_one_line_error(proc, "task t: no file")
     assert registry.list_runs() == []

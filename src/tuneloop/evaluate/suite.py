@@ -25,6 +25,7 @@ for automation.
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import time
 from pathlib import Path
@@ -102,6 +103,9 @@ def load_suite(path: str | Path) -> Suite:
         if unknown:
             raise TuneloopError(f"suite {path}: pairwise.tasks names unknown tasks {unknown}")
     for task in suite.tasks:
+        task.data = os.path.expanduser(os.path.expandvars(task.data))  # e.g. ${VALIDATION}
+        if "$" in task.data:
+            raise TuneloopError(f"suite {path}: task {task.name}: unset variable in {task.data}")
         if task.data == "builtin:general":
             task.data = str(general_probes())
         elif task.data.startswith("builtin:"):
