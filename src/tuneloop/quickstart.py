@@ -1,5 +1,8 @@
 """The main job: validate data, evaluate the base model, LoRA fine-tune, evaluate the tuned
-model, and write report.html + report.json. One command, one directory of results.
+model, check what it forgot, and write report.html + report.json. One command, one
+directory of results. The comparison uses the eval-suite machinery: bootstrap intervals,
+per-example improved/regressed with error categories, and the forgetting check on the
+general probes.
 
 It uses the bundled SmolLM2-135M-Instruct and the team-written Brightwave support data in
 `examples/support/`, and fits in about 10 minutes on a 2-core CPU.
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +42,24 @@ def run_quickstart(
     out: str | Path = "tuneloop-quickstart",
     overrides: list[str] | None = None,
     samples: int = 8,
+    probe_limit: int | None = None,
 ) -> dict[str, Any]:
-    """Run the whole before/after loop and return the report dict (also written to `out`)."""
+    """Run the whole before/after loop and return the report dict (also written to `out`).
+
+    probe_limit: score only the first N general probes in the forgetting check (tests)."""
     from tuneloop import registry
     from tuneloop.config import load_recipe
     from tuneloop.data import read_conversations
     from tuneloop.evaluate import evaluate_file
     from tuneloop.evaluate.report import loss_curve_png, render_html, write_json_atomic
+    from tuneloop.evaluate.stats import mean_interval
+    from tuneloop.evaluate.suite import (
+        categories,
+        diff_examples,
+        evaluate_task,
+        forgetting_summary,
+        probe_task,
+    )
     from tuneloop.models import resolve
     from tuneloop.train import train
 
@@ -57,10 +72,10 @@ def run_quickstart(
     assert recipe.data.eval is not None
 
     # 1. model and data
-    _say(f"[1/5] model: {recipe.model}")
+    _say(f"[1/6] model: {recipe.model}")
     resolve(recipe.model)  # pulls the bundled model on first use
     timings["model_s"] = time.perf_counter() - t_start
-    _say("[2/5] validating data")
+    _say("[2/6] validating data")
     t = time.perf_counter()
     train_data = read_conversations(
         recipe.data.train, recipe.data.format, recipe.data.system_prompt
@@ -106,21 +121,46 @@ def run_quickstart(
         return result
 
     try:
-        _say("[3/5] evaluating the base model")
+        _say("[3/6] evaluating the base model")
         base = evaluate(recipe.model, "base")
         _say("      base: " + _fmt(base.metrics))
-        _say("[4/5] LoRA fine-tuning")
+        _say("[4/6] LoRA fine-tuning")
         t = time.perf_counter()
         trained = train(recipe)
         timings["train_s"] = time.perf_counter() - t
-        _say("[5/5] evaluating the tuned model")
+        _say("[5/6] evaluating the tuned model")
         tuned = evaluate(str(trained.model_dir), "tuned")
         _say("      tuned: " + _fmt(tuned.metrics))
+        _say("[6/6] forgetting check: general probes, base and tuned")
+        t = time.perf_counter()
+        probe = probe_task(max_new_tokens=32, limit=probe_limit)
+        probe_base = evaluate_task(probe, recipe.model, run_id=qs_run.id)
+        probe_tuned = evaluate_task(probe, str(trained.model_dir), run_id=qs_run.id)
+        forgetting = forgetting_summary(probe_base.examples, probe_tuned.examples)
+        timings["forgetting_s"] = time.perf_counter() - t
+        _say(
+            f"      {forgetting['metric']}: base {forgetting['base']:.4f}, tuned "
+            f"{forgetting['tuned']:.4f}, drop {forgetting['drop']:.4f}"
+            + (" (flagged)" if forgetting["flagged"] else "")
+        )
     except BaseException as err:
         registry.update_run(qs_run.id, status="failed", error=f"{type(err).__name__}: {err}")
         raise
     timings["total_s"] = time.perf_counter() - t_start
 
+    for result in (base, tuned):
+        for ex, cat in zip(result.examples, categories(result, recipe.eval.metrics), strict=True):
+            ex["category"] = cat
+    text_metrics = [m for m in recipe.eval.metrics if m not in ("perplexity", "bleu")]
+    primary = "rouge_l" if "rouge_l" in text_metrics else (text_metrics or ["exact_match"])[0]
+    diff = diff_examples(primary, base.examples, tuned.examples)
+    intervals = {  # means of per-example scores (corpus BLEU and perplexity are not means)
+        label: {
+            m: mean_interval([ex["scores"][m] for ex in result.examples]).as_dict()
+            for m in text_metrics
+        }
+        for label, result in (("base", base), ("tuned", tuned))
+    }
     report = {
         "title": "tuneloop quickstart: Brightwave support assistant",
         "package_version": __version__,
@@ -147,6 +187,13 @@ def run_quickstart(
             "eval_rows": len(eval_convs),
             "eval_dataset_id": eval_ds.id,
         },
+        "intervals": intervals,
+        "per_example": {k: diff[k] for k in ("metric", "changes", "wins", "regressions")},
+        "categories": {
+            label: dict(Counter(ex["category"] for ex in result.examples))
+            for label, result in (("base", base), ("tuned", tuned))
+        },
+        "forgetting": forgetting,
         "timings": timings,
     }
     picks = [

@@ -146,14 +146,15 @@ def categorize(example: dict[str, Any], classification: bool, json_task: bool) -
     return "wrong"
 
 
-def _categories(out: Any, task: SuiteTask) -> list[str]:
+def categories(out: Any, metrics: list[str]) -> list[str]:
+    """The category of every answer of an eval output (see `categorize`)."""
     from tuneloop.evaluate.classification import label_outcomes
 
     labels: list[str | None] = [None] * len(out.examples)
     if out.classification:
         names = out.classification["confusion_matrix"]["rows"]
         labels = label_outcomes([e["prediction"] for e in out.examples], names, names)[0]
-    json_task = "json_valid" in task.metrics
+    json_task = "json_valid" in metrics
     cats = []
     for ex, lab in zip(out.examples, labels, strict=True):
         cats.append(categorize({**ex, "label": lab}, out.classification is not None, json_task))
@@ -163,11 +164,32 @@ def _categories(out: Any, task: SuiteTask) -> list[str]:
 # --- running a suite -----------------------------------------------------------------------
 
 
+def evaluate_task(task: SuiteTask, model: str, run_id: int | None = None) -> Any:
+    """One task on one model (stored in the registry); every example gets its category."""
+    from tuneloop.evaluate.run import evaluate_file
+
+    out = evaluate_file(
+        model,
+        task.data,
+        task.metrics,
+        task.max_new_tokens,
+        task.batch_size,
+        task.limit,
+        task.format,
+        task.system_prompt,
+        run_id=run_id,
+        label=f"{task.name} / {model}",
+        constrain_labels=task.constrain_labels,
+        use_run_format=task.use_run_format,
+    )
+    for ex, cat in zip(out.examples, categories(out, list(task.metrics)), strict=True):
+        ex["category"] = cat
+    return out
+
+
 def run_suite(suite: Suite, models: list[str]) -> dict[str, Any]:
     """Evaluate every model on every task (and judge pairs when configured)."""
     from collections import Counter
-
-    from tuneloop.evaluate.run import evaluate_file
 
     if not models:
         raise TuneloopError("a suite needs at least one --model")
@@ -182,22 +204,8 @@ def run_suite(suite: Suite, models: list[str]) -> dict[str, Any]:
     for task in suite.tasks:
         report["tasks"][task.name] = {"data": task.data, "metrics": task.metrics, "results": {}}
         for model in models:
-            out = evaluate_file(
-                model,
-                task.data,
-                task.metrics,
-                task.max_new_tokens,
-                task.batch_size,
-                task.limit,
-                task.format,
-                task.system_prompt,
-                label=f"{task.name} / {model}",
-                constrain_labels=task.constrain_labels,
-                use_run_format=task.use_run_format,
-            )
-            cats = _categories(out, task)
-            for ex, cat in zip(out.examples, cats, strict=True):
-                ex["category"] = cat
+            out = evaluate_task(task, model)
+            cats = [ex["category"] for ex in out.examples]
             answers[(task.name, model)] = out
             report["tasks"][task.name]["results"][model] = {
                 "metrics": out.metrics,
@@ -266,82 +274,108 @@ def _primary(task: SuiteTask) -> str:
     return task.metrics[0]
 
 
-def compare(suite: Suite, base: str, tuned: str, top: int = 5) -> dict[str, Any]:
-    """Run the suite on both models; per task, per example: improved / regressed /
-    unchanged on the task's first metric, error categories of both, the biggest wins and
-    regressions with their texts; plus the forgetting check on the general probes."""
-    from tuneloop.evaluate.metrics import HIGHER_IS_BETTER
+def probe_task(max_new_tokens: int = 48, limit: int | None = None) -> SuiteTask:
+    """The forgetting check's task: the general probes in plain chat, scored by token F1."""
     from tuneloop.evaluate.probes import general_probes
+
+    return SuiteTask(
+        name="forgetting",
+        data=str(general_probes()),
+        metrics=["exact_match", FORGETTING_METRIC],
+        max_new_tokens=max_new_tokens,
+        limit=limit,
+        use_run_format=False,  # general ability: plain chat, not the tuned model's format
+    )
+
+
+def diff_examples(
+    metric: str, base: list[dict[str, Any]], tuned: list[dict[str, Any]], top: int = 5
+) -> dict[str, Any]:
+    """Per example, base vs tuned on `metric`: improved / regressed / unchanged, both
+    answers with their categories, and the `top` biggest wins and regressions."""
+    from collections import Counter
+
+    from tuneloop.evaluate.metrics import HIGHER_IS_BETTER
+
+    sign = 1.0 if HIGHER_IS_BETTER.get(metric, True) else -1.0
+    rows = []
+    for i, (b, t) in enumerate(zip(base, tuned, strict=True)):
+        sb, st = b["scores"].get(metric), t["scores"].get(metric)
+        delta = sign * ((st or 0.0) - (sb or 0.0))
+        change = "improved" if delta > 1e-9 else "regressed" if delta < -1e-9 else "unchanged"
+        rows.append(
+            {
+                "index": i,
+                "prompt": _question(b["prompt"]),
+                "reference": b["reference"],
+                "base": b["prediction"],
+                "tuned": t["prediction"],
+                "base_score": sb,
+                "tuned_score": st,
+                "delta": delta,
+                "change": change,
+                "base_category": b.get("category"),
+                "tuned_category": t.get("category"),
+            }
+        )
+    ordered = sorted(rows, key=lambda r: r["delta"])
+    return {
+        "metric": metric,
+        "changes": dict(Counter(r["change"] for r in rows)),
+        "wins": [r for r in ordered[::-1][:top] if r["change"] == "improved"],
+        "regressions": [r for r in ordered[:top] if r["change"] == "regressed"],
+        "examples": rows,
+    }
+
+
+def forgetting_summary(
+    base: list[dict[str, Any]], tuned: list[dict[str, Any]], task: str = "forgetting"
+) -> dict[str, Any]:
+    """Probe score of base and tuned, the drop with a paired bootstrap interval, whether
+    it is flagged, and the drop by probe category."""
     from tuneloop.evaluate.stats import bootstrap
 
-    probe = str(general_probes())
-    tasks = list(suite.tasks)
-    if not any(Path(t.data) == Path(probe) for t in tasks):
-        tasks.append(
-            SuiteTask(
-                name="forgetting",
-                data=probe,
-                metrics=["exact_match", FORGETTING_METRIC],
-                max_new_tokens=48,
-                use_run_format=False,  # general ability: plain chat, not the tuned format
-            )
-        )
-    full = suite.model_copy(update={"tasks": tasks})
-    report = run_suite(full, [base, tuned])
-    answers = report.pop("_answers")
-    out: dict[str, Any] = {"suite": suite.name, "base": base, "tuned": tuned, "tasks": {}}
-    for task in tasks:
-        metric = _primary(task)
-        sign = 1.0 if HIGHER_IS_BETTER.get(metric, True) else -1.0
-        eb, et = answers[(task.name, base)].examples, answers[(task.name, tuned)].examples
-        rows = []
-        for i, (b, t) in enumerate(zip(eb, et, strict=True)):
-            sb, st = b["scores"].get(metric), t["scores"].get(metric)
-            delta = sign * ((st or 0.0) - (sb or 0.0))
-            change = "improved" if delta > 1e-9 else "regressed" if delta < -1e-9 else "unchanged"
-            rows.append(
-                {
-                    "index": i,
-                    "prompt": _question(b["prompt"]),
-                    "reference": b["reference"],
-                    "base": b["prediction"],
-                    "tuned": t["prediction"],
-                    "base_score": sb,
-                    "tuned_score": st,
-                    "delta": delta,
-                    "change": change,
-                    "base_category": b["category"],
-                    "tuned_category": t["category"],
-                }
-            )
-        from collections import Counter
-
-        ordered = sorted(rows, key=lambda r: r["delta"])
-        out["tasks"][task.name] = {
-            "metric": metric,
-            "base": report["tasks"][task.name]["results"][base],
-            "tuned": report["tasks"][task.name]["results"][tuned],
-            "changes": dict(Counter(r["change"] for r in rows)),
-            "wins": [r for r in ordered[::-1][:top] if r["change"] == "improved"],
-            "regressions": [r for r in ordered[:top] if r["change"] == "regressed"],
-            "examples": rows,
-        }
-    forget = next(t for t in tasks if Path(t.data) == Path(probe))
-    eb = answers[(forget.name, base)].examples
-    et = answers[(forget.name, tuned)].examples
-    sb = [e["scores"][FORGETTING_METRIC] for e in eb]
-    st = [e["scores"][FORGETTING_METRIC] for e in et]
+    sb = [e["scores"][FORGETTING_METRIC] for e in base]
+    st = [e["scores"][FORGETTING_METRIC] for e in tuned]
     diff = bootstrap(len(sb), lambda idx: sum(sb[i] - st[i] for i in idx) / len(idx))
-    out["forgetting"] = {
-        "task": forget.name,
+    return {
+        "task": task,
         "metric": FORGETTING_METRIC,
         "base": sum(sb) / len(sb),
         "tuned": sum(st) / len(st),
         "drop": diff.value,
         "drop_ci": diff.as_dict(),
         "flagged": diff.value > FORGETTING_FLAG and diff.low > 0,
-        "by_category": _by_category(eb, et),
+        "by_category": _by_category(base, tuned),
     }
+
+
+def compare(suite: Suite, base: str, tuned: str, top: int = 5) -> dict[str, Any]:
+    """Run the suite on both models; per task, per example: improved / regressed /
+    unchanged on the task's first metric, error categories of both, the biggest wins and
+    regressions with their texts; plus the forgetting check on the general probes (the
+    suite's own `builtin:general` task when it has one)."""
+    from tuneloop.evaluate.probes import general_probes
+
+    probe = str(general_probes())
+    tasks = list(suite.tasks)
+    if not any(Path(t.data) == Path(probe) for t in tasks):
+        tasks.append(probe_task())
+    full = suite.model_copy(update={"tasks": tasks})
+    report = run_suite(full, [base, tuned])
+    answers = report.pop("_answers")
+    out: dict[str, Any] = {"suite": suite.name, "base": base, "tuned": tuned, "tasks": {}}
+    for task in tasks:
+        eb, et = answers[(task.name, base)].examples, answers[(task.name, tuned)].examples
+        out["tasks"][task.name] = {
+            "base": report["tasks"][task.name]["results"][base],
+            "tuned": report["tasks"][task.name]["results"][tuned],
+            **diff_examples(_primary(task), eb, et, top),
+        }
+    forget = next(t for t in tasks if Path(t.data) == Path(probe))
+    out["forgetting"] = forgetting_summary(
+        answers[(forget.name, base)].examples, answers[(forget.name, tuned)].examples, forget.name
+    )
     if "pairwise" in report:
         out["pairwise"] = report["pairwise"]
     out["seconds"] = report["seconds"]
