@@ -70,6 +70,15 @@ def test_position_bias_of_a_judge_that_always_says_a() -> None:
         "inconsistent_rate": 1.0,
         "first_position_rate": 1.0,
         "pairs": 4,
+        "unparsed": 0,
+    }
+    # an unparseable reply is not position bias: counted apart, left out of the rates
+    unparsed = [PairVerdict("tie", "?", "?", False), PairVerdict("a", "a", "a", True)]
+    assert position_bias(unparsed) == {
+        "inconsistent_rate": 0.0,
+        "first_position_rate": 0.5,
+        "pairs": 2,
+        "unparsed": 1,
     }
     fair = [PairVerdict("a", "a", "a", True), PairVerdict("b", "b", "b", True)]
     assert position_bias(fair)["first_position_rate"] == 0.5
@@ -85,6 +94,8 @@ def test_parsing_free_text_replies() -> None:
     assert parse_verdict("Verdict: B, because it answers the question.") == "B"
     assert parse_verdict("tie - both fine") == "tie"
     assert parse_verdict("I cannot decide") is None
+    assert parse_verdict("A close call, but the second is better") is None  # not guessed
+    assert parse_verdict(" b. ") == "B"
     with pytest.raises(ValueError):
         Rubric(low=5, high=5)
 

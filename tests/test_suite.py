@@ -40,6 +40,7 @@ def _suite(tmp_path: Path, judge: Path | None = None, **extra: object) -> Path:
                 "metrics": ["exact_match", "token_f1"],
                 "max_new_tokens": 6,
                 "limit": 5,
+                "use_run_format": False,  # so compare reuses it for the forgetting check
             },
         ],
         **extra,

@@ -264,6 +264,22 @@ def eval_cmd(
     if suite:
         if data:
             raise click.UsageError("give a SUITE file or --data, not both")
+        ignored = [
+            name
+            for name, given in (
+                ("--metric", metrics),
+                ("--limit", limit),
+                ("--system-prompt", system_prompt),
+                ("--constrain-labels", constrain_labels),
+                ("--json", json_out),
+                ("--format", fmt != "auto"),
+            )
+            if given
+        ]
+        if ignored:
+            raise click.UsageError(
+                f"{', '.join(ignored)}: set these per task in the suite file, not here"
+            )
         _run_suite_cmd(suite, list(model_refs), out)
         return
     if not data:
@@ -359,10 +375,13 @@ def _echo_pairwise(pairwise: dict[str, Any]) -> None:
 def compare(base: str, tuned: str, suite_path: str, gate: str | None, out: str | None) -> None:
     """Compare BASE and TUNED per example on a suite, with the forgetting check."""
     _quiet_libraries()
-    from tuneloop.evaluate.suite import check_gate, load_suite, write_report
+    from tuneloop.errors import TuneloopError
+    from tuneloop.evaluate.suite import check_gate, load_suite, parse_gate, write_report
     from tuneloop.evaluate.suite import compare as run_compare
 
     suite = load_suite(suite_path)
+    if gate:
+        parse_gate(gate)  # a malformed gate fails now, not after the models ran
     result = run_compare(suite, base, tuned)
     for name, task in result["tasks"].items():
         b, t = task["base"]["metrics"], task["tuned"]["metrics"]
@@ -377,12 +396,18 @@ def compare(base: str, tuned: str, suite_path: str, gate: str | None, out: str |
     )
     if "pairwise" in result:
         _echo_pairwise(result["pairwise"])
-    failed = check_gate(result, gate) if gate else []
+    gate_error = None
+    try:
+        failed = check_gate(result, gate) if gate else []
+    except TuneloopError as err:  # e.g. a metric the suite does not measure
+        gate_error, failed = err, [str(err)]
     gate_info = {"expression": gate, "failed": failed} if gate else None
     json_path, html_path = write_report(
         result, _report_dir(out, "compare", suite.name), f"{base} vs {tuned}", gate_info
     )
     click.echo(f"report: {html_path} (and {json_path.name})")
+    if gate_error is not None:
+        raise gate_error
     if failed:
         click.echo("gate FAILED: " + "; ".join(failed), err=True)
         sys.exit(1)

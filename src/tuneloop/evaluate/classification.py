@@ -33,7 +33,15 @@ def label_outcomes(
     """(predicted label or OUTSIDE, reference label, the label set) per example, in the
     labels' own spelling. The label set is `labels`, else the distinct references."""
     names = list(dict.fromkeys(labels if labels is not None else refs))
-    by_norm = {normalize(name): name for name in names}
+    by_norm: dict[str, str] = {}
+    for name in names:
+        key = normalize(name)
+        if key in by_norm:
+            raise ValueError(
+                f"labels {by_norm[key]!r} and {name!r} are the same after normalisation "
+                "(case, punctuation, spacing); answers could not tell them apart"
+            )
+        by_norm[key] = name
     pred_labels = [by_norm.get(normalize(p), OUTSIDE) for p in preds]
     ref_labels = [by_norm.get(normalize(r), r) for r in refs]
     return pred_labels, ref_labels, names

@@ -114,7 +114,11 @@ def parse_score(text: str, rubric: Rubric) -> float | None:
 
 def parse_verdict(text: str) -> str | None:
     """'A', 'B' or 'tie' from a free-text reply ("Verdict: B"), if present."""
-    m = _VERDICT.search(text) or re.match(r"\s*(a|b|tie)\b", text, re.IGNORECASE)
+    # "Verdict: X" anywhere, or a reply that starts with the verdict and a stop ("B.",
+    # "tie - both fine"): never the article in "A close call"
+    m = _VERDICT.search(text) or re.match(
+        r"\s*(a|b|tie)\s*(?:[.:,;!\-\u2013\u2014]|$)", text, re.IGNORECASE
+    )
     if not m:
         return None
     v = m.group(1).lower()
@@ -137,6 +141,7 @@ class Judge:
         self.cache = cache
         self.calls = 0  # completions actually computed (not answered by the cache)
         self._local: tuple[Any, Any] | None = None
+        self._identity: str | None = None
         self.remote = ref.startswith("openai:")
         if self.remote and not os.environ.get("OPENAI_BASE_URL"):
             raise TuneloopError(
@@ -158,19 +163,50 @@ class Judge:
             {"messages": list(c), "choices": choices, "max_new_tokens": max_new_tokens}
             for c in conversations
         ]
-        keys = [registry.judge_call_key(self.ref, r) for r in requests]
+        identity = self.identity()
+        keys = [registry.judge_call_key(identity, r) for r in requests]
         known = registry.cached_judge_calls(keys) if self.cache else {}
         todo = [i for i, k in enumerate(keys) if k not in known]
-        if todo:
-            fresh = self._run([conversations[i] for i in todo], choices, max_new_tokens)
-            self.calls += len(todo)
-            for i, text in zip(todo, fresh, strict=True):
+        # remote calls are stored one by one (a failure keeps what was already paid for);
+        # local ones in batches
+        step = 1 if self.remote else max(1, self.batch_size * 4)
+        for lo in range(0, len(todo), step):
+            part = todo[lo : lo + step]
+            fresh = self._run([conversations[i] for i in part], choices, max_new_tokens)
+            self.calls += len(part)
+            for i, text in zip(part, fresh, strict=True):
                 known[keys[i]] = text
             if self.cache:
                 registry.store_judge_calls(
-                    self.ref, [(keys[i], requests[i], known[keys[i]]) for i in todo]
+                    identity, [(keys[i], requests[i], known[keys[i]]) for i in part]
                 )
         return [known[k] for k in keys]
+
+    def identity(self) -> str:
+        """What the cache keys on: the reference, plus for a model on disk the size and
+        modification time of its files, so a retrained model in the same place is a new
+        judge."""
+        if self._identity is None:
+            from pathlib import Path
+
+            stamp = ""
+            if not self.remote:
+                try:
+                    from tuneloop.models import resolve
+
+                    resolved = resolve(self.ref, pull_missing=False)
+                    dirs = [Path(resolved.base)] + (
+                        [Path(resolved.adapter)] if resolved.adapter else []
+                    )
+                    stamp = ";".join(
+                        f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}"
+                        for d in dirs
+                        for f in sorted(d.glob("*.safetensors"))
+                    )
+                except Exception:  # an unresolvable model fails later, when it loads
+                    stamp = ""
+            self._identity = f"{self.ref}|{stamp}" if stamp else self.ref
+        return self._identity
 
     def _run(
         self,
@@ -211,6 +247,8 @@ class Judge:
         try:
             with urllib.request.urlopen(req, timeout=120) as resp:
                 data = json.loads(resp.read())
+        except ValueError as err:  # not JSON
+            raise TuneloopError(f"judge {self.ref}: reply from {base} is not JSON: {err}") from None
         except OSError as err:
             raise TuneloopError(f"judge {self.ref}: request to {base} failed: {err}") from None
         try:
@@ -307,12 +345,21 @@ def position_bias(verdicts: Sequence[PairVerdict]) -> dict[str, float]:
     inconsistent_rate: share of pairs whose two orders disagreed (reported as ties).
     first_position_rate: among decisive verdicts (A or B), the share that picked the answer
     shown first; 0.5 is an unbiased judge.
+    Pairs with an unparseable reply (endpoint judges) are counted in `unparsed` and left
+    out of both rates.
     """
-    if not verdicts:
-        return {"inconsistent_rate": 0.0, "first_position_rate": 0.5, "pairs": 0}
-    inconsistent = sum(not v.consistent for v in verdicts) / len(verdicts)
+    parsed = [v for v in verdicts if "?" not in (v.first_order, v.second_order)]
+    unparsed = len(verdicts) - len(parsed)
+    if not parsed:
+        return {
+            "inconsistent_rate": 0.0,
+            "first_position_rate": 0.5,
+            "pairs": len(verdicts),
+            "unparsed": unparsed,
+        }
+    inconsistent = sum(not v.consistent for v in parsed) / len(parsed)
     first = decisive = 0
-    for v in verdicts:
+    for v in parsed:
         for shown_first, verdict in (("a", v.first_order), ("b", v.second_order)):
             if verdict in ("a", "b"):
                 decisive += 1
@@ -321,6 +368,7 @@ def position_bias(verdicts: Sequence[PairVerdict]) -> dict[str, float]:
         "inconsistent_rate": inconsistent,
         "first_position_rate": first / decisive if decisive else 0.5,
         "pairs": len(verdicts),
+        "unparsed": unparsed,
     }
 
 

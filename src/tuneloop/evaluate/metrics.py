@@ -5,10 +5,10 @@ Each returns the aggregate and, where it is defined per example, the per-example
 stored in the registry for error analysis. `SCORERS` maps metric names to these
 functions for the text metrics (perplexity needs the model, not the text).
 
-Tokenisation for token F1 and ROUGE: words of letters/digits in any script, and every
-CJK / Thai / other unspaced-script character as a token of its own, so Chinese or
-Japanese answers are not scored as empty (rouge-score's own tokenizer keeps only a-z and
-0-9). Latin-script words are Porter-stemmed for ROUGE, as rouge-score does.
+Tokenisation for token F1 and ROUGE: words of letters, digits and combining marks in any
+script, and every Chinese / Japanese / Thai / other unspaced-script character as a token
+of its own, so such answers are not scored as empty (rouge-score's own tokenizer keeps
+only a-z and 0-9). Latin-script words are Porter-stemmed for ROUGE, as rouge-score does.
 """
 
 from __future__ import annotations
@@ -31,13 +31,32 @@ HIGHER_IS_BETTER = {
     "perplexity": False,
 }
 
-_PUNCT = str.maketrans("", "", string.punctuation)
+_ASCII_PUNCT = set(string.punctuation)
+
+
+def _is_punct(ch: str) -> bool:
+    return ch in _ASCII_PUNCT or unicodedata.category(ch).startswith("P")
 
 
 def normalize(text: str) -> str:
-    """Lowercase, NFKC, drop punctuation and collapse whitespace (SQuAD-style)."""
-    text = unicodedata.normalize("NFKC", text).lower().translate(_PUNCT)
-    return re.sub(r"\s+", " ", text).strip()
+    """Lowercase, NFKC, drop punctuation (ASCII and Unicode) and collapse whitespace
+    (SQuAD-style), keeping what makes a number: a leading sign and a decimal point or
+    separator between digits, so "-3" is not "3" and "3.5" is not "35"."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    out = []
+    for i, ch in enumerate(text):
+        if not _is_punct(ch):
+            out.append(ch)
+            continue
+        before = text[i - 1] if i else ""
+        after = text[i + 1] if i + 1 < len(text) else ""
+        if ch in "-+" and after.isdigit() and not before.isalnum():
+            out.append(ch)  # a sign
+        elif ch in ".," and before.isdigit() and after.isdigit():
+            out.append(ch)  # a decimal point or thousands separator
+        else:
+            out.append(" " if ch in "-_/" else "")  # "top-up" -> "top up", not "topup"
+    return re.sub(r"\s+", " ", "".join(out)).strip()
 
 
 def exact_match(preds: list[str], refs: list[str]) -> tuple[float, list[float]]:
@@ -65,20 +84,40 @@ def perplexity(nll_and_counts: list[tuple[float, int]]) -> tuple[float, list[flo
 # scripts written without spaces between words: each character is a token
 _UNSPACED = re.compile(
     r"[\u0e00-\u0e7f\u0e80-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff"
-    r"\u3100-\u312f\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]"
+    r"\u3100-\u312f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]"
 )
-_WORD = re.compile(r"[^\W_]+", re.UNICODE)  # letters and digits of any script
 
 
 def tokenize(text: str) -> list[str]:
-    """Lowercased word tokens of any script (see the module docstring)."""
+    """Lowercased word tokens of any script (see the module docstring): runs of letters,
+    digits and combining marks (so Devanagari or vowelled Arabic words stay whole), with
+    each character of an unspaced script a token of its own (its marks attached)."""
     text = unicodedata.normalize("NFKC", text).lower()
     out: list[str] = []
-    for word in _WORD.findall(text):
-        if _UNSPACED.search(word):
-            out += [piece for piece in re.split(f"({_UNSPACED.pattern})", word) if piece]
-        else:
-            out.append(word)
+    word: list[str] = []
+    last_unspaced = False
+    for ch in text:
+        kind = unicodedata.category(ch)[0]
+        if kind == "M" and not word and last_unspaced:
+            out[-1] += ch  # a mark on an unspaced-script character
+            continue
+        if kind in "LN" or (kind == "M" and word):
+            if _UNSPACED.match(ch):
+                if word:
+                    out.append("".join(word))
+                    word = []
+                out.append(ch)
+                last_unspaced = True
+            else:
+                word.append(ch)
+                last_unspaced = False
+            continue
+        if word:
+            out.append("".join(word))
+            word = []
+        last_unspaced = False
+    if word:
+        out.append("".join(word))
     return out
 
 

@@ -130,20 +130,20 @@ def categorize(example: dict[str, Any], classification: bool, json_task: bool) -
 
     pred, ref = example["prediction"], example["reference"]
     scores = example.get("scores", {})
-    if scores.get("exact_match") == 1.0:
+    if scores.get("exact_match") == 1.0 or normalize(pred) == normalize(ref):
         return "correct"
     if not pred.strip():
         return "empty"
+    if classification and example.get("label") not in (None, OUTSIDE):
+        return "wrong_label"  # named another label of the set
     stopped = scores.get("stopped", 1.0) == 1.0
-    if normalize(pred).startswith(normalize(ref)) and normalize(ref):
+    if normalize(ref) and normalize(pred).startswith(normalize(ref) + " "):
         return "did_not_stop"
     if not stopped:
         return "truncated"
     if json_task and json_valid([pred], [ref])[0] == 0.0:
         return "format_error"
-    if classification:
-        return "not_in_label_set" if example.get("label") == OUTSIDE else "wrong_label"
-    return "wrong"
+    return "not_in_label_set" if classification else "wrong"
 
 
 def categories(out: Any, metrics: list[str]) -> list[str]:
@@ -301,8 +301,11 @@ def diff_examples(
     rows = []
     for i, (b, t) in enumerate(zip(base, tuned, strict=True)):
         sb, st = b["scores"].get(metric), t["scores"].get(metric)
-        delta = sign * ((st or 0.0) - (sb or 0.0))
-        change = "improved" if delta > 1e-9 else "regressed" if delta < -1e-9 else "unchanged"
+        if not _finite(sb) or not _finite(st):  # e.g. perplexity of an empty reference
+            delta, change = 0.0, "unscored"
+        else:
+            delta = sign * (st - sb)
+            change = "improved" if delta > 1e-9 else "regressed" if delta < -1e-9 else "unchanged"
         rows.append(
             {
                 "index": i,
@@ -326,6 +329,10 @@ def diff_examples(
         "regressions": [r for r in ordered[:top] if r["change"] == "regressed"],
         "examples": rows,
     }
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, int | float) and x == x and abs(x) != float("inf")
 
 
 def forgetting_summary(
@@ -359,8 +366,22 @@ def compare(suite: Suite, base: str, tuned: str, top: int = 5) -> dict[str, Any]
 
     probe = str(general_probes())
     tasks = list(suite.tasks)
-    if not any(Path(t.data) == Path(probe) for t in tasks):
-        tasks.append(probe_task())
+    forget = next(
+        (
+            t
+            for t in tasks
+            if Path(t.data) == Path(probe)
+            and FORGETTING_METRIC in t.metrics
+            and not t.use_run_format
+        ),
+        None,
+    )
+    if forget is None:  # the suite has no usable probe task: add one, under a free name
+        forget = probe_task()
+        names = {t.name for t in tasks}
+        while forget.name in names:
+            forget = forget.model_copy(update={"name": forget.name + "-probes"})
+        tasks.append(forget)
     full = suite.model_copy(update={"tasks": tasks})
     report = run_suite(full, [base, tuned])
     answers = report.pop("_answers")
@@ -368,11 +389,11 @@ def compare(suite: Suite, base: str, tuned: str, top: int = 5) -> dict[str, Any]
     for task in tasks:
         eb, et = answers[(task.name, base)].examples, answers[(task.name, tuned)].examples
         out["tasks"][task.name] = {
+            "data": task.data,
             "base": report["tasks"][task.name]["results"][base],
             "tuned": report["tasks"][task.name]["results"][tuned],
             **diff_examples(_primary(task), eb, et, top),
         }
-    forget = next(t for t in tasks if Path(t.data) == Path(probe))
     out["forgetting"] = forgetting_summary(
         answers[(forget.name, base)].examples, answers[(forget.name, tuned)].examples, forget.name
     )
@@ -407,6 +428,26 @@ def _by_category(eb: list[dict], et: list[dict]) -> dict[str, dict[str, float]]:
 _CLAUSE = re.compile(r"^\s*([A-Za-z0-9_.-]+)\s*(>=|<=|==|>|<)\s*(-?[0-9.]+(?:e-?\d+)?)\s*$")
 
 
+def parse_gate(gate: str) -> list[tuple[str, str, float]]:
+    """(key, operator, number) clauses of a gate; a clear error for a malformed one, so a
+    typo fails before any model runs."""
+    clauses = []
+    for clause in [c for c in gate.split(",") if c.strip()]:
+        m = _CLAUSE.match(clause)
+        try:
+            number = float(m.group(3)) if m else None
+        except ValueError:
+            number = None
+        if m is None or number is None:
+            raise TuneloopError(
+                f"gate clause {clause.strip()!r}: expected KEY OP NUMBER, e.g. accuracy>=0.9"
+            )
+        clauses.append((m.group(1), m.group(2), number))
+    if not clauses:
+        raise TuneloopError("empty gate: give clauses like accuracy>=0.9,forgetting.drop<=0.05")
+    return clauses
+
+
 def check_gate(result: dict[str, Any], gate: str) -> list[str]:
     """Failed clauses of a gate like "accuracy>=0.9,forgetting.drop<=0.05" (empty: pass).
 
@@ -423,13 +464,7 @@ def check_gate(result: dict[str, Any], gate: str) -> list[str]:
         "<": operator.lt,
     }
     failed = []
-    for clause in [c for c in gate.split(",") if c.strip()]:
-        m = _CLAUSE.match(clause)
-        if not m:
-            raise TuneloopError(
-                f"gate clause {clause!r}: expected KEY OP NUMBER, e.g. accuracy>=0.9"
-            )
-        key, op, limit = m.group(1), m.group(2), float(m.group(3))
+    for key, op, limit in parse_gate(gate):
         value = _gate_value(result, key)
         if not ops[op](value, limit):
             failed.append(f"{key} = {value:.4f}, needs {op} {limit:g}")
@@ -444,8 +479,10 @@ def _gate_value(result: dict[str, Any], key: str) -> float:
             raise TuneloopError(f"gate key {key!r}: no such forgetting value")
         return float(value)
     tasks = result["tasks"]
-    if "." in key and key.split(".", 1)[0] in tasks:
-        task, metric = key.split(".", 1)
+    # the longest task name that prefixes the key (task names may contain dots)
+    owner = max((t for t in tasks if key.startswith(t + ".")), key=len, default=None)
+    if owner is not None:
+        task, metric = owner, key[len(owner) + 1 :]
         found = tasks[task]["tuned"]["metrics"].get(metric)
     else:
         task, metric = None, key
@@ -486,7 +523,7 @@ def write_report(
         else:  # compare
             results = {data["base"]: task["base"], data["tuned"]: task["tuned"]}
             view = {k: task[k] for k in ("metric", "changes", "wins", "regressions")}
-            view["data"] = ""
+            view["data"] = task.get("data", "")
         names: list[str] = []
         for res in results.values():
             names += [m for m in res["metrics"] if m not in names]
