@@ -5,7 +5,7 @@ per-example improved/regressed with error categories, and the forgetting check o
 general probes.
 
 It uses the bundled SmolLM2-135M-Instruct and the team-written Brightwave support data in
-`examples/support/`, and fits in about 10 minutes on a 2-core CPU.
+`examples/support/`, and fits in about 11 minutes on a 2-core CPU.
 """
 
 from __future__ import annotations
