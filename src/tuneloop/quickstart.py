@@ -51,7 +51,12 @@ def run_quickstart(
     from tuneloop.config import load_recipe
     from tuneloop.data import read_conversations
     from tuneloop.evaluate import evaluate_file
-    from tuneloop.evaluate.report import loss_curve_png, render_html, write_json_atomic
+    from tuneloop.evaluate.report import (
+        loss_curve_png,
+        render_html,
+        write_json_atomic,
+        write_text_atomic,
+    )
     from tuneloop.evaluate.stats import mean_interval
     from tuneloop.evaluate.suite import (
         categories,
@@ -207,9 +212,7 @@ def run_quickstart(
     ]
     write_json_atomic(out / "report.json", report)
     html_text = render_html(report, picks, loss_curve_png(trained.history))
-    tmp = out / ".report.html.tmp"
-    tmp.write_text(html_text, encoding="utf-8")
-    tmp.replace(out / "report.html")
+    write_text_atomic(out / "report.html", html_text)
     registry.update_run(
         qs_run.id,
         status="completed",

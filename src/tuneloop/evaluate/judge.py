@@ -30,8 +30,7 @@ from typing import Any
 
 from tuneloop.errors import TuneloopError
 
-GRADE_SYSTEM = "You are a careful, strict evaluator of answers. Follow the output format."
-PAIR_SYSTEM = GRADE_SYSTEM
+JUDGE_SYSTEM = "You are a careful, strict evaluator of answers. Follow the output format."
 
 
 @dataclass(frozen=True)
@@ -85,7 +84,7 @@ def _grade_messages(
         f"Reply with 'Score: N' (N from {rubric.low} to {rubric.high}), then one sentence "
         "with the reason."
     )
-    return [{"role": "system", "content": GRADE_SYSTEM}, {"role": "user", "content": text}]
+    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": text}]
 
 
 def _pair_messages(question: str, first: str, second: str, criteria: str) -> list[dict[str, str]]:
@@ -96,7 +95,7 @@ def _pair_messages(question: str, first: str, second: str, criteria: str) -> lis
         "Reply with 'Verdict: A', 'Verdict: B' or 'Verdict: tie', then one sentence with "
         "the reason."
     )
-    return [{"role": "system", "content": PAIR_SYSTEM}, {"role": "user", "content": text}]
+    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": text}]
 
 
 _SCORE = re.compile(r"score\s*[:=]?\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE)

@@ -43,19 +43,29 @@ def improved(name: str, base: float, tuned: float) -> bool:
     return tuned > base if HIGHER_IS_BETTER.get(name, True) else tuned < base
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file and rename, so a crash never leaves half a report."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
-def render_html(report: dict[str, Any], samples: list[dict[str, Any]], png: bytes | None) -> str:
-    """The report page. `samples` hold prompt, reference, base and tuned answers."""
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, default=str))
+
+
+def render_template(name: str, **context: Any) -> str:
+    """Render one of the package's HTML templates (autoescaped)."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     env = Environment(
         loader=PackageLoader("tuneloop", "templates"), autoescape=select_autoescape(["html"])
     )
+    return env.get_template(name).render(**context)
+
+
+def render_html(report: dict[str, Any], samples: list[dict[str, Any]], png: bytes | None) -> str:
+    """The report page. `samples` hold prompt, reference, base and tuned answers."""
     rows = []
     for name, base in report["base"]["metrics"].items():
         tuned = report["tuned"]["metrics"].get(name)
@@ -76,6 +86,6 @@ def render_html(report: dict[str, Any], samples: list[dict[str, Any]], png: byte
             }
         )
     plot = base64.b64encode(png).decode("ascii") if png else None
-    return env.get_template("report.html").render(
-        report=report, rows=rows, samples=samples, plot=plot, escape=html.escape
+    return render_template(
+        "report.html", report=report, rows=rows, samples=samples, plot=plot, escape=html.escape
     )

@@ -504,9 +504,7 @@ def write_report(
 ) -> tuple[Path, Path]:
     """report.json (everything, per-example rows included) and a self-contained
     report.html in `out_dir`, both written atomically."""
-    from jinja2 import Environment, PackageLoader, select_autoescape
-
-    from tuneloop.evaluate.report import write_json_atomic
+    from tuneloop.evaluate.report import render_template, write_json_atomic, write_text_atomic
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -529,10 +527,8 @@ def write_report(
             names += [m for m in res["metrics"] if m not in names]
         tasks[name] = {**view, "results": results, "metric_names": names}
     models = data.get("models") or [data.get("base"), data.get("tuned")]
-    env = Environment(
-        loader=PackageLoader("tuneloop", "templates"), autoescape=select_autoescape(["html"])
-    )
-    page = env.get_template("suite.html").render(
+    page = render_template(
+        "suite.html",
         title=title,
         suite=data.get("suite"),
         models=models,
@@ -543,7 +539,5 @@ def write_report(
         gate=gate,
     )
     html_path = out / "report.html"
-    tmp = html_path.with_name(".report.html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(html_path)
+    write_text_atomic(html_path, page)
     return json_path, html_path
