@@ -117,3 +117,42 @@ def test_endpoint_judge_needs_its_base_url(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     with pytest.raises(TuneloopError, match="OPENAI_BASE_URL"):
         Judge("openai:gpt-judge")
+
+
+def test_agreement_with_human_labels(tiny_model: Path, tmp_path: Path) -> None:
+    """Human labels are shown as A or B by a seeded coin flip; the reported agreement and
+    kappa are exactly what the per-pair verdicts give (kappa checked with scikit-learn)."""
+    import json
+
+    from sklearn.metrics import cohen_kappa_score
+
+    from tuneloop.evaluate.judge import human_agreement
+
+    rows = [
+        {"prompt": q, "chosen": g, "rejected": b}
+        for q, g, b in zip(QUESTIONS * 4, GOOD * 4, BAD * 4, strict=True)
+    ]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = human_agreement(Judge(str(tiny_model), reason_tokens=4), pairs, limit=10, seed=3)
+    per = result["per_pair"]
+    assert result["pairs"] == len(per) == 10
+    assert result["human_labels"]["a"] > 0 and result["human_labels"]["b"] > 0  # flipped
+    hits = [p["human"] == p["judge"] for p in per]
+    assert result["agreement"]["value"] == pytest.approx(sum(hits) / 10)
+    assert result["agreement"]["low"] <= result["agreement"]["value"] <= result["agreement"]["high"]
+    judged = [p["judge"] for p in per]
+    humans = [p["human"] for p in per]
+    assert result["kappa"] == pytest.approx(cohen_kappa_score(judged, humans), abs=1e-9)
+    assert sum(result["verdicts"].values()) == 10
+    assert result["decisive"] == 10 - result["verdicts"]["tie"]
+    assert result["judge_calls"] == 40  # both orders, a verdict and a reason each
+    # two orders that disagree make a tie
+    assert all(p["judge"] == "tie" for p in per if p["first"] != p["second"])
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "q", "chosen": "a"}\n')
+    from tuneloop.errors import DataError
+
+    with pytest.raises(DataError, match="line 1"):
+        human_agreement(Judge(str(tiny_model)), bad)

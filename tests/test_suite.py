@@ -46,7 +46,7 @@ def _suite(tmp_path: Path, judge: Path | None = None, **extra: object) -> Path:
         **extra,
     }
     if judge is not None:
-        suite["pairwise"] = {"judge": str(judge), "limit": 2, "tasks": ["general"]}
+        suite["pairwise"] = {"judge": str(judge), "limit": 2}
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(suite))
     return path
@@ -92,11 +92,16 @@ def test_suite_runs_every_model_on_every_task_with_a_judge(
     assert general["examples"] == 5 and general["classification"] is None
     pair = report["pairwise"]
     assert [r["model"] for r in pair["leaderboard"]] != []
-    assert sum(r["wins"] + r["losses"] + r["ties"] for r in pair["leaderboard"]) == 2 * 2
+    # 2 tasks x 2 judged pairs, each game counted once for each model
+    assert sum(r["wins"] + r["losses"] + r["ties"] for r in pair["leaderboard"]) == 2 * 2 * 2
     assert 0.0 <= pair["position_bias"]["inconsistent_rate"] <= 1.0
-    assert pair["position_bias"]["pairs"] == 2
+    assert pair["position_bias"]["pairs"] == 4
+    for name in ("intents", "general"):
+        board = pair["tasks"][name]["leaderboard"]
+        assert sum(r["wins"] + r["losses"] + r["ties"] for r in board) == 2 * 2
     html = (out / "report.html").read_text()
     assert 'id="leaderboard"' in html and "Task intents" in html and "Position bias" in html
+    assert 'id="leaderboard-intents"' in html and 'id="leaderboard-general"' in html
     assert "pairwise judge" in proc.stdout and "intents /" in proc.stdout
 
 

@@ -216,6 +216,30 @@ def export(run: str, out: str, merged: bool) -> None:
         click.echo(f"{kind}: {path}")
 
 
+@cli.command()
+@click.argument("model")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--name", help="Model id clients send (default: MODEL as given).")
+@click.option(
+    "--max-batch",
+    default=16,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Most queued requests answered in one batched generate call.",
+)
+def serve(model: str, host: str, port: int, name: str | None, max_batch: int) -> None:
+    """Serve MODEL (run:ID, a model folder or a bundled name) as an OpenAI-compatible endpoint.
+
+    Clients use base URL http://HOST:PORT/v1; `tuneloop eval --model openai:NAME` with
+    OPENAI_BASE_URL set evaluates it like a local model.
+    """
+    _quiet_libraries()
+    from tuneloop.serve import serve as run_server
+
+    run_server(model, host=host, port=port, name=name, max_batch=max_batch)
+
+
 @cli.command(name="eval")
 @click.argument("suite", required=False, type=click.Path(dir_okay=False))
 @click.option(
@@ -424,6 +448,60 @@ def _echo_classification(report: dict[str, Any], top: int = 5) -> None:
     )
     for pair in report["confusions"][:top]:
         click.echo(f"  {pair['reference']} -> {pair['predicted']}: {pair['count']}")
+
+
+@cli.group()
+def judge() -> None:
+    """Check how far an LLM judge can be trusted."""
+
+
+@judge.command("agreement")
+@click.option("--judge", "judge_ref", required=True, help="Judge model, or openai:MODEL.")
+@click.option(
+    "--pairs",
+    required=True,
+    type=click.Path(exists=True),
+    help="Human preference labels: prompt/chosen/rejected rows or HH transcripts.",
+)
+@click.option("--limit", type=click.IntRange(min=1), help="Judge only the first N pairs.")
+@click.option("--criteria", default="helpfulness, correctness and clarity", show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Seed of the A/B coin flips.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write results here.")
+def judge_agreement(
+    judge_ref: str,
+    pairs: str,
+    limit: int | None,
+    criteria: str,
+    seed: int,
+    json_out: str | None,
+) -> None:
+    """Agreement and Cohen's kappa between a judge and human preference labels."""
+    _quiet_libraries()
+    from tuneloop.evaluate.judge import Judge, human_agreement
+
+    result = human_agreement(Judge(judge_ref), pairs, limit=limit, seed=seed, criteria=criteria)
+    agree, bias = result["agreement"], result["position_bias"]
+    click.echo(
+        f"{result['pairs']} pairs judged by {judge_ref}: agreement with humans "
+        f"{agree['value']:.3f} [{agree['low']:.3f}, {agree['high']:.3f}], "
+        f"Cohen's kappa {result['kappa']:.3f} (0 = chance)"
+    )
+    decisive = result["decisive_agreement"]
+    click.echo(
+        f"verdicts {result['verdicts']}; on the {result['decisive']} decisive ones agreement "
+        + (f"{decisive:.3f}" if decisive is not None else "n/a")
+    )
+    click.echo(
+        f"position bias: {100 * bias['inconsistent_rate']:.1f}% of pairs changed verdict with "
+        f"the order; the first answer won {100 * bias['first_position_rate']:.1f}% of decisive "
+        "verdicts"
+    )
+    if json_out:
+        from pathlib import Path
+
+        from tuneloop.evaluate.report import write_text_atomic
+
+        write_text_atomic(Path(json_out), json.dumps(result, indent=2))
 
 
 @cli.group()

@@ -105,11 +105,36 @@ class DataConfig(_Section):
         "entirely are dropped (counted in the run log), never trained on with no loss. For "
         "`pretrain`, the length of each packed block.",
     )
+    label_hints: int = Field(
+        default=0,
+        ge=0,
+        description="Labelled data: end each prompt with the K labels whose training rows are "
+        "nearest by sentence embedding (bundled all-MiniLM-L6-v2), best first, as "
+        "'Likely labels: a, b, c'. Training rows get them leave-one-out; the index is kept "
+        "in the run so evaluation adds the same hints. Helps most with few rows per class; "
+        "0 turns it off.",
+    )
+    hint_tune_steps: int = Field(
+        default=0,
+        ge=0,
+        description="With `label_hints`: first tune a copy of the embedder for this many "
+        "steps (supervised contrastive loss, batches of 32 labels x 4 rows) so rows of one "
+        "label embed together; the tuned copy is kept with the run's hint index. 0 uses the "
+        "bundled embedder as it is.",
+    )
     train_on: Literal["all_assistant", "last_assistant"] = Field(
         default="all_assistant",
         description="Which assistant turns carry the loss: every assistant turn of a "
         "multi-turn conversation, or only the last. Prompt, system and user tokens never do.",
     )
+
+    @model_validator(mode="after")
+    def _hint_tuning_needs_hints(self) -> DataConfig:
+        if self.hint_tune_steps and not self.label_hints:
+            raise ValueError(
+                "data.hint_tune_steps tunes the label-hint embedder: set data.label_hints too"
+            )
+        return self
 
 
 class AdapterConfig(_Section):

@@ -20,12 +20,11 @@ the exact request, so re-running a report or adding a model re-judges only what 
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tuneloop.errors import TuneloopError
@@ -230,26 +229,9 @@ class Judge:
         return [g.text for g in gens]
 
     def _remote(self, messages: list[dict[str, str]], max_new_tokens: int) -> str:
-        base = os.environ["OPENAI_BASE_URL"].rstrip("/")
-        body = {
-            "model": self.ref.split(":", 1)[1],
-            "messages": messages,
-            "max_tokens": max_new_tokens,
-            "temperature": 0,
-        }
-        headers = {"Content-Type": "application/json"}
-        if os.environ.get("OPENAI_API_KEY"):
-            headers["Authorization"] = f"Bearer {os.environ['OPENAI_API_KEY']}"
-        req = urllib.request.Request(
-            f"{base}/chat/completions", json.dumps(body).encode(), headers, method="POST"
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=120) as resp:
-                data = json.loads(resp.read())
-        except ValueError as err:  # not JSON
-            raise TuneloopError(f"judge {self.ref}: reply from {base} is not JSON: {err}") from None
-        except OSError as err:
-            raise TuneloopError(f"judge {self.ref}: request to {base} failed: {err}") from None
+        from tuneloop.evaluate.remote import chat_completion
+
+        data = chat_completion(self.ref, messages, max_new_tokens, timeout=120)
         try:
             return str(data["choices"][0]["message"]["content"])
         except (KeyError, IndexError, TypeError):
@@ -387,3 +369,71 @@ def cohen_kappa(a: Sequence[Any], b: Sequence[Any]) -> float:
     if expected == 1.0:
         return 1.0 if observed == 1.0 else 0.0
     return (observed - expected) / (1 - expected)
+
+
+def human_agreement(
+    judge: Judge,
+    pairs: str | Path,
+    limit: int | None = None,
+    seed: int = 0,
+    criteria: str = "helpfulness, correctness and clarity",
+) -> dict[str, Any]:
+    """How far a judge agrees with human preference labels, so users know how far to trust it.
+
+    `pairs` is any preference file tuneloop reads (prompt/chosen/rejected or HH
+    transcripts): the human preferred `chosen`. Each pair is shown with the human's choice
+    as A or B by a seeded coin flip (a judge that always says "A" then agrees half the time,
+    as chance does), judged in both orders like every pairwise comparison, and compared
+    with the human label:
+
+    - agreement: share of pairs where the judge picked the human's answer (a tie is a miss),
+      with a bootstrap interval;
+    - kappa: Cohen's kappa between the judge's a/b/tie and the human's a/b (0 is chance);
+    - decisive_agreement: agreement among the pairs the judge did not call a tie;
+    - position_bias: as in every pairwise report.
+    """
+    import numpy as np
+
+    from tuneloop.data.readers import read_rows
+    from tuneloop.evaluate.stats import bootstrap
+
+    read = read_rows(pairs, fmt="preference", strict=True)
+    rows = read.rows[:limit] if limit else read.rows
+    flips = np.random.default_rng(seed).random(len(rows)) < 0.5
+    questions, answers_a, answers_b, human = [], [], [], []
+    for row, flip in zip(rows, flips, strict=True):
+        chosen, rejected = row["chosen"][-1]["content"], row["rejected"][-1]["content"]
+        questions.append(conversation_text(row["prompt"]))
+        answers_a.append(rejected if flip else chosen)
+        answers_b.append(chosen if flip else rejected)
+        human.append("b" if flip else "a")
+    verdicts = judge.compare(questions, answers_a, answers_b, criteria)
+    said = [v.winner for v in verdicts]
+    hits = [float(s == h) for s, h in zip(said, human, strict=True)]
+    decisive = [i for i, s in enumerate(said) if s != "tie"]
+    agreement = bootstrap(len(hits), lambda idx: float(np.mean([hits[i] for i in idx])), seed=seed)
+    return {
+        "judge": judge.ref,
+        "pairs_file": str(pairs),
+        "pairs": len(rows),
+        "agreement": agreement.as_dict(),
+        "kappa": cohen_kappa(said, human),
+        "decisive": len(decisive),
+        "decisive_agreement": (float(np.mean([hits[i] for i in decisive])) if decisive else None),
+        "verdicts": {k: said.count(k) for k in ("a", "b", "tie")},
+        "human_labels": {k: human.count(k) for k in ("a", "b")},
+        "position_bias": position_bias(verdicts),
+        "judge_calls": judge.calls,
+        "per_pair": [
+            {"human": h, "judge": v.winner, "first": v.first_order, "second": v.second_order}
+            for h, v in zip(human, verdicts, strict=True)
+        ],
+    }
+
+
+def conversation_text(prompt: Sequence[dict[str, str]]) -> str:
+    """The conversation before the answer as the text a judge sees (one turn: just it)."""
+    turns = [m for m in prompt if m["role"] != "system"]
+    if len(turns) == 1:
+        return turns[0]["content"]
+    return "\n".join(f"{m['role']}: {m['content']}" for m in turns)

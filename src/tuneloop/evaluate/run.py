@@ -50,8 +50,21 @@ def evaluate_conversations(
 ) -> EvalOutput:
     """Greedy-generate the final answer of each conversation and score it.
 
+    model: a loaded model, or an `openai:MODEL` reference (tokenizer None) answered by an
+    OpenAI-compatible endpoint.
     choices: constrain every answer to one of these (a classifier's label set)."""
     _check_metrics(metrics)
+    remote = isinstance(model, str)
+    if remote and "perplexity" in metrics:
+        raise TuneloopError(
+            f"{model}: perplexity needs the model's weights; an endpoint gives only answers "
+            "(leave perplexity out of the metrics)"
+        )
+    if remote and choices is not None:
+        raise TuneloopError(
+            f"{model}: decoding constrained to labels needs the model's weights; leave out "
+            "--constrain-labels for an endpoint"
+        )
     start = time.perf_counter()
     prompts = [c[:-1] for c in conversations]
     refs = [c[-1]["content"] for c in conversations]
@@ -64,15 +77,20 @@ def evaluate_conversations(
     text_metrics = [m for m in metrics if m != "perplexity"]
     if text_metrics:
         with Progress(total=len(prompts), desc=f"{label}: generating", unit="ex") as bar:
-            gens, gen_stats = generate(
-                model,
-                tokenizer,
-                prompts,
-                max_new_tokens,
-                batch_size,
-                progress=bar.update,
-                choices=choices,
-            )
+            if remote:
+                from tuneloop.evaluate.remote import remote_generate
+
+                gens, gen_stats = remote_generate(model, prompts, max_new_tokens, bar.update)
+            else:
+                gens, gen_stats = generate(
+                    model,
+                    tokenizer,
+                    prompts,
+                    max_new_tokens,
+                    batch_size,
+                    progress=bar.update,
+                    choices=choices,
+                )
         preds = [g.text for g in gens]
         for ex, g in zip(examples, gens, strict=True):
             ex["prediction"] = g.text
@@ -134,7 +152,9 @@ def evaluate_file(
     use_run_format: False reads the file as it is, ignoring the run's recorded format.
     """
     from tuneloop import registry
+    from tuneloop.evaluate.remote import is_remote
     from tuneloop.models import load, resolve
+    from tuneloop.models.resolve import ResolvedModel
 
     _check_metrics(metrics)
     data_path = Path(data)
@@ -145,12 +165,20 @@ def evaluate_file(
 
         options = options_from_format(trained)
     loaded_data = read_conversations(data_path, fmt=fmt, options=options)
-    resolved = resolve(model_ref)
+    remote = is_remote(model_ref)
+    resolved = ResolvedModel(ref=model_ref, base=model_ref) if remote else resolve(model_ref)
     if system_prompt is None and resolved.recipe and use_run_format:
         system_prompt = resolved.recipe.get("data", {}).get("system_prompt")
     if system_prompt:
         loaded_data.conversations = with_system_prompt(loaded_data.conversations, system_prompt)
     conversations = loaded_data.conversations[:limit] if limit else loaded_data.conversations
+    hints_cfg = (trained or {}).get("label_hints")
+    if hints_cfg:
+        # the run was trained with label hints: add the same hints from the same rows
+        from tuneloop.data.hints import HintIndex, with_hints
+
+        index = HintIndex.load(hints_cfg["index"])
+        conversations = with_hints(conversations, index, hints_cfg["k"])
     choices = None
     if constrain_labels:
         choices = (trained or {}).get("labels") or sorted(
@@ -164,7 +192,7 @@ def evaluate_file(
     dataset = registry.register_dataset(
         data_path.stem, loaded_data.conversations, str(data_path.resolve()), loaded_data.format
     )
-    model, tokenizer, _ = load(model_ref)
+    model, tokenizer = (model_ref, None) if remote else load(model_ref)[:2]
     out = evaluate_conversations(
         model,
         tokenizer,
@@ -197,6 +225,7 @@ def evaluate_file(
         "limit": limit,
         "system_prompt": system_prompt,
         "decoding": "greedy, constrained to labels" if choices else "greedy",
+        "label_hints": hints_cfg or None,
         "choices": choices,
         "generation": out.generation,
         "classification": out.classification,

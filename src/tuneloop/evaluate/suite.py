@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tuneloop.config.recipe import Metric
 from tuneloop.errors import TuneloopError
+from tuneloop.evaluate.judge import conversation_text
 
 BUILTIN = {"builtin:general"}
 FORGETTING_METRIC = "token_f1"
@@ -238,7 +239,7 @@ def _pairwise(suite: Suite, models: list[str], answers: dict[tuple[str, str], An
         for a, b in itertools.combinations(models, 2):
             ea, eb = answers[(task.name, a)].examples, answers[(task.name, b)].examples
             n = min(len(ea), len(eb), cfg.limit or len(ea))
-            questions = [_question(ea[i]["prompt"]) for i in range(n)]
+            questions = [conversation_text(ea[i]["prompt"]) for i in range(n)]
             result = judge.compare(
                 questions,
                 [ea[i]["prediction"] for i in range(n)],
@@ -257,14 +258,6 @@ def _pairwise(suite: Suite, models: list[str], answers: dict[tuple[str, str], An
     out["position_bias"] = position_bias(all_verdicts)
     out["judge_calls"] = judge.calls
     return out
-
-
-def _question(prompt: list[dict[str, str]]) -> str:
-    """The conversation before the answer, as the text a judge sees."""
-    turns = [m for m in prompt if m["role"] != "system"]
-    if len(turns) == 1:
-        return turns[0]["content"]
-    return "\n".join(f"{m['role']}: {m['content']}" for m in turns)
 
 
 # --- compare: base vs tuned ----------------------------------------------------------------
@@ -309,7 +302,7 @@ def diff_examples(
         rows.append(
             {
                 "index": i,
-                "prompt": _question(b["prompt"]),
+                "prompt": conversation_text(b["prompt"]),
                 "reference": b["reference"],
                 "base": b["prediction"],
                 "tuned": t["prediction"],

@@ -48,6 +48,13 @@ def model_card(
             lines.append(f"- Classification template: {fmt['template']!r}")
         if fmt.get("labels"):
             lines.append(f"- Labels ({len(fmt['labels'])}): {', '.join(fmt['labels'][:20])}")
+        if fmt.get("label_hints"):
+            hints = fmt["label_hints"]
+            lines.append(
+                f"- Label hints: each prompt ends with the {hints['k']} labels nearest by "
+                f"{hints['embedder']} among {hints['rows']} training rows (index: "
+                f"`{hints['index']}`); serve it with the same hints"
+            )
     lines += ["", "## Metrics", "", "| metric | value |", "| --- | --- |"]
     for key, value in metrics.items():
         shown = f"{value:.4f}" if isinstance(value, float) else str(value)

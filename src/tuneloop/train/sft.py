@@ -104,6 +104,10 @@ def sft(
     if main and held_labels is not None and validation is not None:
         common.write_conversations(run_path / "validation.jsonl", validation, held_labels)
         meta["validation_file"] = str(run_path / "validation.jsonl")
+    if d.label_hints:
+        conversations, validation = _add_label_hints(
+            recipe, conversations, row_labels, validation, run_path, fmt_record, main
+        )
     timings = {"data_s": time.perf_counter() - started}
     try:
         t0 = time.perf_counter()
@@ -175,6 +179,39 @@ def sft(
         history=result.history,
         seconds=timings["total_s"],
     )
+
+
+def _add_label_hints(
+    recipe: Recipe,
+    conversations: list[Any],
+    row_labels: list[str | None],
+    validation: list[Any] | None,
+    run_path: Path,
+    fmt_record: dict[str, Any],
+    main: bool,
+) -> tuple[list[Any], list[Any] | None]:
+    """Training rows hinted leave-one-out, validation rows from the whole training index.
+
+    The index is saved in the run directory (rank 0) and recorded in the prompt format, so
+    evaluation of new data hints from exactly these rows.
+    """
+    from tuneloop.data import hints
+
+    k = recipe.data.label_hints
+    started = time.perf_counter()
+    steps = recipe.data.hint_tune_steps
+    index = hints.HintIndex.build(
+        [hints.query_text(c) for c in conversations], row_labels, steps, recipe.training.seed
+    )
+    conversations = hints.with_hints(conversations, index, k, leave_one_out=True)
+    if validation:
+        validation = hints.with_hints(validation, index, k)
+    directory = run_path / "label_hints"
+    if main:
+        index.save(directory)
+    fmt_record["label_hints"] = hints.hint_record(directory, k, len(index.texts), steps)
+    fmt_record["label_hints"]["seconds"] = round(time.perf_counter() - started, 1)
+    return conversations, validation
 
 
 def _check_labels(found: list[str | None], labels: list[str], path: str) -> None:

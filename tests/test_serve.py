@@ -1,0 +1,172 @@
+"""The OpenAI-compatible endpoint, over real HTTP, and evaluation of a model through it."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tuneloop.errors import TuneloopError
+from tuneloop.evaluate import evaluate_file
+from tuneloop.evaluate.remote import chat_completion
+
+from conftest import chat, write_jsonl
+
+NAME = "tiny"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model: Path) -> Iterator[str]:
+    """`tuneloop serve` on the tiny model, in this process, on a free port."""
+    import uvicorn
+
+    from tuneloop.serve import create_app
+
+    port = _free_port()
+    config = uvicorn.Config(
+        create_app(str(tiny_model), name=NAME, max_batch=4), port=port, log_level="warning"
+    )
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not srv.started:
+        assert time.time() < deadline, "server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/v1"
+    srv.should_exit = True
+    thread.join(timeout=30)
+
+
+def _post(url: str, body: object) -> tuple[int, dict]:
+    req = urllib.request.Request(
+        url, json.dumps(body).encode(), {"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_models_and_a_chat_completion(server: str) -> None:
+    with urllib.request.urlopen(f"{server}/models", timeout=10) as resp:
+        listing = json.loads(resp.read())
+    assert [m["id"] for m in listing["data"]] == [NAME]
+    status, reply = _post(
+        f"{server}/chat/completions",
+        {"model": NAME, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 5},
+    )
+    assert status == 200 and reply["object"] == "chat.completion"
+    (choice,) = reply["choices"]
+    assert choice["message"]["role"] == "assistant"
+    assert choice["finish_reason"] in ("stop", "length")
+    usage = reply["usage"]
+    assert usage["prompt_tokens"] > 0 and usage["total_tokens"] == (
+        usage["prompt_tokens"] + usage["completion_tokens"]
+    )
+    # a random tiny model rarely stops: then it used exactly its budget
+    if choice["finish_reason"] == "length":
+        assert usage["completion_tokens"] == 5
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        ({"model": "other", "messages": [{"role": "user", "content": "x"}]}, 404, "not served"),
+        (
+            {"model": NAME, "messages": [{"role": "user", "content": "x"}], "stream": True},
+            400,
+            "stream",
+        ),
+        (
+            {"model": NAME, "messages": [{"role": "user", "content": "x"}], "temperature": 0.7},
+            400,
+            "greedy",
+        ),
+        ({"model": NAME, "messages": []}, 400, "messages"),
+        ({"model": NAME}, 400, "messages: Field required"),
+        (
+            {"model": NAME, "messages": [{"role": "user", "content": "x"}], "max_tokens": 0},
+            400,
+            "max_tokens",
+        ),
+        (
+            {"model": NAME, "messages": [{"role": "assistant", "content": "x"}]},
+            400,
+            "end with user",
+        ),
+    ],
+)
+def test_bad_requests_get_openai_style_errors(
+    server: str, body: dict, status: int, needle: str
+) -> None:
+    got, reply = _post(f"{server}/chat/completions", body)
+    assert got == status
+    assert needle in reply["error"]["message"]
+    assert reply["error"]["type"]
+
+
+def test_eval_through_the_endpoint_equals_local_eval(
+    server: str, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = write_jsonl(
+        tmp_path / "d.jsonl",
+        [chat(f"Where is order {i}?", "It has shipped.") for i in range(5)],
+    )
+    monkeypatch.setenv("OPENAI_BASE_URL", server)
+    monkeypatch.setenv("TUNELOOP_REMOTE_CONCURRENCY", "1")  # batch 1 on both sides
+    remote = evaluate_file(
+        f"openai:{NAME}", data, metrics=["exact_match", "rouge_l"], max_new_tokens=6, batch_size=1
+    )
+    local = evaluate_file(
+        str(tiny_model), data, metrics=["exact_match", "rouge_l"], max_new_tokens=6, batch_size=1
+    )
+    assert [e["prediction"] for e in remote.examples] == [e["prediction"] for e in local.examples]
+    assert [e["scores"]["stopped"] for e in remote.examples] == [
+        e["scores"]["stopped"] for e in local.examples
+    ]
+    assert remote.metrics == local.metrics
+    assert remote.eval_id is not None  # stored in the registry like any eval
+
+    with pytest.raises(TuneloopError, match="perplexity needs the model's weights"):
+        evaluate_file(f"openai:{NAME}", data, metrics=["perplexity"])
+
+
+def test_concurrent_requests_are_answered_in_order(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight requests at once share micro-batches; each gets its own answer back."""
+    monkeypatch.setenv("OPENAI_BASE_URL", server)
+    prompts = [[{"role": "user", "content": f"Question number {i}"}] for i in range(8)]
+    sequential = [chat_completion(f"openai:{NAME}", p, 4) for p in prompts]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda p: chat_completion(f"openai:{NAME}", p, 4), prompts))
+    assert [r["choices"][0]["message"]["content"] for r in together] == [
+        r["choices"][0]["message"]["content"] for r in sequential
+    ]
+
+
+def test_unset_base_url_and_a_dead_endpoint_are_clear_errors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(TuneloopError, match="set OPENAI_BASE_URL"):
+        chat_completion("openai:x", [{"role": "user", "content": "hi"}], 4)
+    monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{_free_port()}/v1")
+    with pytest.raises(TuneloopError, match=r"request to .* failed"):
+        chat_completion("openai:x", [{"role": "user", "content": "hi"}], 4)
