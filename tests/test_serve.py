@@ -170,3 +170,11 @@ def test_unset_base_url_and_a_dead_endpoint_are_clear_errors(
     monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{_free_port()}/v1")
     with pytest.raises(TuneloopError, match=r"request to .* failed"):
         chat_completion("openai:x", [{"role": "user", "content": "hi"}], 4)
+
+
+def test_serve_with_a_bad_model_fails_before_starting(tmp_path: Path) -> None:
+    from test_cli import assert_one_line_error, run_cli
+
+    proc = run_cli("serve", str(tmp_path / "no-such-model"), "--port", str(_free_port()))
+    assert proc.returncode != 0
+    assert_one_line_error(proc, "no-such-model")
