@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.errors import TuneloopError
+from tuneloop.progress import Progress
 
 JUDGE_SYSTEM = "You are a careful, strict evaluator of answers. Follow the output format."
 
@@ -168,16 +169,19 @@ class Judge:
         # remote calls are stored one by one (a failure keeps what was already paid for);
         # local ones in batches
         step = 1 if self.remote else max(1, self.batch_size * 4)
-        for lo in range(0, len(todo), step):
-            part = todo[lo : lo + step]
-            fresh = self._run([conversations[i] for i in part], choices, max_new_tokens)
-            self.calls += len(part)
-            for i, text in zip(part, fresh, strict=True):
-                known[keys[i]] = text
-            if self.cache:
-                registry.store_judge_calls(
-                    identity, [(keys[i], requests[i], known[keys[i]]) for i in part]
-                )
+        kind = "verdicts" if choices is not None else "reasons"
+        with Progress(total=len(todo), desc=f"judge {self.ref}: {kind}", unit="call") as bar:
+            for lo in range(0, len(todo), step):
+                part = todo[lo : lo + step]
+                fresh = self._run([conversations[i] for i in part], choices, max_new_tokens)
+                self.calls += len(part)
+                for i, text in zip(part, fresh, strict=True):
+                    known[keys[i]] = text
+                if self.cache:
+                    registry.store_judge_calls(
+                        identity, [(keys[i], requests[i], known[keys[i]]) for i in part]
+                    )
+                bar.update(len(part))
         return [known[k] for k in keys]
 
     def identity(self) -> str:
