@@ -120,6 +120,7 @@ def test_a_run_with_label_hints_prompts_new_data_with_the_same_hints(
                 "template": "{text}",
                 "validation_split": 0.25,
                 "label_hints": 2,
+                "system_prompt": "Route the ticket.",
                 "max_length": 64,
             },
             "adapter": {"type": "lora", "r": 4, "alpha": 8},
@@ -143,6 +144,16 @@ def test_a_run_with_label_hints_prompts_new_data_with_the_same_hints(
     assert prompt[-1]["content"] == "the printer is jammed" + HINT_PREFIX + "hardware, accounts"
     (stored,) = [e for e in registry.evals_for_run(result.run_id) if e.id == out.eval_id]
     assert stored.settings["label_hints"]["k"] == 2
+
+    # `tuneloop serve` prepares requests the same way: the run's system prompt, then hints
+    from tuneloop.serve import ModelWorker
+
+    worker = ModelWorker(f"run:{result.run_id}")
+    try:
+        (served,) = worker.prepare([[{"role": "user", "content": "the printer is jammed"}]])
+    finally:
+        worker.close()
+    assert served == prompt
 
 
 def test_tuning_the_embedder_pulls_each_label_together_and_is_saved(tmp_path: Path) -> None:

@@ -59,16 +59,19 @@ class ModelWorker:
         self._thread = threading.Thread(target=self._loop, name="tuneloop-serve", daemon=True)
         self._thread.start()
 
-    def prepare(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
-        """The messages as the model was trained to see them (system prompt, label hints)."""
-        if self.system_prompt and messages[0]["role"] != "system":
-            messages = [{"role": "system", "content": self.system_prompt}, *messages]
+    def prepare(self, conversations: list[list[dict[str, str]]]) -> list[list[dict[str, str]]]:
+        """The requests as the model was trained to see them (system prompt, label hints);
+        one embedding batch for all of them."""
+        if self.system_prompt:
+            from tuneloop.data.readers import with_system_prompt
+
+            conversations = with_system_prompt(conversations, self.system_prompt)
         if self.hints is not None:
             from tuneloop.data.hints import with_hints
 
             index, k = self.hints
-            messages = with_hints([messages], index, k)[0]
-        return messages
+            conversations = with_hints(conversations, index, k)
+        return conversations
 
     def submit(self, job: _Job) -> None:
         self._queue.put(job)
@@ -98,7 +101,7 @@ class ModelWorker:
             for budget in sorted({j.max_tokens for j in jobs}):
                 group = [j for j in jobs if j.max_tokens == budget]
                 try:
-                    prompts = [self.prepare(j.messages) for j in group]
+                    prompts = self.prepare([j.messages for j in group])
                     gens, _ = generate(self.model, self.tokenizer, prompts, budget, len(group))
                     results: list[Any] = [
                         (g, len(encode_prompt(self.tokenizer, p)))
