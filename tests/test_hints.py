@@ -196,5 +196,5 @@ def test_tuning_the_embedder_pulls_each_label_together_and_is_saved(tmp_path: Pa
 def test_hint_tuning_without_hints_is_a_recipe_error() -> None:
     from tuneloop.errors import RecipeError
 
-    with pytest.raises(RecipeError, match=r"set data\.label_hints too"):
+    with pytest.raises(RecipeError, match=r"set data\.label_hints or data\.label_rerank"):
         recipe_from_dict({"name": "x", "data": {"train": "t.jsonl", "hint_tune_steps": 10}})

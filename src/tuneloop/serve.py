@@ -8,7 +8,8 @@ so an answer served here is the answer the eval report shows.
 
 A run is served as it was trained: a request without a system message gets the run's
 system prompt, and a run trained with label hints gets the same hints appended to its last
-user message. Greedy decoding only for now: a request asking for sampling
+user message; a run trained with label reranking answers with its best candidate label,
+as its evaluation does. Greedy decoding only for now: a request asking for sampling
 (`temperature` > 0), several choices (`n` > 1) or streaming gets a 400 that says so, never
 a silently different answer.
 """
@@ -55,6 +56,12 @@ class ModelWorker:
             from tuneloop.data.hints import HintIndex
 
             self.hints = (HintIndex.load(hints_cfg["index"]), int(hints_cfg["k"]))
+        self.rerank = None
+        rerank_cfg = fmt.get("label_rerank")
+        if rerank_cfg:
+            from tuneloop.evaluate.rerank import LabelRerank
+
+            self.rerank = LabelRerank.from_record(rerank_cfg)
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="tuneloop-serve", daemon=True)
         self._thread.start()
@@ -102,7 +109,10 @@ class ModelWorker:
                 group = [j for j in jobs if j.max_tokens == budget]
                 try:
                     prompts = self.prepare([j.messages for j in group])
-                    gens, _ = generate(self.model, self.tokenizer, prompts, budget, len(group))
+                    if self.rerank is not None:
+                        gens = self._rerank([j.messages for j in group], prompts)
+                    else:
+                        gens, _ = generate(self.model, self.tokenizer, prompts, budget, len(group))
                     results: list[Any] = [
                         (g, len(encode_prompt(self.tokenizer, p)))
                         for g, p in zip(gens, prompts, strict=True)
@@ -111,6 +121,24 @@ class ModelWorker:
                     results = [err] * len(group)
                 for job, result in zip(group, results, strict=True):
                     job.loop.call_soon_threadsafe(_resolve, job.future, result)
+
+    def _rerank(self, raw: list[list[dict[str, str]]], prompts: list[Any]) -> list[Any]:
+        """A run trained with label_rerank answers with its best candidate label, exactly as
+        its evaluation does (the lookup reads the request's own last user message)."""
+        from tuneloop.data.hints import query_text
+        from tuneloop.evaluate.generate import Generation
+        from tuneloop.evaluate.rerank import rerank_answers
+
+        assert self.rerank is not None
+        queries = [query_text(m) for m in raw]  # type: ignore[arg-type]
+        chosen = rerank_answers(
+            self.model, self.tokenizer, prompts, queries, self.rerank, len(prompts)
+        )
+        out = []
+        for r in chosen:
+            tokens = len(self.tokenizer(r.text, add_special_tokens=False)["input_ids"])
+            out.append(Generation(text=r.text, new_tokens=tokens, stopped=True))
+        return out
 
 
 def _resolve(future: asyncio.Future[Any], result: Any) -> None:

@@ -27,6 +27,7 @@ from tuneloop.errors import DataError, TuneloopError
 
 HINT_PREFIX = "\nLikely labels: "
 EMBEDDER = "all-MiniLM-L6-v2"
+RETRIEVAL_TEMPERATURE = 0.02  # label scores for reranking (chosen in docs/experiments.md)
 _CHUNK = 1024  # query rows per similarity block: 1024 x 9,000 floats is 37 MB
 
 
@@ -97,6 +98,30 @@ class HintIndex:
             top = np.argsort(-per_label, axis=1, kind="stable")[:, :k]
             out.extend([[names[codes[starts[j]]] for j in row] for row in top])
         return out
+
+    def label_log_probs(
+        self, vectors: Any, temperature: float = RETRIEVAL_TEMPERATURE
+    ) -> tuple[list[str], Any]:
+        """The label names and, per query, the retrieval's log-probability of each label.
+
+        A label's score is the log-sum-exp of its rows' cosine similarities / temperature,
+        so several close rows count for more than one; the softmax over labels turns the
+        scores into a distribution that can be added to a model's log-likelihoods.
+        """
+        import numpy as np
+
+        names = sorted(set(self.labels))
+        code = np.array([names.index(lab) for lab in self.labels]) if names else np.array([])
+        out = np.empty((len(vectors), len(names)), dtype=np.float64)
+        for lo in range(0, len(vectors), _CHUNK):
+            sims = (vectors[lo : lo + _CHUNK] @ self.vectors.T).astype(np.float64) / temperature
+            top = sims.max(axis=1, keepdims=True)  # stabilise the exponentials
+            weights = np.exp(sims - top)
+            per_label = np.stack([weights[:, code == c].sum(axis=1) for c in range(len(names))], 1)
+            scores = np.log(per_label) + top
+            scores -= scores.max(axis=1, keepdims=True)
+            out[lo : lo + _CHUNK] = scores - np.log(np.exp(scores).sum(axis=1, keepdims=True))
+        return names, out
 
     def save(self, directory: str | Path) -> Path:
         """Write `index.jsonl` + `vectors.npy` to a temporary folder, then rename it."""

@@ -154,6 +154,94 @@ def _trie_constraint(trie: dict[int, Any], width: int, eos_id: int) -> Callable[
     return allowed
 
 
+def score_candidates(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[Conversation],
+    candidates: list[list[str]],
+    batch_size: int = 16,
+    progress: Callable[[int], None] | None = None,
+) -> list[list[float]]:
+    """Log-likelihood of each candidate answer (its tokens and the end-of-turn token) given
+    its prompt: the model's probability of writing exactly that answer.
+
+    Each prompt is encoded once; its KV cache is repeated for its candidates, so K
+    candidates cost one prompt pass plus K short continuations instead of K full passes.
+    Every prompt must have the same number of candidates.
+    """
+    import torch
+
+    if len(prompts) != len(candidates):
+        raise ValueError(f"{len(prompts)} prompts but {len(candidates)} candidate lists")
+    if not prompts:
+        return []
+    k = len(candidates[0])
+    if k == 0 or any(len(c) != k for c in candidates):
+        raise ValueError("every prompt needs the same, non-zero number of candidates")
+    tails: dict[str, list[int]] = {}  # answer tokens per label, rendered after the prompt
+    for labels in candidates:
+        for label in labels:
+            if label not in tails:
+                tails[label] = answer_tokens(tokenizer, prompts[0], label)
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    out: list[list[float]] = [[] for _ in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    for b in range(0, len(order), batch_size):
+        idx = order[b : b + batch_size]
+        width = max(len(encoded[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
+            mask[row, width - len(encoded[i]) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        seqs = [tails[label] for i in idx for label in candidates[i]]
+        longest = max(len(t) for t in seqs)
+        cand = torch.full((len(seqs), longest), pad_id, dtype=torch.long)
+        cand_mask = torch.zeros((len(seqs), longest), dtype=torch.long)
+        for r, t in enumerate(seqs):
+            cand[r, : len(t)] = torch.tensor(t)
+            cand_mask[r, : len(t)] = 1
+        lengths = mask.sum(-1).repeat_interleave(k)
+        with torch.inference_mode():
+            first = model(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=positions.to(device),
+                use_cache=True,
+            )
+            cache = first.past_key_values
+            cache.batch_repeat_interleave(k)
+            rest = model(
+                input_ids=cand.to(device),
+                attention_mask=torch.cat([mask.repeat_interleave(k, 0), cand_mask], 1).to(device),
+                position_ids=(lengths[:, None] + torch.arange(longest)[None, :]).to(device),
+                past_key_values=cache,
+                use_cache=True,
+            )
+            # token 0 is predicted by the prompt's last position, token j by candidate j - 1;
+            # log p = logit of the token - logsumexp of its row, without a softmax copy of the
+            # (candidates x tokens x vocabulary) logits
+            target = cand.to(device)
+            head = first.logits[:, -1].float()
+            head_lp = head.gather(-1, target[:, :1].view(len(idx), k)) - torch.logsumexp(
+                head, -1, keepdim=True
+            )
+            tail = rest.logits[:, :-1]
+            tail_lp = tail.gather(-1, target[:, 1:, None])[..., 0].float() - torch.logsumexp(
+                tail.float(), -1
+            )
+            logp = torch.cat([head_lp.reshape(-1, 1), tail_lp], 1)
+            totals = (logp * cand_mask.to(device)).sum(-1).tolist()
+        for row, i in enumerate(idx):
+            out[i] = totals[row * k : (row + 1) * k]
+        if progress:
+            progress(len(idx))
+    return out
+
+
 def answer_nll(
     model: Any,
     tokenizer: Any,

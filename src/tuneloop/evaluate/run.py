@@ -17,6 +17,7 @@ from tuneloop.data.readers import read_conversations, with_system_prompt
 from tuneloop.errors import TuneloopError
 from tuneloop.evaluate import metrics as M
 from tuneloop.evaluate.generate import answer_nll, generate
+from tuneloop.evaluate.rerank import LabelRerank
 from tuneloop.progress import Progress
 
 
@@ -47,12 +48,17 @@ def evaluate_conversations(
     batch_size: int = 16,
     label: str = "eval",
     choices: list[str] | None = None,
+    rerank: LabelRerank | None = None,
+    queries: list[str] | None = None,
 ) -> EvalOutput:
     """Greedy-generate the final answer of each conversation and score it.
 
     model: a loaded model, or an `openai:MODEL` reference (tokenizer None) answered by an
     OpenAI-compatible endpoint.
-    choices: constrain every answer to one of these (a classifier's label set)."""
+    choices: constrain every answer to one of these (a classifier's label set).
+    rerank: answer with the best of the label index's candidates instead of generating
+    (tuneloop.evaluate.rerank); queries are the texts to look up (default: each
+    conversation's last user message)."""
     _check_metrics(metrics)
     remote = isinstance(model, str)
     if remote and "perplexity" in metrics:
@@ -64,6 +70,11 @@ def evaluate_conversations(
         raise TuneloopError(
             f"{model}: decoding constrained to labels needs the model's weights; leave out "
             "--constrain-labels for an endpoint"
+        )
+    if remote and rerank is not None:
+        raise TuneloopError(
+            f"{model}: label reranking scores candidates with the model's weights; an "
+            "endpoint gives only answers"
         )
     start = time.perf_counter()
     prompts = [c[:-1] for c in conversations]
@@ -77,7 +88,28 @@ def evaluate_conversations(
     text_metrics = [m for m in metrics if m != "perplexity"]
     if text_metrics:
         with Progress(total=len(prompts), desc=f"{label}: generating", unit="ex") as bar:
-            if remote:
+            if rerank is not None:
+                from tuneloop.data.hints import query_text
+                from tuneloop.evaluate.generate import Generation
+                from tuneloop.evaluate.rerank import rerank_answers
+
+                texts = queries if queries is not None else [query_text(p) for p in prompts]
+                t0 = time.perf_counter()
+                chosen = rerank_answers(
+                    model, tokenizer, prompts, texts, rerank, batch_size, bar.update
+                )
+                gens = [Generation(text=r.text, new_tokens=0, stopped=True) for r in chosen]
+                for ex, r in zip(examples, chosen, strict=True):
+                    # 0: the lookup's first choice; > 0: the model overruled it
+                    ex["scores"]["candidate_rank"] = float(
+                        [c[0] for c in r.candidates].index(r.text)
+                    )
+                    ex["candidates"] = [
+                        {"label": lab, "model_logp": round(m, 4), "lookup_logp": round(q, 4)}
+                        for lab, m, q in r.candidates
+                    ]
+                gen_stats = {"seconds": time.perf_counter() - t0, "candidates": rerank.k}
+            elif remote:
                 from tuneloop.evaluate.remote import remote_generate
 
                 gens, gen_stats = remote_generate(model, prompts, max_new_tokens, bar.update)
@@ -172,6 +204,14 @@ def evaluate_file(
     if system_prompt:
         loaded_data.conversations = with_system_prompt(loaded_data.conversations, system_prompt)
     conversations = loaded_data.conversations[:limit] if limit else loaded_data.conversations
+    rerank_cfg = (trained or {}).get("label_rerank")
+    rerank = queries = None
+    if rerank_cfg:
+        # the run answers by reranking its label index's candidates (raw texts, no hints)
+        from tuneloop.data.hints import query_text
+
+        rerank = LabelRerank.from_record(rerank_cfg)
+        queries = [query_text(c) for c in conversations]
     hints_cfg = (trained or {}).get("label_hints")
     if hints_cfg:
         # the run was trained with label hints: add the same hints from the same rows
@@ -201,7 +241,9 @@ def evaluate_file(
         max_new_tokens,
         batch_size,
         label=label or model_ref,
-        choices=choices,
+        choices=None if rerank else choices,
+        rerank=rerank,
+        queries=queries,
     )
     labelled = all(lab is not None for lab in loaded_data.labels[: len(conversations)])
     generated = any(m != "perplexity" for m in metrics)
@@ -224,8 +266,15 @@ def evaluate_file(
         "batch_size": batch_size,
         "limit": limit,
         "system_prompt": system_prompt,
-        "decoding": "greedy, constrained to labels" if choices else "greedy",
+        "decoding": (
+            f"label rerank of {rerank.k} candidates"
+            if rerank
+            else "greedy, constrained to labels"
+            if choices
+            else "greedy"
+        ),
         "label_hints": hints_cfg or None,
+        "label_rerank": rerank_cfg or None,
         "choices": choices,
         "generation": out.generation,
         "classification": out.classification,

@@ -104,7 +104,7 @@ def sft(
     if main and held_labels is not None and validation is not None:
         common.write_conversations(run_path / "validation.jsonl", validation, held_labels)
         meta["validation_file"] = str(run_path / "validation.jsonl")
-    if d.label_hints:
+    if d.label_hints or d.label_rerank:
         conversations, validation = _add_label_hints(
             recipe, conversations, row_labels, validation, run_path, fmt_record, main
         )
@@ -190,7 +190,8 @@ def _add_label_hints(
     fmt_record: dict[str, Any],
     main: bool,
 ) -> tuple[list[Any], list[Any] | None]:
-    """Training rows hinted leave-one-out, validation rows from the whole training index.
+    """Build the label index; with hints, training rows are hinted leave-one-out and
+    validation rows from the whole training index.
 
     The index is saved in the run directory (rank 0) and recorded in the prompt format, so
     evaluation of new data hints from exactly these rows.
@@ -203,14 +204,24 @@ def _add_label_hints(
     index = hints.HintIndex.build(
         [hints.query_text(c) for c in conversations], row_labels, steps, recipe.training.seed
     )
-    conversations = hints.with_hints(conversations, index, k, leave_one_out=True)
-    if validation:
-        validation = hints.with_hints(validation, index, k)
+    if k:
+        conversations = hints.with_hints(conversations, index, k, leave_one_out=True)
+        if validation:
+            validation = hints.with_hints(validation, index, k)
     directory = run_path / "label_hints"
     if main:
         index.save(directory)
-    fmt_record["label_hints"] = hints.hint_record(directory, k, len(index.texts), steps)
-    fmt_record["label_hints"]["seconds"] = round(time.perf_counter() - started, 1)
+    record = hints.hint_record(directory, k, len(index.texts), steps)
+    record["seconds"] = round(time.perf_counter() - started, 1)
+    if k:
+        fmt_record["label_hints"] = record
+    if recipe.data.label_rerank:
+        fmt_record["label_rerank"] = {
+            **record,
+            "k": recipe.data.label_rerank,
+            "weight": recipe.data.rerank_weight,
+            "temperature": hints.RETRIEVAL_TEMPERATURE,
+        }
     return conversations, validation
 
 
