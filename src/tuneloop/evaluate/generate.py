@@ -53,6 +53,20 @@ def answer_tokens(tokenizer: Any, prompt: Conversation, answer: str) -> list[int
     return [*tokenizer(answer, add_special_tokens=False)["input_ids"], eos]
 
 
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[Any, Any]:
+    """(input_ids, attention_mask) with every sequence right-aligned: generation and
+    candidate scoring both continue from the last column."""
+    import torch
+
+    width = max(len(seq) for seq in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq) :] = torch.tensor(seq)
+        mask[row, width - len(seq) :] = 1
+    return ids, mask
+
+
 def choice_trie(
     tokenizer: Any, prompt: Conversation, choices: list[str]
 ) -> tuple[dict[int, Any], int]:
@@ -101,13 +115,8 @@ def generate(
     total_new = 0
     for b in range(0, len(order), batch_size):
         idx = order[b : b + batch_size]
-        width = max(len(encoded[i]) for i in idx)
-        input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids = encoded[i]
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            attention[row, width - len(ids) :] = 1
+        input_ids, attention = left_pad([encoded[i] for i in idx], pad_id)
+        width = input_ids.shape[1]
         constrain = None
         if trie is not None:
             constrain = _trie_constraint(trie, width, eos_id)
@@ -190,12 +199,7 @@ def score_candidates(
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     for b in range(0, len(order), batch_size):
         idx = order[b : b + batch_size]
-        width = max(len(encoded[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
-            mask[row, width - len(encoded[i]) :] = 1
+        ids, mask = left_pad([encoded[i] for i in idx], pad_id)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         seqs = [tails[label] for i in idx for label in candidates[i]]
         longest = max(len(t) for t in seqs)
