@@ -89,17 +89,21 @@ def test_two_processes_match_one_with_the_same_global_batch(
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo process groups are tested on Linux")
-def test_fsdp_two_processes_match_one_and_save_a_plain_model(
-    tiny_model: Path, tmp_path: Path
+@pytest.mark.parametrize("distributed", ["fsdp", "zero2", "zero3"])
+def test_sharded_two_processes_match_one_and_save_a_plain_model(
+    tiny_model: Path, tmp_path: Path, distributed: str
 ) -> None:
-    """FSDP2 shards the weights over 2 processes; the losses, the gathered checkpoint and
+    """FSDP2 and DeepSpeed ZeRO shard over 2 processes (ZeRO-2: optimizer state and
+    gradients; FSDP and ZeRO-3: the weights too); the losses, the gathered checkpoint and
     the saved adapter all equal the 1-process run with the same global batch."""
     from safetensors.torch import load_file
 
     extra = {"eval_steps": 1, "save_total_limit": 5}  # checkpoints gathered at every step
     data = {"validation_split": 0.25}
     one = _write_recipe(tmp_path / "one.yaml", tiny_model, 8, "single", **extra)
-    two = _write_recipe(tmp_path / "two.yaml", tiny_model, 4, "fsdp", distributed="fsdp", **extra)
+    two = _write_recipe(
+        tmp_path / "two.yaml", tiny_model, 4, distributed, distributed=distributed, **extra
+    )
     for path in (one, two):
         recipe = yaml.safe_load(path.read_text())
         recipe["data"].update(data)
@@ -109,7 +113,7 @@ def test_fsdp_two_processes_match_one_and_save_a_plain_model(
     done = _tuneloop("train", str(two), "--nproc", "2")
     assert done.returncode == 0, done.stderr[-3000:]
     runs = {r.name: r for r in registry.list_runs()}
-    single, sharded = runs["single-b8"], runs["fsdp-b4"]
+    single, sharded = runs["single-b8"], runs[f"{distributed}-b4"]
     assert sharded.status == "completed"
     _assert_same_losses(single.id, sharded.id, steps=3)
     import torch
@@ -119,7 +123,7 @@ def test_fsdp_two_processes_match_one_and_save_a_plain_model(
         return load_file(path) if path.suffix == ".safetensors" else torch.load(path)
 
     state = json.loads((Path(sharded.run_dir) / "checkpoints/step-000002/state.json").read_text())
-    assert state["layout"] == "fsdp"  # the sharded path really ran
+    assert state["layout"] == distributed  # the sharded path really ran
     for where in ("checkpoints/step-000002/weights.pt", "model/adapter_model.safetensors"):
         wa, wb = weights(single.run_dir, where), weights(sharded.run_dir, where)
         assert wa.keys() == wb.keys() and wa, where
@@ -133,7 +137,7 @@ def _jsonl_losses(run_dir: str) -> dict[int, float]:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo process groups are tested on Linux")
-@pytest.mark.parametrize("distributed", ["ddp", "fsdp"])
+@pytest.mark.parametrize("distributed", ["ddp", "fsdp", "zero2", "zero3"])
 def test_two_process_run_resumes_exactly(
     tiny_model: Path, tmp_path: Path, distributed: str
 ) -> None:
@@ -165,3 +169,38 @@ def test_two_process_run_resumes_exactly(
     for step in (4, 5, 6):
         assert after[step] == pytest.approx(before[step], rel=1e-4), step
     assert registry.get_run(run.id).status == "completed"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo process groups are tested on Linux")
+def test_zero_run_stops_on_a_non_finite_loss_and_saves_nothing(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """Under ZeRO the loop still checks the loss before DeepSpeed's update: an absurd
+    learning rate blows the weights up after step 1, and step 2 stops the run."""
+    path = _write_recipe(
+        tmp_path / "nan.yaml", tiny_model, 4, "nan", distributed="zero2",
+        learning_rate=1e30, warmup_ratio=0.0, save_steps=1,
+    )  # fmt: skip
+    done = _tuneloop("train", str(path), "--nproc", "2")
+    assert done.returncode != 0
+    assert "became" in done.stderr and "at step 2" in done.stderr, done.stderr[-3000:]
+    (run,) = registry.list_runs()
+    assert run.status == "failed"
+    run_dir = Path(run.run_dir)
+    assert not (run_dir / "model").exists()
+    saved = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert saved == ["step-000001"]  # written before the weights went bad, nothing after
+
+
+def test_zero_without_deepspeed_is_a_clear_error_before_any_process_starts(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tuneloop.config.load import load_recipe
+    from tuneloop.errors import TrainingError
+    from tuneloop.train.launch import launch
+
+    path = _write_recipe(tmp_path / "z.yaml", tiny_model, 4, "z", distributed="zero3")
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # `import deepspeed` now fails
+    with pytest.raises(TrainingError, match="pip install deepspeed"):
+        launch(load_recipe(path), str(path), [], 2)
+    assert registry.list_runs() == []  # no run record was created

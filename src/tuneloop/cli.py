@@ -71,7 +71,8 @@ def quickstart(out: str, overrides: tuple[str, ...]) -> None:
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Processes to train with (torchrun; DDP, or FSDP with training.distributed=fsdp; "
+    help="Processes to train with (torchrun; DDP, FSDP with training.distributed=fsdp, or "
+    "DeepSpeed ZeRO with training.distributed=zero1/zero2/zero3; "
     "one per GPU, or CPU processes sharing the cores). The global batch is "
     "batch_size x nproc. Works with --resume (same nproc as the run).",
 )

@@ -256,12 +256,14 @@ class TrainingConfig(_Section):
             "state stay fp32 either way."
         ),
     )
-    distributed: Literal["ddp", "fsdp"] = Field(
+    distributed: Literal["ddp", "fsdp", "zero1", "zero2", "zero3"] = Field(
         default="ddp",
         description=(
             "With --nproc N: `ddp` replicates the model in every process; `fsdp` shards "
             "weights, gradients and optimizer state over the processes (PyTorch FSDP2, one "
-            "unit per transformer block), for models too big to replicate."
+            "unit per transformer block), for models too big to replicate; `zero1`, `zero2`, "
+            "`zero3` use DeepSpeed ZeRO (needs `pip install deepspeed`) to shard the "
+            "optimizer state, + gradients, + weights."
         ),
     )
     attention: Literal["auto", "eager", "sdpa"] = Field(

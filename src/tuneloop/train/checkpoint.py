@@ -63,11 +63,13 @@ def save_checkpoint(
     scheduler: Any,
     loop_state: dict[str, Any],
     rng: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write checkpoint `step` under `directory` atomically; returns its path.
 
     rng: the random states to store (default: this process's; a multi-process run passes
-    every rank's, as {"ranks": [...]})."""
+    every rank's, as {"ranks": [...]}). extra: state holding objects other than tensors
+    (DeepSpeed ZeRO's optimizer partitions), pickled into `extra.pt`."""
     import torch
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -81,6 +83,8 @@ def save_checkpoint(
         staging / "optimizer.pt",
     )
     torch.save(rng if rng is not None else rng_state(), staging / "rng.pt")
+    if extra is not None:
+        torch.save(extra, staging / "extra.pt")
     (staging / "state.json").write_text(json.dumps(loop_state, indent=2), encoding="utf-8")
     files = {p.name: _sha256(p) for p in sorted(staging.iterdir())}
     (staging / MANIFEST).write_text(
@@ -142,11 +146,26 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         weights = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
         opt = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        # rng.pt and extra.pt hold Python objects; the manifest's checksums (verified
+        # above) vouch that they are the files this program wrote
         rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=False)
+        extra_path = path / "extra.pt"
+        extra = (
+            torch.load(extra_path, map_location="cpu", weights_only=False)
+            if extra_path.is_file()
+            else None
+        )
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     except Exception as err:  # a torch/pickle error from a damaged file
         raise TrainingError(f"checkpoint {path} cannot be loaded: {err}") from None
-    return {"weights": weights, "optimizer": opt, "rng": rng, "state": state, "path": path}
+    return {
+        "weights": weights,
+        "optimizer": opt,
+        "rng": rng,
+        "state": state,
+        "path": path,
+        "extra": extra,
+    }
 
 
 def rotate(directory: Path, keep_last: int, keep: set[Path] | None = None) -> list[Path]:

@@ -1,5 +1,6 @@
-"""`tuneloop train RECIPE --nproc N`: the same run in N processes (DDP, or FSDP2 sharding
-with `training.distributed: fsdp`; see train/loop.py).
+"""`tuneloop train RECIPE --nproc N`: the same run in N processes (DDP; FSDP2 sharding with
+`training.distributed: fsdp`; DeepSpeed ZeRO with `zero1`/`zero2`/`zero3`; see
+train/loop.py and train/zero.py).
 
 The launcher creates the run record and directory, then starts N workers with
 `torch.distributed.run` (torchrun). Each worker runs the ordinary training code; the
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from tuneloop.config import Recipe
 from tuneloop.errors import TrainingError
+from tuneloop.train import zero
 
 LAUNCHED_RUN = "TUNELOOP_LAUNCHED_RUN"
 LAUNCHED_RUN_DIR = "TUNELOOP_LAUNCHED_RUN_DIR"
@@ -51,6 +53,8 @@ def launch(
     if nproc < 2:
         raise TrainingError("--nproc needs at least 2 processes")
     common.check_runtime(recipe)
+    if zero.stage_of(recipe.training.distributed):
+        zero.require_deepspeed()  # before any process starts
     if resume_dir:
         meta = Path(resume_dir) / "run.json"
         if not meta.is_file():

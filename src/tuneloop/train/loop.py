@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.errors import TrainingError, TrainingInterrupted
+from tuneloop.train import zero
 from tuneloop.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -71,7 +72,7 @@ class LoopConfig:
     seed: int = 0
     logging_steps: int = 5
     group_by_length: bool = True
-    distributed: str = "ddp"  # or "fsdp"; only matters with several processes
+    distributed: str = "ddp"  # or "fsdp", "zero1".."zero3"; only with several processes
     attention: str = "auto"  # or "eager" / "sdpa"; see choose_attention
     bf16: bool = False
     report_to: list[str] = field(default_factory=list)
@@ -418,6 +419,13 @@ def load_trainable_state(model: Any, weights: dict[str, Any], where: Path) -> No
             params[name].copy_(value.to(params[name].device, params[name].dtype))
 
 
+def _launched_world() -> int:
+    """How many processes torchrun started (1 outside torchrun)."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def _schedule(cfg: LoopConfig, steps_per_epoch: int, has_eval: bool) -> tuple[int, int, int]:
     """(total steps, eval every, save every)."""
     total = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * steps_per_epoch))
@@ -455,12 +463,23 @@ def run_loop(
     if not train:
         raise TrainingError("no training examples left after tokenisation")
     AcceleratorState._reset_state(True)  # one process may run several trainings (sweeps, tests)
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),
-        mixed_precision="bf16" if cfg.bf16 else "no",
-        log_with=cfg.report_to or None,
-        project_dir=str(run_path),
-    )
+    zero_stage = zero.stage_of(cfg.distributed) if _launched_world() > 1 else None
+    if zero_stage:
+        accelerator = zero.make_accelerator(
+            zero_stage,
+            cfg,
+            _launched_world(),
+            torch.cuda.is_available(),
+            log_with=cfg.report_to or None,
+            project_dir=str(run_path),
+        )
+    else:
+        accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(),
+            mixed_precision="bf16" if cfg.bf16 else "no",
+            log_with=cfg.report_to or None,
+            project_dir=str(run_path),
+        )
     world, rank = accelerator.num_processes, accelerator.process_index
     main = accelerator.is_main_process
     global_batch = cfg.batch_size * world
@@ -485,11 +504,20 @@ def run_loop(
         num_warmup_steps=math.ceil(cfg.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
+    ds: zero.ZeroEngine | None = None
     if not fsdp:
-        net, optimizer = accelerator.prepare(net, optimizer)
+        net, prepared = accelerator.prepare(net, optimizer)
+        if zero_stage:  # keep the client optimizer: the scheduler drives its param groups
+            ds = zero.ZeroEngine(net, zero_stage, cfg.bf16)
+        else:
+            optimizer = prepared
     net.train()
+    autocast = ds.autocast if ds else accelerator.autocast
+    layout_name = "fsdp" if fsdp else f"zero{zero_stage}" if ds else "ddp"
 
     def inner() -> Any:
+        if ds:
+            return ds.model
         return net.model if fsdp else accelerator.unwrap_model(net).model
 
     ckpt_dir = run_path / "checkpoints"
@@ -516,11 +544,14 @@ def run_loop(
                 f"number of processes (--nproc {written_by}), so the global batch is the same"
             )
         layout = ckpt["state"].get("layout", "ddp")
-        if (layout == "fsdp") != fsdp:
+        if layout != layout_name:
             raise TrainingError(f"{path}: resume with training.distributed {layout}, as the run")
         if fsdp:
             _fsdp_load_weights(net, ckpt["weights"])
             _fsdp_load_optimizer(net, optimizer, ckpt["optimizer"]["optimizer"])
+        elif ds:
+            ds.load_weights(ckpt["weights"], load_trainable_state, path)
+            ds.load_optimizer_state((ckpt["extra"] or {}).get("zero", {}), path)
         else:
             load_trainable_state(inner(), ckpt["weights"], path)
             optimizer.load_state_dict(ckpt["optimizer"]["optimizer"])
@@ -545,7 +576,7 @@ def run_loop(
 
     def checkpoint() -> Path | None:
         saved_optimizer: Any = optimizer
-        rngs = None
+        rngs, extra = None, None
         if world > 1:  # each process's random state, so a resume continues every stream
             import torch.distributed as dist
 
@@ -556,10 +587,14 @@ def run_loop(
         if fsdp:  # every process takes part in gathering the shards; rank 0 writes
             weights, full_optimizer = _fsdp_full_state(net, optimizer)
             saved_optimizer = _StateOnly(full_optimizer)
-            state["layout"] = "fsdp"
+        elif ds:  # likewise: full weights, and every process's optimizer partition
+            weights = ds.trainable_weights(main)
+            saved_optimizer, extra = _StateOnly({}), {"zero": ds.optimizer_state()}
+        if world > 1:
+            state["layout"] = layout_name
         if not main:
             return None
-        if not fsdp:
+        if not (fsdp or ds):
             weights = trainable_state(inner())
         bad = next((n for n, w in weights.items() if not torch.isfinite(w).all()), None)
         if bad is not None:
@@ -568,7 +603,7 @@ def run_loop(
                 "written, nothing saved"
             )
         path = save_checkpoint(
-            ckpt_dir, state["step"], weights, saved_optimizer, scheduler, state, rngs
+            ckpt_dir, state["step"], weights, saved_optimizer, scheduler, state, rngs, extra
         )
         best = state["best_step"]
         keep = {ckpt_dir / f"step-{best:06d}"} if best is not None else set()
@@ -584,7 +619,7 @@ def run_loop(
             range(rank, len(validation), world), key=lambda i: len(validation[i].input_ids)
         )
         size = cfg.batch_size * 2
-        with torch.no_grad(), accelerator.autocast():
+        with torch.no_grad(), autocast():
             for lo in range(0, len(mine), size):
                 batch = collate([validation[i] for i in mine[lo : lo + size]], pad_id)
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
@@ -631,12 +666,18 @@ def run_loop(
                 if fsdp:  # FSDP2: reduce-scatter gradients only on the last micro-batch
                     net.set_requires_gradient_sync(sync)
                     ctx: Any = nullcontext()
+                elif ds:  # DeepSpeed reduces when the loop calls step()
+                    ctx = nullcontext()
                 else:
                     ctx = nullcontext() if sync else accelerator.no_sync(net)
-                with ctx, accelerator.autocast():
+                with ctx, autocast():
                     loss_sum = net(**batch)
-                    # DDP averages gradients over processes, hence the factor `world`
-                    accelerator.backward(loss_sum * world / max(n_targets, 1.0))
+                # DDP and ZeRO average gradients over processes, hence the factor `world`
+                scaled = loss_sum * world / max(n_targets, 1.0)
+                if ds:
+                    ds.backward(scaled)
+                else:
+                    accelerator.backward(scaled)
                 step_loss += loss_sum.detach().double().cpu()
             total_loss = accelerator.reduce(step_loss.to(accelerator.device), "sum")
             loss = float(total_loss) / max(n_targets, 1.0)
@@ -646,7 +687,10 @@ def run_loop(
                     f"loss became {loss} at step {step_no}; stopped before the update, nothing "
                     "saved (lower training.learning_rate, or check the data)"
                 )
-            if fsdp:  # gradients are DTensor shards; the norm is reduced over processes
+            lr = scheduler.get_last_lr()[0]
+            if ds:  # DeepSpeed clips and updates in one call, and skips a non-finite update
+                grad_norm = ds.step()
+            elif fsdp:  # gradients are DTensor shards; the norm is reduced over processes
                 trainable = [p for p in net.parameters() if p.requires_grad]
                 norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
                 grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
@@ -657,10 +701,10 @@ def run_loop(
                     f"gradient norm became {grad_norm} at step {step_no}; stopped before the "
                     "update, nothing saved (lower training.learning_rate, or check the data)"
                 )
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
+            if not ds:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
             state["step"] = step_no
             state["tokens"] += step_tokens
             state["loss_sum"] += loss * n_targets
@@ -744,10 +788,14 @@ def run_loop(
         best = load_checkpoint(ckpt_dir / f"step-{best_step:06d}")
         if fsdp:
             _fsdp_load_weights(net, best["weights"])
+        elif ds:
+            ds.load_weights(best["weights"], load_trainable_state, best["path"])
         else:
             load_trainable_state(inner(), best["weights"], best["path"])
     if fsdp:  # hand the caller a plain model (rank 0 saves it): gather, then unshard
         _fsdp_unshard(net, main)
+    if ds:
+        ds.release(main)
     if old_attention is not None:  # the kernel was a training choice; give the model back
         _set_attention(model, old_attention)
     losses = [h["loss"] for h in history if "loss" in h]
