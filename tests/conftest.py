@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,3 +52,39 @@ def chat(user: str, answer: str, system: str | None = None) -> dict[str, object]
     if system:
         messages.insert(0, {"role": "system", "content": system})
     return {"messages": messages}
+
+
+TICKETS = {
+    "hardware": "printer {} is jammed again",
+    "accounts": "password {} expired today",
+    "billing": "invoice {} was charged twice",
+}
+
+
+def ticket_run_recipe(
+    tiny_model: Path, tmp_path: Path, name: str, labels: list[str], **data: Any
+) -> dict[str, Any]:
+    """A tiny classification run's recipe over a CSV of 6 templated tickets per label
+    (written to tmp_path/tickets.csv); `data` adds or overrides data settings."""
+    train_csv = tmp_path / "tickets.csv"
+    with train_csv.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["text", "label"])
+        writer.writeheader()
+        for label in labels:
+            writer.writerows({"text": TICKETS[label].format(i), "label": label} for i in range(6))
+    return {
+        "name": name,
+        "model": str(tiny_model),
+        "data": {
+            "train": str(train_csv),
+            "format": "classification",
+            "template": "{text}",
+            "validation_split": 0.25,
+            "system_prompt": "Route the ticket.",
+            "max_length": 64,
+            **data,
+        },
+        "adapter": {"type": "lora", "r": 4, "alpha": 8},
+        "training": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-2},
+        "output_dir": str(tmp_path / "runs"),
+    }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -15,6 +14,8 @@ from tuneloop.data.hints import HINT_PREFIX, HintIndex, with_hints
 from tuneloop.errors import TuneloopError
 from tuneloop.evaluate import evaluate_file
 from tuneloop.train import train
+
+from conftest import ticket_run_recipe
 
 
 def _unit(rows: list[list[float]]) -> np.ndarray:
@@ -103,30 +104,8 @@ def test_bad_index_and_unlabelled_rows_are_clear_errors(tmp_path: Path) -> None:
 def test_a_run_with_label_hints_prompts_new_data_with_the_same_hints(
     tiny_model: Path, tmp_path: Path
 ) -> None:
-    rows = [{"text": f"printer {i} is jammed again", "label": "hardware"} for i in range(6)]
-    rows += [{"text": f"password {i} expired today", "label": "accounts"} for i in range(6)]
-    train_csv = tmp_path / "tickets.csv"
-    with train_csv.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["text", "label"])
-        writer.writeheader()
-        writer.writerows(rows)
     recipe = recipe_from_dict(
-        {
-            "name": "hinted",
-            "model": str(tiny_model),
-            "data": {
-                "train": str(train_csv),
-                "format": "classification",
-                "template": "{text}",
-                "validation_split": 0.25,
-                "label_hints": 2,
-                "system_prompt": "Route the ticket.",
-                "max_length": 64,
-            },
-            "adapter": {"type": "lora", "r": 4, "alpha": 8},
-            "training": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-2},
-            "output_dir": str(tmp_path / "runs"),
-        }
+        ticket_run_recipe(tiny_model, tmp_path, "hinted", ["hardware", "accounts"], label_hints=2)
     )
     result = train(recipe)
     meta = json.loads((result.run_dir / "run.json").read_text())

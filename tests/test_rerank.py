@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -17,6 +16,8 @@ from tuneloop.evaluate.generate import answer_tokens, encode_prompt
 from tuneloop.evaluate.rerank import LabelRerank, rerank_answers
 from tuneloop.models import load
 from tuneloop.train import train
+
+from conftest import ticket_run_recipe
 
 
 def _unit(rows: list[list[float]]) -> np.ndarray:
@@ -96,31 +97,10 @@ def test_the_choice_is_the_best_combined_score_among_the_candidates(tiny_model: 
 def test_a_run_with_label_rerank_answers_new_data_with_labels(
     tiny_model: Path, tmp_path: Path
 ) -> None:
-    rows = [{"text": f"printer {i} is jammed again", "label": "hardware"} for i in range(6)]
-    rows += [{"text": f"password {i} expired today", "label": "accounts"} for i in range(6)]
-    rows += [{"text": f"invoice {i} was charged twice", "label": "billing"} for i in range(6)]
-    train_csv = tmp_path / "tickets.csv"
-    with train_csv.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["text", "label"])
-        writer.writeheader()
-        writer.writerows(rows)
     recipe = recipe_from_dict(
-        {
-            "name": "reranked",
-            "model": str(tiny_model),
-            "data": {
-                "train": str(train_csv),
-                "format": "classification",
-                "template": "{text}",
-                "validation_split": 0.25,
-                "label_rerank": 2,
-                "system_prompt": "Route the ticket.",
-                "max_length": 64,
-            },
-            "adapter": {"type": "lora", "r": 4, "alpha": 8},
-            "training": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-2},
-            "output_dir": str(tmp_path / "runs"),
-        }
+        ticket_run_recipe(
+            tiny_model, tmp_path, "reranked", ["hardware", "accounts", "billing"], label_rerank=2
+        )
     )
     result = train(recipe)
     meta = json.loads((result.run_dir / "run.json").read_text())
@@ -180,3 +160,17 @@ def test_candidate_scores_do_not_depend_on_batching(tiny_model: Path) -> None:
             assert score == pytest.approx(_answer_logp(model, tokenizer, prompt, label), abs=1e-4)
     with pytest.raises(ValueError, match="same, non-zero number"):
         score_candidates(model, tokenizer, prompts[:2], [["a"], ["a", "b"]])
+
+
+def test_an_index_already_read_for_hints_is_reused(tmp_path: Path) -> None:
+    """A run with label hints and label reranking keeps one index; evaluation and serving
+    read it once and hand it to the reranker."""
+    from tuneloop.errors import TuneloopError
+
+    index = HintIndex(["a1", "b1"], ["a", "b"], np.eye(2, dtype=np.float32))
+    where = str(tmp_path / "gone")  # nothing on disk: a second read would fail
+    record = {"index": where, "k": 2, "weight": 2.0}
+    rerank = LabelRerank.from_record(record, {where: index})
+    assert rerank.index is index and rerank.k == 2 and rerank.weight == 2.0
+    with pytest.raises(TuneloopError, match="cannot read"):
+        LabelRerank.from_record(record, {str(tmp_path / "other"): index})

@@ -61,7 +61,8 @@ class ModelWorker:
         if rerank_cfg:
             from tuneloop.evaluate.rerank import LabelRerank
 
-            self.rerank = LabelRerank.from_record(rerank_cfg)
+            loaded = {hints_cfg["index"]: self.hints[0]} if self.hints else None
+            self.rerank = LabelRerank.from_record(rerank_cfg, loaded)
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="tuneloop-serve", daemon=True)
         self._thread.start()

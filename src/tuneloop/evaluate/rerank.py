@@ -31,10 +31,16 @@ class LabelRerank:
     weight: float = 1.0
 
     @classmethod
-    def from_record(cls, record: dict[str, Any]) -> LabelRerank:
+    def from_record(
+        cls, record: dict[str, Any], loaded: dict[str, Any] | None = None
+    ) -> LabelRerank:
+        """From the run's `label_rerank` record. loaded: indexes already read, by directory
+        (a run with label hints too keeps one index for both; it is read once)."""
         from tuneloop.data.hints import HintIndex
 
-        return cls(HintIndex.load(record["index"]), int(record["k"]), float(record["weight"]))
+        where = record["index"]
+        index = (loaded or {}).get(where) or HintIndex.load(where)
+        return cls(index, int(record["k"]), float(record["weight"]))
 
 
 @dataclass

@@ -205,20 +205,24 @@ def evaluate_file(
         loaded_data.conversations = with_system_prompt(loaded_data.conversations, system_prompt)
     conversations = loaded_data.conversations[:limit] if limit else loaded_data.conversations
     rerank_cfg = (trained or {}).get("label_rerank")
+    hints_cfg = (trained or {}).get("label_hints")
+    loaded: dict[str, Any] = {}  # label indexes by directory, each read once
+    if hints_cfg:
+        from tuneloop.data.hints import HintIndex
+
+        loaded[hints_cfg["index"]] = HintIndex.load(hints_cfg["index"])
     rerank = queries = None
     if rerank_cfg:
         # the run answers by reranking its label index's candidates (raw texts, no hints)
         from tuneloop.data.hints import query_text
 
-        rerank = LabelRerank.from_record(rerank_cfg)
+        rerank = LabelRerank.from_record(rerank_cfg, loaded)
         queries = [query_text(c) for c in conversations]
-    hints_cfg = (trained or {}).get("label_hints")
     if hints_cfg:
         # the run was trained with label hints: add the same hints from the same rows
-        from tuneloop.data.hints import HintIndex, with_hints
+        from tuneloop.data.hints import with_hints
 
-        index = HintIndex.load(hints_cfg["index"])
-        conversations = with_hints(conversations, index, hints_cfg["k"])
+        conversations = with_hints(conversations, loaded[hints_cfg["index"]], hints_cfg["k"])
     choices = None
     if constrain_labels:
         choices = (trained or {}).get("labels") or sorted(

@@ -419,6 +419,30 @@ def load_trainable_state(model: Any, weights: dict[str, Any], where: Path) -> No
             params[name].copy_(value.to(params[name].device, params[name].dtype))
 
 
+def _peak_memory_gb(accelerator: Any) -> float:
+    """The most memory any process has held so far, in GB: the device's allocated peak on
+    a GPU, the process's peak resident set on a CPU. A collective (a max over processes)."""
+    import resource
+    import sys
+
+    import torch
+
+    if accelerator.device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(accelerator.device) / 1e9
+    else:  # ru_maxrss is KiB on Linux, bytes on macOS
+        unit = 1 if sys.platform == "darwin" else 1024
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit / 1e9
+    if accelerator.num_processes > 1:
+        peak = float(accelerator.reduce(torch.tensor([peak], device=accelerator.device), "max"))
+    return round(peak, 3)
+
+
+def _hidden_size(model: Any) -> int:
+    """The model's hidden size (0 when its config does not say)."""
+    config = getattr(model, "config", None)
+    return int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0) or 0)
+
+
 def _launched_world() -> int:
     """How many processes torchrun started (1 outside torchrun)."""
     import os
@@ -470,6 +494,7 @@ def run_loop(
             cfg,
             _launched_world(),
             torch.cuda.is_available(),
+            _hidden_size(model),
             log_with=cfg.report_to or None,
             project_dir=str(run_path),
         )
@@ -728,6 +753,7 @@ def run_loop(
                     "learning_rate": lr,
                     "tokens_seen": state["tokens"],
                     "tokens_per_s": window["tokens"] / elapsed,
+                    "peak_memory_gb": _peak_memory_gb(accelerator),
                 }
                 log(last_entry)
                 if bar:
