@@ -309,6 +309,43 @@ def test_qlora_on_cpu_and_tiny_max_length_are_refused(tiny_model: Path, tmp_path
     assert all(r.status == "failed" for r in registry.list_runs())
 
 
+def _cuda_with_bitsandbytes() -> bool:
+    import importlib.util
+
+    import torch
+
+    return torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
+
+
+@pytest.mark.skipif(not _cuda_with_bitsandbytes(), reason="QLoRA needs a CUDA GPU + bitsandbytes")
+def test_qlora_trains_lora_on_a_4bit_nf4_base_and_saves_a_peft_adapter(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """GPU only (CI has none): the base's linear layers are 4-bit NF4 with double
+    quantisation, only the LoRA weights train, the loss falls, and the adapter is saved in
+    the PEFT layout."""
+    import bitsandbytes as bnb
+
+    seen: dict[str, Any] = {}
+
+    def inspect(step: int, model: Any) -> None:
+        if step == 1:
+            layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+            seen["layers"] = len(layers)
+            seen["quant"] = {m.weight.quant_state.quant_type for m in layers}
+            seen["nested"] = all(m.weight.quant_state.nested for m in layers)
+            seen["trainable"] = {n for n, p in model.named_parameters() if p.requires_grad}
+
+    recipe = _recipe(tiny_model, tmp_path, adapter={"type": "qlora"}, training={"max_steps": 8})
+    result = train(recipe, on_step=inspect)
+    assert seen["layers"] > 0 and seen["quant"] == {"nf4"} and seen["nested"]
+    assert seen["trainable"] and all("lora_" in n for n in seen["trainable"])
+    losses = _losses(result.history)
+    assert all(math.isfinite(x) for x in losses.values()) and losses[8] < losses[1]
+    assert (result.run_dir / "model" / "adapter_model.safetensors").is_file()
+    assert (result.run_dir / "model" / "adapter_config.json").is_file()
+
+
 def test_loss_is_finite_and_logged_to_registry(tiny_model: Path, tmp_path: Path) -> None:
     result = train(_recipe(tiny_model, tmp_path))
     entries = registry.run_metrics(result.run_id)
