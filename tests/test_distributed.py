@@ -204,3 +204,43 @@ def test_zero_without_deepspeed_is_a_clear_error_before_any_process_starts(
     with pytest.raises(TrainingError, match="pip install deepspeed"):
         launch(load_recipe(path), str(path), [], 2)
     assert registry.list_runs() == []  # no run record was created
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo process groups are tested on Linux")
+def test_two_nodes_started_by_torchrun_train_one_run(tiny_model: Path, tmp_path: Path) -> None:
+    """The documented multi-node command, with two "nodes" on this machine (one process
+    each): torchrun starts the workers itself, rank 0 creates the run and shares it through
+    the rendezvous store, and the result equals one process with the same global batch."""
+    one = _tuneloop("train", str(_write_recipe(tmp_path / "one.yaml", tiny_model, 8)))
+    assert one.returncode == 0, one.stderr[-2000:]
+    recipe = _write_recipe(tmp_path / "nodes.yaml", tiny_model, 4, "nodes")
+    endpoint = f"127.0.0.1:{_free_port()}"
+    env = dict(os.environ, TUNELOOP_NO_PROGRESS="1", OMP_NUM_THREADS="1")
+
+    def command(rank: int) -> list[str]:
+        return [
+            sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+            "--node_rank", str(rank), "--nproc_per_node", "1", "--rdzv_endpoint", endpoint,
+            "-m", "tuneloop.cli", "train", str(recipe),
+        ]  # fmt: skip
+
+    nodes = [
+        subprocess.Popen(
+            command(rank), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), outputs[0][-2000:] + outputs[1][-2000:]
+    runs = {r.name: r for r in registry.list_runs()}
+    assert set(runs) == {"ddp-b8", "nodes-b4"}  # one record for both nodes
+    assert runs["nodes-b4"].status == "completed"
+    _assert_same_losses(runs["ddp-b8"].id, runs["nodes-b4"].id, steps=3)

@@ -310,6 +310,38 @@ def resume_arg(resume: str | Path | bool) -> Path | bool:
     return Path(resume)
 
 
+def _shared_run(
+    recipe: Recipe, datasets: dict[str, int], base_path: str, run_dir: str | Path | None
+) -> tuple[Any, Path]:
+    """torchrun started every process itself (e.g. on several nodes, without `--nproc`):
+    rank 0 creates the run and publishes its id and directory in torchrun's rendezvous
+    store; every other rank reads them there, so all ranks train one run and only rank 0
+    touches the registry (the other nodes need no access to it)."""
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    rank = int(os.environ.get("RANK", "0"))
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        is_master=not agent_store and rank == 0,
+        timeout=timedelta(minutes=30),  # rank 0 may still be loading data
+        multi_tenant=True,
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    key = f"tuneloop/run/{os.environ.get('TORCHELASTIC_RUN_ID', 'none')}/{attempt}"
+    if rank == 0:
+        run, run_path = start_run(recipe, datasets, base_path, run_dir)
+        shared = {"id": run.id, "dir": str(run_path), "git_commit": run.git_commit}
+        store.set(key, json.dumps(shared))
+        return run, run_path
+    shared = json.loads(store.get(key))
+    return SimpleNamespace(id=shared["id"], git_commit=shared["git_commit"]), Path(shared["dir"])
+
+
 def run_for(
     recipe: Recipe,
     datasets: dict[str, int],
@@ -327,6 +359,8 @@ def run_for(
         if is_main_process():
             registry.link_datasets(run_id, datasets)
         return registry.get_run(run_id), Path(os.environ[LAUNCHED_RUN_DIR])
+    if not resume and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return _shared_run(recipe, datasets, base_path, run_dir)
     if not resume:
         return start_run(recipe, datasets, base_path, run_dir)
     from tuneloop.errors import TrainingError
@@ -338,10 +372,14 @@ def run_for(
         raise TrainingError(f"{run_dir} is not a run directory (no run.json); nothing to resume")
     import json
 
-    run_id = json.loads(meta.read_text(encoding="utf-8"))["run_id"]
+    recorded = json.loads(meta.read_text(encoding="utf-8"))
+    run_id = recorded["run_id"]
     if is_main_process():
         registry.update_run(run_id, status="running", error=None)
-    return registry.get_run(run_id), Path(run_dir)
+        return registry.get_run(run_id), Path(run_dir)
+    from types import SimpleNamespace  # other ranks (other nodes) need no registry
+
+    return SimpleNamespace(id=run_id, git_commit=recorded.get("git_commit")), Path(run_dir)
 
 
 # --- model -------------------------------------------------------------------------------

@@ -9,9 +9,9 @@ process group (gloo on CPU, NCCL on GPUs) comes from the environment torchrun se
 so N processes compute what one process computes with the same global batch. Only rank 0
 writes files and registry records.
 
-Multi-node: run torchrun yourself on every node with the same rendezvous settings and set
-TUNELOOP_LAUNCHED_RUN / TUNELOOP_LAUNCHED_RUN_DIR (a run id and a shared directory) so
-all ranks join one run, e.g. on node 0 of 2:
+Multi-node: run torchrun yourself on every node with the same rendezvous settings; rank 0
+creates the run and shares it through torchrun's rendezvous store (common._shared_run),
+e.g. on node 0 of 2:
 
     torchrun --nnodes 2 --node_rank 0 --nproc_per_node 8 --rdzv_endpoint host:29500 \
         -m tuneloop.cli train recipe.yaml
