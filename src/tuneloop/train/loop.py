@@ -16,7 +16,9 @@ Why tuneloop owns this loop instead of handing batches to `transformers.Trainer`
 `accelerate` provides devices, mixed precision and DDP wrapping, so the same loop runs on
 a laptop and under torchrun. With `training.distributed: fsdp` the loop shards the model
 itself with PyTorch FSDP2 (`fully_shard`) and gathers full weights for checkpoints and the
-final model, so checkpoints look the same whichever way the run was split.
+final model, so checkpoints look the same whichever way the run was split. With
+`zero1`/`zero2`/`zero3`, accelerate builds a DeepSpeed ZeRO engine and the loop drives it
+through train/zero.py (its backward and step), keeping the same accounting and guards.
 """
 
 from __future__ import annotations
