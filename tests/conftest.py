@@ -54,6 +54,15 @@ def chat(user: str, answer: str, system: str | None = None) -> dict[str, object]
     return {"messages": messages}
 
 
+BANK_QUERIES = [  # two per intent: card arrival, password, exchange rate
+    "my card has not arrived yet",
+    "when will my new card be delivered",
+    "I forgot my password and cannot log in",
+    "how do I reset my login password",
+    "what is the exchange rate for euros",
+    "how much is a dollar in pounds today",
+]
+
 TICKETS = {
     "hardware": "printer {} is jammed again",
     "accounts": "password {} expired today",

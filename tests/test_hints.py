@@ -15,7 +15,7 @@ from tuneloop.errors import TuneloopError
 from tuneloop.evaluate import evaluate_file
 from tuneloop.train import train
 
-from conftest import ticket_run_recipe
+from conftest import BANK_QUERIES, ticket_run_recipe
 
 
 def _unit(rows: list[list[float]]) -> np.ndarray:
@@ -52,14 +52,7 @@ def test_leave_one_out_never_hints_a_row_with_itself() -> None:
 
 
 def test_hints_from_real_embeddings_and_the_index_round_trip(tmp_path: Path) -> None:
-    texts = [
-        "my card has not arrived yet",
-        "when will my new card be delivered",
-        "I forgot my password and cannot log in",
-        "how do I reset my login password",
-        "what is the exchange rate for euros",
-        "how much is a dollar in pounds today",
-    ]
+    texts = BANK_QUERIES  # two per intent: card, password, exchange rate
     labels = ["card_arrival"] * 2 + ["password"] * 2 + ["exchange_rate"] * 2
     index = HintIndex.build(texts, labels)
     convs = [

@@ -17,7 +17,7 @@ from tuneloop.evaluate.rerank import LabelRerank, rerank_answers
 from tuneloop.models import load
 from tuneloop.train import train
 
-from conftest import ticket_run_recipe
+from conftest import BANK_QUERIES, ticket_run_recipe
 
 
 def _unit(rows: list[list[float]]) -> np.ndarray:
@@ -55,14 +55,7 @@ def test_label_log_probs_are_a_softmax_of_log_sum_exp_scores() -> None:
 
 def test_the_choice_is_the_best_combined_score_among_the_candidates(tiny_model: Path) -> None:
     model, tokenizer, _ = load(str(tiny_model))
-    texts = [
-        "my card has not arrived yet",
-        "when will my new card be delivered",
-        "I forgot my password and cannot log in",
-        "how do I reset my login password",
-        "what is the exchange rate for euros",
-        "how much is a dollar in pounds today",
-    ]
+    texts = BANK_QUERIES  # two per intent: card, password, exchange rate
     labels = ["card", "card", "password", "password", "rate", "rate"]
     index = HintIndex.build(texts, labels)
     queries = ["my card is still not here", "what rate do you give for yen"]
