@@ -15,9 +15,9 @@ train/loop.py keeps its own accounting, so a ZeRO run computes what one process 
 - The optimizer is the loop's `torch.optim.AdamW` (DeepSpeed's FusedAdam would compile a
   C++ extension); weights and optimizer state stay fp32, with bf16 autocast in the forward
   pass when the recipe's precision asks for it, as in every other path.
-- Checkpoints keep tuneloop's layout: rank 0 writes the gathered trainable weights, and the
-  optimizer file holds every rank's ZeRO partition (DeepSpeed's own per-rank state dicts),
-  so `--resume --nproc N` continues exactly. The final model is gathered into plain tensors
+- Checkpoints keep tuneloop's layout: rank 0 writes the gathered trainable weights, and
+  `extra.pt` holds every rank's ZeRO partition (DeepSpeed's own per-rank state dicts), so
+  `--resume --nproc N` continues exactly. The final model is gathered into plain tensors
   on rank 0, so it is saved like any other run's.
 
 On a CPU the process group is gloo (DeepSpeed's CPU accelerator falls back to it when
