@@ -318,28 +318,35 @@ def _shared_run(
     store; every other rank reads them there, so all ranks train one run and only rank 0
     touches the registry (the other nodes need no access to it)."""
     from datetime import timedelta
-    from types import SimpleNamespace
 
     import torch.distributed as dist
 
-    rank = int(os.environ.get("RANK", "0"))
+    main = is_main_process()
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     store = dist.TCPStore(
         os.environ["MASTER_ADDR"],
         int(os.environ["MASTER_PORT"]),
-        is_master=not agent_store and rank == 0,
+        is_master=not agent_store and main,
         timeout=timedelta(minutes=30),  # rank 0 may still be loading data
         multi_tenant=True,
     )
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     key = f"tuneloop/run/{os.environ.get('TORCHELASTIC_RUN_ID', 'none')}/{attempt}"
-    if rank == 0:
+    if main:
         run, run_path = start_run(recipe, datasets, base_path, run_dir)
         shared = {"id": run.id, "dir": str(run_path), "git_commit": run.git_commit}
         store.set(key, json.dumps(shared))
         return run, run_path
     shared = json.loads(store.get(key))
-    return SimpleNamespace(id=shared["id"], git_commit=shared["git_commit"]), Path(shared["dir"])
+    return _run_stub(shared["id"], shared["git_commit"]), Path(shared["dir"])
+
+
+def _run_stub(run_id: int, git_commit: str | None) -> Any:
+    """What a rank other than 0 needs of the run record (its id and commit, for run.json),
+    without reading the registry, which other nodes may not reach."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(id=run_id, git_commit=git_commit)
 
 
 def run_for(
@@ -359,7 +366,9 @@ def run_for(
         if is_main_process():
             registry.link_datasets(run_id, datasets)
         return registry.get_run(run_id), Path(os.environ[LAUNCHED_RUN_DIR])
-    if not resume and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    from tuneloop.train.loop import launched_world
+
+    if not resume and launched_world() > 1:
         return _shared_run(recipe, datasets, base_path, run_dir)
     if not resume:
         return start_run(recipe, datasets, base_path, run_dir)
@@ -377,9 +386,7 @@ def run_for(
     if is_main_process():
         registry.update_run(run_id, status="running", error=None)
         return registry.get_run(run_id), Path(run_dir)
-    from types import SimpleNamespace  # other ranks (other nodes) need no registry
-
-    return SimpleNamespace(id=run_id, git_commit=recorded.get("git_commit")), Path(run_dir)
+    return _run_stub(run_id, recorded.get("git_commit")), Path(run_dir)
 
 
 # --- model -------------------------------------------------------------------------------

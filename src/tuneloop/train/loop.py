@@ -445,7 +445,7 @@ def _hidden_size(model: Any) -> int:
     return int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0) or 0)
 
 
-def _launched_world() -> int:
+def launched_world() -> int:
     """How many processes torchrun started (1 outside torchrun)."""
     import os
 
@@ -489,12 +489,13 @@ def run_loop(
     if not train:
         raise TrainingError("no training examples left after tokenisation")
     AcceleratorState._reset_state(True)  # one process may run several trainings (sweeps, tests)
-    zero_stage = zero.stage_of(cfg.distributed) if _launched_world() > 1 else None
+    launched = launched_world()
+    zero_stage = zero.stage_of(cfg.distributed) if launched > 1 else None
     if zero_stage:
         accelerator = zero.make_accelerator(
             zero_stage,
             cfg,
-            _launched_world(),
+            launched,
             torch.cuda.is_available(),
             _hidden_size(model),
             log_with=cfg.report_to or None,
@@ -578,7 +579,7 @@ def run_loop(
             _fsdp_load_optimizer(net, optimizer, ckpt["optimizer"]["optimizer"])
         elif ds:
             ds.load_weights(ckpt["weights"], load_trainable_state, path)
-            ds.load_optimizer_state((ckpt["extra"] or {}).get("zero", {}), path)
+            ds.load_optimizer_state(ckpt["extra"]["zero"])
         else:
             load_trainable_state(inner(), ckpt["weights"], path)
             optimizer.load_state_dict(ckpt["optimizer"]["optimizer"])

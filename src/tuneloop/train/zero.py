@@ -171,16 +171,12 @@ class ZeroEngine:
         mine = self.engine.optimizer.state_dict()
         ranks: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(ranks, mine)
-        return {"zero_stage": self.stage, "ranks": ranks}
+        return {"ranks": ranks}
 
-    def load_optimizer_state(self, state: dict[str, Any], where: Any) -> None:
-        """Restore this rank's partition from `optimizer_state()`'s output. The weights
-        must be loaded first: the fp32 partitions are refreshed from them (exact in fp32)."""
-        if state.get("zero_stage") != self.stage:
-            raise TrainingError(
-                f"{where}: written with ZeRO stage {state.get('zero_stage')}; resume with "
-                f"training.distributed zero{state.get('zero_stage')}, as the run"
-            )
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        """Restore this rank's partition from `optimizer_state()`'s output (the loop has
+        checked the checkpoint's layout, stage included). The weights must be loaded first:
+        the fp32 partitions are refreshed from them (exact in fp32)."""
         self.engine.optimizer.load_state_dict(state["ranks"], load_from_fp32_weights=False)
 
     def release(self, main: bool) -> None:
