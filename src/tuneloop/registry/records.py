@@ -9,6 +9,7 @@ import hashlib
 import json
 import subprocess
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import select
@@ -29,8 +30,11 @@ from tuneloop.registry.tables import (
 )
 
 
-def content_hash(rows: list[Any]) -> str:
-    """SHA-256 of the rows as canonical JSON: equal content gives an equal hash."""
+def content_hash(rows: Iterable[Any]) -> str:
+    """SHA-256 of the rows as canonical JSON: equal content gives an equal hash.
+
+    Takes any iterable, so a caller streaming rows in batches hashes without holding them.
+    """
     digest = hashlib.sha256()
     for row in rows:
         digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode("utf-8"))
@@ -56,18 +60,26 @@ def git_commit(path: Path | None = None) -> str | None:
 
 def register_dataset(
     name: str,
-    rows: list[Any],
+    rows: list[Any] | None,
     path: str,
     fmt: str,
     meta: dict[str, Any] | None = None,
     parent_id: int | None = None,
+    *,
+    digest: str | None = None,
+    num_rows: int | None = None,
 ) -> Dataset:
     """Record a dataset version; identical content under the same name reuses the version.
 
     A changed file with a known name becomes version N+1 whose parent is version N, unless
     `parent_id` names the parent explicitly (a curated dataset's parent is its raw input).
+    A caller that streamed its rows passes `rows=None` with their `digest` (`content_hash`)
+    and `num_rows` instead.
     """
-    digest = content_hash(rows)
+    if rows is not None:
+        digest, num_rows = content_hash(rows), len(rows)
+    if digest is None or num_rows is None:
+        raise ValueError("register_dataset needs rows, or both digest and num_rows")
     with session_scope() as s:
         latest = s.scalars(
             select(Dataset).where(Dataset.name == name).order_by(Dataset.version.desc()).limit(1)
@@ -81,7 +93,7 @@ def register_dataset(
             parent_id=parent_id if parent_id is not None else (latest.id if latest else None),
             path=path,
             format=fmt,
-            num_rows=len(rows),
+            num_rows=num_rows,
             meta=meta or {},
         )
         s.add(record)
