@@ -8,8 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
