@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tuneloop import registry
-from tuneloop.quickstart import run_quickstart
+from tuneloop.workflows.quickstart import run_quickstart
 
 
 @pytest.mark.slow

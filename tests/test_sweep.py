@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from tuneloop import registry
 from tuneloop.cli import cli
 from tuneloop.errors import RecipeError
-from tuneloop.train.sweep import parse_axis, resolve_key
+from tuneloop.workflows.sweep import parse_axis, resolve_key
 
 from conftest import SUPPORT
 

@@ -1,11 +1,60 @@
 """tuneloop: fine-tune LLMs on your own data, evaluate them, and keep them good in production.
 
-Importing this package is cheap on purpose (no torch, no transformers): the CLI starts in
-well under a second and heavy libraries load only inside the commands that need them.
+The public Python API (docs/python.md) is importable from here: `tuneloop.train(...)`,
+`tuneloop.evaluate(...)`, `tuneloop.Model.load(...)`. Importing this package is cheap on
+purpose (no torch, no transformers): names resolve from `tuneloop.api` on first use, and
+heavy libraries load only inside the functions that need them.
 """
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
 
 from tuneloop.errors import TuneloopError
 
-__all__ = ["TuneloopError", "__version__"]
+API = (
+    "BUNDLED_MODEL",
+    "Curated",
+    "DataCard",
+    "DatasetInfo",
+    "Model",
+    "Run",
+    "StepCount",
+    "SuiteReport",
+    "compare",
+    "curate",
+    "curation_steps",
+    "dataset",
+    "datasets",
+    "diff_datasets",
+    "evaluate",
+    "export",
+    "get_run",
+    "inspect",
+    "judge_agreement",
+    "list_models",
+    "load_recipe",
+    "pull_model",
+    "quickstart",
+    "recipe_schema",
+    "run_directory",
+    "run_suite",
+    "runs",
+    "serve",
+    "sweep",
+    "train",
+)
+"""The public names, documented in docs/python.md (a test keeps the two in step)."""
+
+__all__ = ["TuneloopError", "__version__", *API]
+
+
+def __getattr__(name: str) -> Any:
+    # lazy: `import tuneloop.registry` (which every layer does) must not pull the API in
+    if name in API:
+        from tuneloop import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'tuneloop' has no attribute {name!r}")

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +55,19 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def atomic_write_json(path: str | os.PathLike[str], data: Any, *, indent: int | None = 2) -> None:
-    """Write `data` as JSON (UTF-8, non-ASCII kept as written) to `path` atomically."""
-    atomic_write_text(path, json.dumps(data, indent=indent, ensure_ascii=False) + "\n")
+def atomic_write_json(
+    path: str | os.PathLike[str],
+    data: Any,
+    *,
+    indent: int | None = 2,
+    default: Callable[[Any], Any] | None = None,
+) -> None:
+    """Write `data` as JSON (UTF-8, non-ASCII kept as written) to `path` atomically.
+
+    `default` is `json.dumps`'s: reports pass `str` so paths and timestamps are written.
+    """
+    text = json.dumps(data, indent=indent, ensure_ascii=False, default=default)
+    atomic_write_text(path, text + "\n")
 
 
 def atomic_write_jsonl(path: str | os.PathLike[str], rows: Any) -> None:

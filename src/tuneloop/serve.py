@@ -64,8 +64,7 @@ class ModelWorker:
             loaded = {hints_cfg["index"]: self.hints[0]} if self.hints else None
             self.rerank = LabelRerank.from_record(rerank_cfg, loaded)
         self._queue: queue.Queue[_Job | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name="tuneloop-serve", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None  # started by the first queued request
 
     def prepare(self, conversations: list[list[dict[str, str]]]) -> list[list[dict[str, str]]]:
         """The requests as the model was trained to see them (system prompt, label hints);
@@ -81,15 +80,34 @@ class ModelWorker:
             conversations = with_hints(conversations, index, k)
         return conversations
 
+    def answer(self, conversations: list[list[dict[str, str]]], max_tokens: int) -> list[Any]:
+        """Greedy generations for a batch of conversations, prompted as the run was trained
+        (the synchronous path: `tuneloop.Model.generate` and each queued micro-batch)."""
+        return self._generate(conversations, self.prepare(conversations), max_tokens)
+
+    def _generate(
+        self, raw: list[list[dict[str, str]]], prompts: list[Any], max_tokens: int
+    ) -> list[Any]:
+        from tuneloop.evaluate.generate import generate
+
+        if self.rerank is not None:
+            return self._rerank(raw, prompts)
+        gens, _ = generate(self.model, self.tokenizer, prompts, max_tokens, len(prompts))
+        return gens
+
     def submit(self, job: _Job) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="tuneloop-serve", daemon=True)
+            self._thread.start()
         self._queue.put(job)
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=30)
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=30)
 
     def _loop(self) -> None:
-        from tuneloop.evaluate.generate import encode_prompt, generate
+        from tuneloop.evaluate.generate import encode_prompt
 
         while True:
             first = self._queue.get()
@@ -109,11 +127,9 @@ class ModelWorker:
             for budget in sorted({j.max_tokens for j in jobs}):
                 group = [j for j in jobs if j.max_tokens == budget]
                 try:
-                    prompts = self.prepare([j.messages for j in group])
-                    if self.rerank is not None:
-                        gens = self._rerank([j.messages for j in group], prompts)
-                    else:
-                        gens, _ = generate(self.model, self.tokenizer, prompts, budget, len(group))
+                    conversations = [j.messages for j in group]
+                    prompts = self.prepare(conversations)
+                    gens = self._generate(conversations, prompts, budget)
                     results: list[Any] = [
                         (g, len(encode_prompt(self.tokenizer, p)))
                         for g, p in zip(gens, prompts, strict=True)

@@ -59,6 +59,20 @@ class RowOptions:
     text_field: str | None = None  # classification: which column holds the text
     label_field: str | None = None  # classification: which column holds the label
 
+    @classmethod
+    def from_prompt_format(cls, fmt: dict[str, Any]) -> RowOptions:
+        """The options a run recorded as its `prompt_format`, to read new data as it read its own.
+
+        Lives with the data layer (not in `train`) so that evaluation and serving, which
+        must not import training, turn new rows into prompts exactly as the run did.
+        """
+        return cls(
+            system_prompt=fmt.get("system_prompt"),
+            classification_template=fmt.get("template") or DEFAULT_CLASSIFICATION_TEMPLATE,
+            text_field=fmt.get("text_field"),
+            label_field=fmt.get("label_field"),
+        )
+
 
 def detect_format(row: Any) -> str | None:
     """The format a row is in, judged by its keys, or None."""

@@ -9,9 +9,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
-import os
-from pathlib import Path
 from typing import Any
 
 from tuneloop.evaluate.metrics import HIGHER_IS_BETTER
@@ -41,17 +38,6 @@ def loss_curve_png(history: list[dict[str, Any]]) -> bytes | None:
 
 def improved(name: str, base: float, tuned: float) -> bool:
     return tuned > base if HIGHER_IS_BETTER.get(name, True) else tuned < base
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file and rename, so a crash never leaves half a report."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, default=str))
 
 
 def render_template(name: str, **context: Any) -> str:

@@ -12,17 +12,21 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.config.recipe import METRICS
-from tuneloop.data.formats import Conversation
+from tuneloop.data.formats import Conversation, RowOptions
 from tuneloop.data.readers import read_conversations, with_system_prompt
 from tuneloop.errors import TuneloopError
 from tuneloop.evaluate import metrics as M
 from tuneloop.evaluate.generate import answer_nll, generate
 from tuneloop.evaluate.rerank import LabelRerank
 from tuneloop.progress import Progress
+from tuneloop.results import Serializable
 
 
 @dataclass
-class EvalOutput:
+class EvalOutput(Serializable):
+    """One evaluation: metrics, per-example rows, the classification report for labelled
+    data, and the registry ids of the stored evaluation and its dataset."""
+
     metrics: dict[str, float]
     examples: list[dict[str, Any]]
     seconds: float
@@ -193,9 +197,7 @@ def evaluate_file(
     options = None
     trained = _trained_prompt_format(model_ref) if use_run_format else None
     if trained:
-        from tuneloop.train.common import options_from_format
-
-        options = options_from_format(trained)
+        options = RowOptions.from_prompt_format(trained)
     loaded_data = read_conversations(data_path, fmt=fmt, options=options)
     remote = is_remote(model_ref)
     resolved = ResolvedModel(ref=model_ref, base=model_ref) if remote else resolve(model_ref)

@@ -190,6 +190,14 @@ def evaluate_task(task: SuiteTask, model: str, run_id: int | None = None) -> Any
 
 def run_suite(suite: Suite, models: list[str]) -> dict[str, Any]:
     """Evaluate every model on every task (and judge pairs when configured)."""
+    report, _ = _run_models(suite, models)
+    return report
+
+
+def _run_models(
+    suite: Suite, models: list[str]
+) -> tuple[dict[str, Any], dict[tuple[str, str], Any]]:
+    """The suite report, and every (task, model) evaluation with its per-example answers."""
     from collections import Counter
 
     if not models:
@@ -218,8 +226,7 @@ def run_suite(suite: Suite, models: list[str]) -> dict[str, Any]:
     if suite.pairwise and len(models) > 1:
         report["pairwise"] = _pairwise(suite, models, answers)
     report["seconds"] = time.perf_counter() - start
-    report["_answers"] = answers
-    return report
+    return report, answers
 
 
 def _pairwise(suite: Suite, models: list[str], answers: dict[tuple[str, str], Any]) -> dict:
@@ -376,8 +383,7 @@ def compare(suite: Suite, base: str, tuned: str, top: int = 5) -> dict[str, Any]
             forget = forget.model_copy(update={"name": forget.name + "-probes"})
         tasks.append(forget)
     full = suite.model_copy(update={"tasks": tasks})
-    report = run_suite(full, [base, tuned])
-    answers = report.pop("_answers")
+    report, answers = _run_models(full, [base, tuned])
     out: dict[str, Any] = {"suite": suite.name, "base": base, "tuned": tuned, "tasks": {}}
     for task in tasks:
         eb, et = answers[(task.name, base)].examples, answers[(task.name, tuned)].examples
@@ -497,15 +503,16 @@ def write_report(
 ) -> tuple[Path, Path]:
     """report.json (everything, per-example rows included) and a self-contained
     report.html in `out_dir`, both written atomically."""
-    from tuneloop.evaluate.report import render_template, write_json_atomic, write_text_atomic
+    from tuneloop.evaluate.report import render_template
+    from tuneloop.files import atomic_write_json, atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    data = {k: v for k, v in result.items() if not k.startswith("_")}
+    data = dict(result)
     if gate is not None:
         data["gate"] = gate
     json_path = out / "report.json"
-    write_json_atomic(json_path, data)
+    atomic_write_json(json_path, data, default=str)
     tasks = {}
     for name, task in data["tasks"].items():
         if "results" in task:  # run_suite
@@ -532,5 +539,5 @@ def write_report(
         gate=gate,
     )
     html_path = out / "report.html"
-    write_text_atomic(html_path, page)
+    atomic_write_text(html_path, page)
     return json_path, html_path

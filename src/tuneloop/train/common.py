@@ -3,7 +3,6 @@ the final save. Small functions, so each method's module reads top to bottom."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -68,18 +67,6 @@ def prompt_format(recipe: Recipe, data_format: str, labels: list[str] | None) ->
         "train_on": recipe.data.train_on,
         "max_length": recipe.data.max_length,
     }
-
-
-def options_from_format(fmt: dict[str, Any]) -> RowOptions:
-    """The RowOptions a run recorded with `prompt_format` (for evaluating new data)."""
-    base = RowOptions()
-    return dataclasses.replace(
-        base,
-        system_prompt=fmt.get("system_prompt"),
-        classification_template=fmt.get("template") or base.classification_template,
-        text_field=fmt.get("text_field"),
-        label_field=fmt.get("label_field"),
-    )
 
 
 def stratified_split(

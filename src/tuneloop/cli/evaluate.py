@@ -1,0 +1,219 @@
+"""`tuneloop eval`, `compare` and `judge`."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from tuneloop import api
+from tuneloop.cli.console import quiet_libraries
+
+
+@click.command(name="eval")
+@click.argument("suite", required=False, type=click.Path(dir_okay=False))
+@click.option(
+    "--model",
+    "model_refs",
+    multiple=True,
+    required=True,
+    help="Model reference (name, dir, run:ID, openai:MODEL); repeat to compare with a suite.",
+)
+@click.option("--data", type=click.Path(), help="Chat, prompt/response or text + label file.")
+@click.option("--metric", "metrics", multiple=True, help="Metric (repeatable); default: all.")
+@click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N rows.")
+@click.option("--format", "fmt", default="auto", show_default=True, help="Row format.")
+@click.option("--system-prompt", help="System message for rows without one.")
+@click.option(
+    "--constrain-labels",
+    is_flag=True,
+    help="Classification: decode only labels from the run's label set (or the data's).",
+)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write results here.")
+@click.option(
+    "--out", type=click.Path(file_okay=False), help="Suite: report folder (default: runs dir)."
+)
+def eval_cmd(
+    suite: str | None,
+    model_refs: tuple[str, ...],
+    data: str | None,
+    metrics: tuple[str, ...],
+    max_new_tokens: int,
+    batch_size: int,
+    limit: int | None,
+    fmt: str,
+    system_prompt: str | None,
+    constrain_labels: bool,
+    json_out: str | None,
+    out: str | None,
+) -> None:
+    """Score MODEL on --data, or every --model on every task of SUITE (a YAML file)."""
+    if suite:
+        if data:
+            raise click.UsageError("give a SUITE file or --data, not both")
+        ignored = [
+            name
+            for name, given in (
+                ("--metric", metrics),
+                ("--limit", limit),
+                ("--system-prompt", system_prompt),
+                ("--constrain-labels", constrain_labels),
+                ("--json", json_out),
+                ("--format", fmt != "auto"),
+            )
+            if given
+        ]
+        if ignored:
+            raise click.UsageError(
+                f"{', '.join(ignored)}: set these per task in the suite file, not here"
+            )
+        quiet_libraries()
+        report = api.run_suite(suite, list(model_refs), out=out)
+        for name, task in report.tasks.items():
+            for model, res in task["results"].items():
+                shown = ", ".join(f"{k} {v:.4f}" for k, v in res["metrics"].items())
+                click.echo(f"{name} / {model}: {shown}")
+                if res["classification"]:
+                    echo_classification(res["classification"], top=3)
+        if "pairwise" in report.result:
+            echo_pairwise(report.result["pairwise"])
+        click.echo(f"report: {report.html_path} (and report.json)")
+        return
+    if not data:
+        raise click.UsageError("give --data FILE (or a SUITE file)")
+    if len(model_refs) != 1:
+        raise click.UsageError("--data evaluates one --model; use a SUITE file for several")
+    quiet_libraries()
+    result = api.evaluate(
+        model_refs[0],
+        data,
+        metrics or None,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        limit=limit,
+        format=fmt,
+        system_prompt=system_prompt,
+        constrain_labels=constrain_labels,
+    )
+    for name, value in result.metrics.items():
+        click.echo(f"{name:12s} {value:.4f}")
+    if result.classification:
+        echo_classification(result.classification)
+    click.echo(
+        f"eval {result.eval_id} stored ({len(result.examples)} examples, {result.seconds:.0f} s)"
+    )
+    if json_out:
+        api.write_json(json_out, {"model": model_refs[0], "data": data, **result.to_dict()})
+
+
+@click.command()
+@click.argument("base")
+@click.argument("tuned")
+@click.option("--suite", "suite_path", required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--gate",
+    help='Fail (exit 1) unless these hold for TUNED, e.g. "accuracy>=0.9,forgetting.drop<=0.05".',
+)
+@click.option("--out", type=click.Path(file_okay=False), help="Report folder.")
+def compare(base: str, tuned: str, suite_path: str, gate: str | None, out: str | None) -> None:
+    """Compare BASE and TUNED per example on a suite, with the forgetting check."""
+    quiet_libraries()
+    report = api.compare(base, tuned, suite_path, gate=gate, out=out)
+    for name, task in report.tasks.items():
+        b, t = task["base"]["metrics"], task["tuned"]["metrics"]
+        shown = ", ".join(f"{k} {b[k]:.4f} -> {t[k]:.4f}" for k in t if k in b)
+        changes = ", ".join(f"{k} {v}" for k, v in sorted(task["changes"].items()))
+        click.echo(f"{name}: {shown}; per example on {task['metric']}: {changes}")
+    f = report.forgetting or {}
+    click.echo(
+        f"forgetting ({f['metric']} on {f['task']}): base {f['base']:.4f}, tuned "
+        f"{f['tuned']:.4f}, drop {f['drop']:.4f} [{f['drop_ci']['low']:.4f}, "
+        f"{f['drop_ci']['high']:.4f}]{' FLAGGED' if f['flagged'] else ''}"
+    )
+    if "pairwise" in report.result:
+        echo_pairwise(report.result["pairwise"])
+    click.echo(f"report: {report.html_path} (and report.json)")
+    if report.gate_failed:
+        click.echo("gate FAILED: " + "; ".join(report.gate_failed), err=True)
+        sys.exit(1)
+    if gate:
+        click.echo("gate passed")
+
+
+def echo_classification(report: dict[str, Any], top: int = 5) -> None:
+    acc, f1 = report["accuracy_ci"], report["macro_f1_ci"]
+    click.echo(
+        f"classification: accuracy {acc['value']:.4f} [{acc['low']:.4f}, {acc['high']:.4f}], "
+        f"macro-F1 {f1['value']:.4f} [{f1['low']:.4f}, {f1['high']:.4f}] (95% bootstrap), "
+        f"{report['outside_label_set']} answers outside the label set"
+    )
+    for pair in report["confusions"][:top]:
+        click.echo(f"  {pair['reference']} -> {pair['predicted']}: {pair['count']}")
+
+
+def echo_pairwise(pairwise: dict[str, Any]) -> None:
+    bias = pairwise["position_bias"]
+    click.echo(
+        f"pairwise judge {pairwise['judge']}: position bias {bias['inconsistent_rate']:.1%} of "
+        f"pairs changed verdict with the order; first-shown answer won "
+        f"{bias['first_position_rate']:.1%} of decisive verdicts"
+    )
+    for row in pairwise["leaderboard"]:
+        click.echo(
+            f"  {row['model']}: {row['rating']:.0f} [{row['low']:.0f}, {row['high']:.0f}] "
+            f"(W {row['wins']} / L {row['losses']} / T {row['ties']})"
+        )
+
+
+@click.group()
+def judge() -> None:
+    """Check how far an LLM judge can be trusted."""
+
+
+@judge.command("agreement")
+@click.option("--judge", "judge_ref", required=True, help="Judge model, or openai:MODEL.")
+@click.option(
+    "--pairs",
+    required=True,
+    type=click.Path(exists=True),
+    help="Human preference labels: prompt/chosen/rejected rows or HH transcripts.",
+)
+@click.option("--limit", type=click.IntRange(min=1), help="Judge only the first N pairs.")
+@click.option("--criteria", default="helpfulness, correctness and clarity", show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Seed of the A/B coin flips.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write results here.")
+def judge_agreement(
+    judge_ref: str,
+    pairs: str,
+    limit: int | None,
+    criteria: str,
+    seed: int,
+    json_out: str | None,
+) -> None:
+    """Agreement and Cohen's kappa between a judge and human preference labels."""
+    quiet_libraries()
+    result = api.judge_agreement(judge_ref, pairs, limit=limit, criteria=criteria, seed=seed)
+    agree, bias = result["agreement"], result["position_bias"]
+    click.echo(
+        f"{result['pairs']} pairs judged by {judge_ref}: agreement with humans "
+        f"{agree['value']:.3f} [{agree['low']:.3f}, {agree['high']:.3f}], "
+        f"Cohen's kappa {result['kappa']:.3f} (0 = chance)"
+    )
+    decisive = result["decisive_agreement"]
+    click.echo(
+        f"verdicts {result['verdicts']}; on the {result['decisive']} decisive ones agreement "
+        + (f"{decisive:.3f}" if decisive is not None else "n/a")
+    )
+    click.echo(
+        f"position bias: {100 * bias['inconsistent_rate']:.1f}% of pairs changed verdict with "
+        f"the order; the first answer won {100 * bias['first_position_rate']:.1f}% of decisive "
+        "verdicts"
+    )
+    if json_out:
+        api.write_json(json_out, result)
+
+
+COMMANDS = [eval_cmd, compare, judge]

@@ -1,0 +1,136 @@
+"""`tuneloop train`, `sweep` and `export`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from tuneloop import api
+from tuneloop.cli.console import quiet_libraries
+
+
+@click.command()
+@click.argument("recipe", required=False, type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option(
+    "--resume",
+    "resume",
+    metavar="RUN",
+    help="Continue an interrupted run (its directory or run:ID) from its latest checkpoint.",
+)
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Processes to train with (torchrun; DDP, FSDP with training.distributed=fsdp, or "
+    "DeepSpeed ZeRO with training.distributed=zero1/zero2/zero3; "
+    "one per GPU, or CPU processes sharing the cores). The global batch is "
+    "batch_size x nproc. Works with --resume (same nproc as the run).",
+)
+@click.option(
+    "--from",
+    "from_checkpoint",
+    type=click.Path(file_okay=False),
+    help="With --resume: the checkpoint directory to continue from (default: the latest).",
+)
+def train(
+    recipe: str | None,
+    overrides: tuple[str, ...],
+    resume: str | None,
+    nproc: int,
+    from_checkpoint: str | None,
+) -> None:
+    """Fine-tune as described by RECIPE (YAML), with optional key=value overrides.
+
+    An interrupted run (SIGTERM, Ctrl-C, a crash after a checkpoint) continues exactly
+    where it stopped with `tuneloop train --resume RUN_DIR`.
+    """
+    if from_checkpoint and not resume:
+        raise click.UsageError(
+            "--from picks the checkpoint of a run being resumed: "
+            "add --resume RUN (its directory or run:ID)"
+        )
+    if resume and recipe and not recipe.endswith((".yaml", ".yml")):
+        overrides = (recipe, *overrides)  # `--resume RUN key=value`: no recipe given
+    elif not resume and not recipe:
+        raise click.UsageError("give a RECIPE file, or --resume RUN")
+    quiet_libraries()
+    run = api.train(
+        recipe or "", *overrides, resume=resume, from_checkpoint=from_checkpoint, nproc=nproc
+    )
+    if nproc > 1:
+        click.echo(f"run {run.id} {run.status} with {nproc} processes")
+    else:
+        click.echo(f"run {run.id} completed in {run.timings.get('seconds', 0.0):.0f} s")
+    click.echo(f"model: {run.model_dir}")
+    click.echo(json.dumps(run.metrics, indent=2))
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("args", nargs=-1)
+@click.option("--grid", "grid", multiple=True, metavar="KEY=V1,V2", help="A swept key.")
+@click.option(
+    "--data-fractions",
+    metavar="F1,F2",
+    help="Train on these fractions of the training rows, e.g. 0.1,0.25,0.5,1.0.",
+)
+@click.option(
+    "--metric",
+    default="eval_loss",
+    show_default=True,
+    help="What ranks the runs: eval_loss (from validation) or a generation metric "
+    "(exact_match, rouge_l, bleu) scored on the validation data.",
+)
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Sweep folder.")
+def sweep(
+    recipe: str,
+    args: tuple[str, ...],
+    grid: tuple[str, ...],
+    data_fractions: str | None,
+    metric: str,
+    out: str | None,
+) -> None:
+    """Train RECIPE over a grid of settings and/or data amounts; table, plots, best run.
+
+    \b
+    tuneloop sweep RECIPE --grid learning_rate=1e-4,2e-4 lora.r=8,16
+    tuneloop sweep RECIPE --data-fractions 0.1,0.25,0.5,1.0 data.validation_split=0.1
+
+    Arguments after RECIPE of the form key=v1,v2 (a comma in the value) are swept like
+    --grid; key=value ones are plain overrides applied to every run.
+    """
+    axes = list(grid) + [a for a in args if "=" in a and "," in a.partition("=")[2]]
+    overrides = [a for a in args if a not in axes]
+    fractions = [float(x) for x in data_fractions.split(",")] if data_fractions else None
+    if not axes and not fractions:
+        raise click.UsageError("nothing to sweep: give --grid KEY=V1,V2 or --data-fractions")
+    quiet_libraries()
+    result = api.sweep(
+        recipe, axes, data_fractions=fractions, metric=metric, out=out, overrides=overrides
+    )
+    click.echo((result.directory / "results.md").read_text(encoding="utf-8"))
+    if result.best:
+        click.echo(f"best: run {result.best['run_id']} ({metric} = {result.best[metric]:.4g})")
+    click.echo(f"results and plots: {result.directory}")
+
+
+@click.command()
+@click.argument("run")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option(
+    "--merged/--no-merged",
+    default=True,
+    show_default=True,
+    help="Also write the adapter merged into the base as a plain transformers model.",
+)
+def export(run: str, out: str, merged: bool) -> None:
+    """Export RUN (run:ID): its PEFT adapter and/or a merged model, each with a model card."""
+    quiet_libraries()
+    for kind, path in api.export(run, out, merged=merged).items():
+        click.echo(f"{kind}: {path}")
+
+
+COMMANDS = [train, sweep, export]
