@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +99,24 @@ def ticket_run_recipe(
         "training": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-2},
         "output_dir": str(tmp_path / "runs"),
     }
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The real `tuneloop` command, as a user runs it, in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "tuneloop.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=os.environ.copy(),
+        timeout=600,
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], fragment: str) -> None:
+    """Bad input: a non-zero exit and one `error: ...` line naming `fragment`, no traceback."""
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and fragment in lines[0], lines[0]

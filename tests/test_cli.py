@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,26 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, SUPPORT, chat, write_jsonl
-
-
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tuneloop.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=os.environ.copy(),
-        timeout=600,
-    )
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess[str], fragment: str) -> None:
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: ") and fragment in lines[0], lines[0]
+from conftest import REPO, SUPPORT, assert_one_line_error, chat, run_cli, write_jsonl
 
 
 def test_help_does_not_import_torch() -> None:

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_cli import assert_one_line_error, run_cli
 from tuneloop import registry
 from tuneloop.errors import TuneloopError
 from tuneloop.evaluate.suite import categorize, check_gate, load_suite
+
+from conftest import assert_one_line_error, chat, run_cli, write_jsonl
 
 LABELS = ["card_arrival", "lost_card", "top_up_failed"]
 
@@ -91,11 +92,18 @@ def test_suite_runs_every_model_on_every_task_with_a_judge(
     general = report["tasks"]["general"]["results"][str(tiny_model)]
     assert general["examples"] == 5 and general["classification"] is None
     pair = report["pairwise"]
-    assert [r["model"] for r in pair["leaderboard"]] != []
+    assert sorted(r["model"] for r in pair["leaderboard"]) == sorted(
+        [str(tiny_model), str(other_model)]
+    )
     # 2 tasks x 2 judged pairs, each game counted once for each model
     assert sum(r["wins"] + r["losses"] + r["ties"] for r in pair["leaderboard"]) == 2 * 2 * 2
-    assert 0.0 <= pair["position_bias"]["inconsistent_rate"] <= 1.0
     assert pair["position_bias"]["pairs"] == 4
+    # the overall bias is the pairs' bias pooled over the two tasks
+    per_task = [pair["tasks"][n]["position_bias"] for n in ("intents", "general")]
+    assert [b["pairs"] for b in per_task] == [2, 2]
+    assert pair["position_bias"]["inconsistent_rate"] == pytest.approx(
+        sum(b["inconsistent_rate"] * b["pairs"] for b in per_task) / 4
+    )
     for name in ("intents", "general"):
         board = pair["tasks"][name]["leaderboard"]
         assert sum(r["wins"] + r["losses"] + r["ties"] for r in board) == 2 * 2
@@ -204,3 +212,19 @@ def test_bad_suites_fail_clearly(tmp_path: Path, tiny_model: Path) -> None:
     proc = run_cli("eval", str(bad), "--model", str(tiny_model))
     assert_one_line_error(proc, "task t: no file")
     assert registry.list_runs() == []
+
+
+def test_the_shipped_banking77_suite_parses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conftest import REPO
+
+    path = REPO / "examples" / "banking77" / "suite.yaml"
+    with pytest.raises(TuneloopError, match=r"unset variable in \$\{VALIDATION\}"):
+        load_suite(path)
+    validation = write_jsonl(tmp_path / "validation.jsonl", [chat("hi", "greeting")])
+    monkeypatch.setenv("VALIDATION", str(validation))
+    suite = load_suite(path)
+    assert [t.name for t in suite.tasks] == ["intents", "general"]
+    assert suite.tasks[0].data == str(validation) and suite.tasks[0].constrain_labels
+    assert suite.pairwise is not None and suite.pairwise.tasks == ["general"]

@@ -21,6 +21,7 @@ import yaml
 from tuneloop.config import Recipe
 from tuneloop.config.load import apply_overrides, recipe_from_dict
 from tuneloop.errors import RecipeError
+from tuneloop.files import atomic_path, atomic_write_json, atomic_write_text
 
 ALIASES = {"lora": "adapter"}  # `lora.r` is `adapter.r`
 LOWER_IS_BETTER = {"eval_loss", "perplexity", "train_loss"}
@@ -183,13 +184,8 @@ def _write(result: SweepResult, keys: list[str]) -> None:
     result.best = _best(rows, metric)
     best_id = result.best["run_id"] if result.best else None
     columns = ["run_id", *keys, metric, "train_loss", "train_rows", "seconds"]
-    tmp = d / ".results.json.tmp"
-    tmp.write_text(
-        json.dumps({"metric": metric, "best_run_id": best_id, "runs": rows}, indent=2),
-        encoding="utf-8",
-    )
-    tmp.replace(d / "results.json")
-    with (d / "results.csv").open("w", newline="", encoding="utf-8") as fh:
+    atomic_write_json(d / "results.json", {"metric": metric, "best_run_id": best_id, "runs": rows})
+    with atomic_path(d / "results.csv") as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=[*columns, "best"])
         writer.writeheader()
         for r in rows:
@@ -198,7 +194,7 @@ def _write(result: SweepResult, keys: list[str]) -> None:
     for r in rows:
         cells = [_fmt(r.get(c)) for c in columns] + ["**best**" if r["run_id"] == best_id else ""]
         lines.append("| " + " | ".join(cells) + " |")
-    (d / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(d / "results.md", "\n".join(lines) + "\n")
     _plots(result, keys)
 
 
