@@ -84,6 +84,37 @@ def test_override_errors(tmp_path: Path) -> None:
         load_recipe(path, ["data.train.x=1"])
 
 
+def test_text_overrides_are_taken_as_written(tmp_path: Path) -> None:
+    path = _write(tmp_path, {"data": {"train": "a.jsonl", "system_prompt": "old"}})
+    recipe = load_recipe(
+        path,
+        [
+            "data.system_prompt=Intent classifier: answer with the label.",
+            "name=2024",  # YAML would make this an int
+            "data.template=Ticket: {text}",
+        ],
+    )
+    assert recipe.data.system_prompt == "Intent classifier: answer with the label."
+    assert recipe.name == "2024"
+    assert recipe.data.template == "Ticket: {text}"
+    # a value quoted whole is unquoted (sweeps write JSON strings); null clears an option
+    recipe = load_recipe(path, ['name="a: b"', "data.system_prompt=null"])
+    assert recipe.name == "a: b" and recipe.data.system_prompt is None
+
+
+def test_an_override_read_as_a_mapping_says_how_to_quote(tmp_path: Path) -> None:
+    path = _write(tmp_path, {"data": {"train": "a.jsonl"}})
+    with pytest.raises(
+        RecipeError,
+        match=r"adapter\.target_modules=q: v': the value reads as a YAML mapping .*"
+        r"quote it whole, e.g. 'adapter\.target_modules=\"q: v\"'",
+    ):
+        load_recipe(path, ["adapter.target_modules=q: v"])
+    # a whole section may still be given as a mapping
+    recipe = load_recipe(path, ["adapter={r: 8, alpha: 16}"])
+    assert (recipe.adapter.r, recipe.adapter.alpha) == (8, 16)
+
+
 def test_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("data:\n  train: [unclosed\n", encoding="utf-8")

@@ -22,18 +22,67 @@ _PATH_FIELDS = (("data", "train"), ("data", "eval"), ("output_dir",))
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split `training.learning_rate=1e-4` into (['training', 'learning_rate'], 1e-4)."""
+    """Split `training.learning_rate=1e-4` into (['training', 'learning_rate'], 1e-4).
+
+    A text field (`name`, `model`, `data.system_prompt`, ...) takes the value as written:
+    read as YAML, `Intent classifier: answer with the label.` would become a mapping and
+    fail validation with a message about types. A value quoted whole ('"..."' or "'...'",
+    as sweeps write them) is unquoted, and `null` clears an optional text field. Every other
+    field reads the value as YAML (`1e-4`, `true`, `[q_proj,v_proj]`).
+    """
     if "=" not in text:
         raise RecipeError(f"override {text!r} is not of the form key=value")
     key, _, raw = text.partition("=")
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise RecipeError(f"override {text!r} has an empty key")
+    path = key.split(".")
+    kind = _field_kind(path)
+    if kind in ("text", "optional text") and not _quoted(raw.strip()):
+        if kind == "optional text" and raw.strip() in ("null", "~"):
+            return path, None
+        return path, raw
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    return key.split("."), value
+    if isinstance(value, dict) and kind == "other":
+        raise RecipeError(
+            f"override {text!r}: the value reads as a YAML mapping (it holds ': '); "
+            f"quote it whole, e.g. '{key}=\"{raw.strip()}\"'"
+        )
+    return path, value
+
+
+def _quoted(raw: str) -> bool:
+    return len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "\"'"
+
+
+def _field_kind(path: list[str]) -> str | None:
+    """What the recipe schema holds at `path`: 'text' (str), 'optional text' (str | None),
+    'section', 'other', or None for a key it does not know (validation names it)."""
+    model: type[BaseModel] = Recipe
+    for i, part in enumerate(path):
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if i == len(path) - 1:
+                return "section"
+            model = annotation
+            continue
+        if i != len(path) - 1:
+            return None
+        if annotation is str:
+            return "text"
+        if isinstance(annotation, types.UnionType) and set(typing.get_args(annotation)) == {
+            str,
+            type(None),
+        }:
+            return "optional text"
+        return "other"
+    return None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -168,6 +217,13 @@ def schema_markdown() -> str:
         "A recipe is one YAML file describing a run. Unknown keys are errors (with the nearest",
         "valid key suggested); any field can be overridden on the command line with",
         "`key=value`, e.g. `tuneloop train recipe.yaml training.learning_rate=1e-4 adapter.r=8`.",
+        "",
+        "An override's value is read as YAML (`1e-4`, `true`, `[q_proj,v_proj]`), except for",
+        "text fields (type `str`), which take it as written, so",
+        "`'data.system_prompt=Intent classifier: answer with the label.'` is that sentence. A",
+        "text value quoted whole is unquoted, and `null` clears an optional one. A value that",
+        "YAML reads as a mapping (it holds `: `) for any other field is refused with the",
+        "quoting to use: `'adapter.target_modules=\"a: b\"'`.",
         "",
     ]
 

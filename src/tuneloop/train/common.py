@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -486,23 +485,23 @@ def _freeze(model: Any, top_layers: int, modules: list[str]) -> None:
 
 
 def save_model(model: Any, tokenizer: Any, target: Path, base_path: str) -> None:
-    """Save to a sibling temp dir then rename, so `target` is never half-written.
+    """Save the run's model so `target` is never half-written (`files.staged_dir`).
 
     A LoRA model is saved as a PEFT adapter (`adapter_config.json` +
-    `adapter_model.safetensors`, loadable by peft and vLLM) pointing at its base by path.
+    `adapter_model.safetensors`, loadable by peft and vLLM) pointing at its base by the
+    local path the run loaded: the run reloads it from there (eval, serve, resume). Copies
+    meant for other machines name the base portably instead (`tuneloop export`).
     """
-    staging = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
-    cfg = staging / "adapter_config.json"
-    if cfg.is_file():
-        data = json.loads(cfg.read_text(encoding="utf-8"))
-        data["base_model_name_or_path"] = base_path
-        cfg.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    if target.exists():
-        shutil.rmtree(target)
-    staging.rename(target)
+    from tuneloop.files import atomic_write_json, staged_dir
+
+    with staged_dir(target) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        cfg = staging / "adapter_config.json"
+        if cfg.is_file():
+            data = json.loads(cfg.read_text(encoding="utf-8"))
+            data["base_model_name_or_path"] = base_path
+            atomic_write_json(cfg, data)
 
 
 def check_finite(model: Any) -> None:
