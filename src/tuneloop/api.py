@@ -487,15 +487,23 @@ def sweep(
 
 
 def export(
-    run: str, out: str | Path, *, merged: bool = True, force: bool = False
+    run: str,
+    out: str | Path,
+    *,
+    merged: bool = True,
+    force: bool = False,
+    base_model: str | None = None,
 ) -> dict[str, Path]:
     """Export a run's PEFT adapter and/or merged model, each with a model card.
 
-    A non-empty `out` that tuneloop did not export to is refused unless `force`.
+    The adapter names its base portably (`base_model`, else the bundled model's hub id,
+    else the recipe's model as written). A non-empty `OUT/adapter` or `OUT/merged` that an
+    earlier export did not write is refused unless `force`; even then only the files an
+    export writes are replaced.
     """
     from tuneloop.train.export import export_run
 
-    return _call_with_force(export_run, force, run, out, merged=merged)
+    return export_run(run, out, merged=merged, force=force, base_model=base_model)
 
 
 def _run_info(r: Any, detail: bool) -> Run:

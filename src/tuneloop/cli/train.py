@@ -126,10 +126,23 @@ def sweep(
     show_default=True,
     help="Also write the adapter merged into the base as a plain transformers model.",
 )
-def export(run: str, out: str, merged: bool) -> None:
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Write into OUT/adapter or OUT/merged even if they hold files tuneloop did not "
+    "write; only the files an export writes are replaced, others are kept.",
+)
+@click.option(
+    "--base-model",
+    metavar="REF",
+    help="Base-model reference for the exported adapter and model cards (default: the "
+    "bundled model's hub id, else the recipe's model as written).",
+)
+def export(run: str, out: str, merged: bool, force: bool, base_model: str | None) -> None:
     """Export RUN (run:ID): its PEFT adapter and/or a merged model, each with a model card."""
     quiet_libraries()
-    for kind, path in api.export(run, out, merged=merged).items():
+    exported = api.export(run, out, merged=merged, force=force, base_model=base_model)
+    for kind, path in exported.items():
         click.echo(f"{kind}: {path}")
 
 
