@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,11 @@ def test_the_public_names_are_the_api_and_documented() -> None:
     }
     # the two writers serve the CLI's --json/--card options; users have their own
     assert public - {"write_json", "write_text"} == set(tuneloop.API) - {"BUNDLED_MODEL"}
+
+
+def test_python_reference_in_docs_matches_the_code() -> None:
+    script = REPO / "scripts" / "python_reference.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--check"], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
