@@ -59,8 +59,8 @@ def main() -> None:
 
     from tuneloop.models import load_tokenizer
     from tuneloop.models.bundled import cached_path
-    from tuneloop.train.loop import batch_plan
-    from tuneloop.train.tokenize import pack_examples, tokenize_conversations
+    from tuneloop.training.loop import batch_plan
+    from tuneloop.training.tokenize import pack_examples, tokenize_conversations
 
     model = cached_path("smollm2-135m-instruct")
     if not (model / "config.json").exists():

@@ -17,7 +17,7 @@ decides speed is each tool's own default:
 
 - TRL `SFTConfig`: bf16 autocast, gradient checkpointing, padding to the longest row of
   each random batch, full logits for every position.
-- tuneloop (`tuneloop.train.sft`, the recipe's defaults): `precision: auto` (bf16
+- tuneloop (`tuneloop.training.sft`, the recipe's defaults): `precision: auto` (bf16
   autocast where the CPU has native bf16), no gradient checkpointing, length-grouped
   batches, the output layer only on positions with a target.
 
@@ -62,7 +62,7 @@ def _peak_mb() -> float:
 def _worker_tuneloop(args: argparse.Namespace, rows: list[dict[str, str]], tmp: Path) -> dict:
     os.environ["TUNELOOP_HOME"] = str(tmp / "home")
     from tuneloop.config.load import recipe_from_dict
-    from tuneloop.train.sft import sft
+    from tuneloop.training.sft import sft
 
     data = tmp / "train.jsonl"
     with data.open("w", encoding="utf-8") as fh:

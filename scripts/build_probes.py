@@ -1,4 +1,4 @@
-"""Build tuneloop's general-ability probe set (src/tuneloop/evaluate/probes/general.jsonl).
+"""Build tuneloop's general-ability probe set (src/tuneloop/evaluation/probes/general.jsonl).
 
 Written by the tuneloop team for the forgetting check: after fine-tuning on a narrow task,
 does the model still do ordinary things? Every item is a short instruction with one
@@ -16,7 +16,7 @@ import json
 import random
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parents[1] / "src/tuneloop/evaluate/probes/general.jsonl"
+OUT = Path(__file__).resolve().parents[1] / "src/tuneloop/evaluation/probes/general.jsonl"
 NUM = " Answer with the number only."
 WORD = " Answer with one word."
 

@@ -68,3 +68,15 @@ def test_python_reference_in_docs_matches_the_code() -> None:
         [sys.executable, str(script), "--check"], capture_output=True, text=True, check=False
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_api_verbs_survive_importing_the_layers() -> None:
+    """`tuneloop.train(...)` keeps working after any code imports the training package
+    (a submodule named `train` would replace the function on first import)."""
+    code = (
+        "import tuneloop, tuneloop.training.sft, tuneloop.evaluation.run, tuneloop.serving;"
+        "print(all(callable(getattr(tuneloop, n)) and type(getattr(tuneloop, n)).__name__ "
+        "== 'function' for n in ('train', 'evaluate', 'serve', 'curate', 'inspect')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"

@@ -197,7 +197,7 @@ def test_zero_without_deepspeed_is_a_clear_error_before_any_process_starts(
 ) -> None:
     from tuneloop.config.load import load_recipe
     from tuneloop.errors import TrainingError
-    from tuneloop.train.launch import launch
+    from tuneloop.training.launch import launch
 
     path = _write_recipe(tmp_path / "z.yaml", tiny_model, 4, "z", distributed="zero3")
     monkeypatch.setitem(sys.modules, "deepspeed", None)  # `import deepspeed` now fails

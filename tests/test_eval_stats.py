@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from tuneloop.evaluate.classification import OUTSIDE, classification_report, label_outcomes
-from tuneloop.evaluate.stats import bootstrap, mean_interval
+from tuneloop.evaluation.classification import OUTSIDE, classification_report, label_outcomes
+from tuneloop.evaluation.stats import bootstrap, mean_interval
 
 
 def _random_case(seed: int) -> tuple[list[str], list[str], list[str]]:
@@ -113,7 +113,7 @@ def test_bootstrap_95_percent_intervals_cover_the_truth_about_95_percent_of_the_
 def _tournament(strengths: dict[str, float], games: int, tie_rate: float, seed: int) -> list:
     """Games between random pairs; A wins with the Bradley-Terry probability of the true
     Elo-scale ratings (after a share of ties)."""
-    from tuneloop.evaluate.ranking import Game
+    from tuneloop.evaluation.ranking import Game
 
     rng = random.Random(seed)
     names = list(strengths)
@@ -129,7 +129,7 @@ def _tournament(strengths: dict[str, float], games: int, tie_rate: float, seed: 
 
 
 def test_simulated_tournament_recovers_known_strengths() -> None:
-    from tuneloop.evaluate.ranking import bradley_terry, elo, leaderboard
+    from tuneloop.evaluation.ranking import bradley_terry, elo, leaderboard
 
     truth = {"base": 850.0, "sft-1": 950.0, "sft-2": 1000.0, "dpo": 1075.0, "big": 1125.0}
     games = _tournament(truth, 3000, tie_rate=0.0, seed=0)
@@ -150,7 +150,7 @@ def test_simulated_tournament_recovers_known_strengths() -> None:
 
 
 def test_ties_and_unbeaten_models_get_finite_ratings() -> None:
-    from tuneloop.evaluate.ranking import Game, bradley_terry, leaderboard
+    from tuneloop.evaluation.ranking import Game, bradley_terry, leaderboard
 
     games = [Game("x", "y", "a")] * 5 + [Game("y", "z", "tie")] * 4
     ratings = bradley_terry(games)

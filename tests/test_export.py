@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from tuneloop.files import MARKER, OutputExists
-from tuneloop.train import train
-from tuneloop.train.export import export_run
+from tuneloop.training import train
+from tuneloop.training.export import export_run
 
 from conftest import SUPPORT
 
@@ -114,7 +114,7 @@ def test_full_folder_of_unknown_files_keeps_them_under_force(
 
 
 def test_portable_base_reference(bundled_model_dir: Path, tmp_path: Path) -> None:
-    from tuneloop.train.export import portable_base
+    from tuneloop.training.export import portable_base
 
     hub = "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert portable_base("smollm2-135m-instruct", str(bundled_model_dir)) == hub

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tuneloop.evaluate.generate import answer_tokens, generate
+from tuneloop.evaluation.generate import answer_tokens, generate
 
 LABELS = ["card_arrival", "lost_or_stolen_card", "card_not_working", "refund_not_showing_up"]
 
@@ -22,7 +22,7 @@ def _masked_greedy(model, tokenizer, prompt, labels) -> str:  # type: ignore[no-
     continue some label's answer tokens (computed from the label list, not a trie)."""
     import torch
 
-    from tuneloop.evaluate.generate import encode_prompt
+    from tuneloop.evaluation.generate import encode_prompt
 
     seqs = [answer_tokens(tokenizer, prompt, lab) for lab in labels]
     ids = encode_prompt(tokenizer, prompt)
@@ -70,7 +70,7 @@ def test_answer_tokens_end_with_the_end_of_turn_token(bundled_model_dir: Path) -
 
 def test_eval_constrain_labels_uses_the_data_labels(tiny_model: Path, tmp_path: Path) -> None:
     from tuneloop.errors import TuneloopError
-    from tuneloop.evaluate import evaluate_file
+    from tuneloop.evaluation import evaluate_file
 
     path = tmp_path / "intents.csv"
     with path.open("w", newline="") as fh:

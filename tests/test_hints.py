@@ -12,8 +12,8 @@ from tuneloop import registry
 from tuneloop.config import recipe_from_dict
 from tuneloop.data.hints import HINT_PREFIX, HintIndex, with_hints
 from tuneloop.errors import TuneloopError
-from tuneloop.evaluate import evaluate_file
-from tuneloop.train import train
+from tuneloop.evaluation import evaluate_file
+from tuneloop.training import train
 
 from conftest import BANK_QUERIES, ticket_run_recipe
 
@@ -118,7 +118,7 @@ def test_a_run_with_label_hints_prompts_new_data_with_the_same_hints(
     assert stored.settings["label_hints"]["k"] == 2
 
     # `tuneloop serve` prepares requests the same way: the run's system prompt, then hints
-    from tuneloop.serve import ModelWorker
+    from tuneloop.serving import ModelWorker
 
     worker = ModelWorker(f"run:{result.run_id}")
     try:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tuneloop.evaluate.judge import (
+from tuneloop.evaluation.judge import (
     Judge,
     PairVerdict,
     Rubric,
@@ -126,7 +126,7 @@ def test_agreement_with_human_labels(tiny_model: Path, tmp_path: Path) -> None:
 
     from sklearn.metrics import cohen_kappa_score
 
-    from tuneloop.evaluate.judge import human_agreement
+    from tuneloop.evaluation.judge import human_agreement
 
     rows = [
         {"prompt": q, "chosen": g, "rejected": b}

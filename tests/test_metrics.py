@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tuneloop.evaluate import metrics as M
+from tuneloop.evaluation import metrics as M
 
 
 def test_exact_match_normalises_case_punctuation_space() -> None:

@@ -7,7 +7,7 @@ import re
 from collections import Counter
 
 from tuneloop.data.readers import read_conversations
-from tuneloop.evaluate.probes import general_probes
+from tuneloop.evaluation.probes import general_probes
 
 
 def _rows() -> list[dict]:

@@ -11,11 +11,11 @@ import pytest
 from tuneloop import registry
 from tuneloop.config import recipe_from_dict
 from tuneloop.data.hints import HintIndex
-from tuneloop.evaluate import evaluate_file
-from tuneloop.evaluate.generate import answer_tokens, encode_prompt
-from tuneloop.evaluate.rerank import LabelRerank, rerank_answers
+from tuneloop.evaluation import evaluate_file
+from tuneloop.evaluation.generate import answer_tokens, encode_prompt
+from tuneloop.evaluation.rerank import LabelRerank, rerank_answers
 from tuneloop.models import load
-from tuneloop.train import train
+from tuneloop.training import train
 
 from conftest import BANK_QUERIES, ticket_run_recipe
 
@@ -119,7 +119,7 @@ def test_a_run_with_label_rerank_answers_new_data_with_labels(
     assert all(e.scores["candidate_rank"] in (0.0, 1.0) for e in examples)
 
     # `tuneloop serve` answers the same requests with the same labels
-    from tuneloop.serve import ModelWorker
+    from tuneloop.serving import ModelWorker
 
     worker = ModelWorker(f"run:{result.run_id}")
     try:
@@ -133,7 +133,7 @@ def test_a_run_with_label_rerank_answers_new_data_with_labels(
 def test_candidate_scores_do_not_depend_on_batching(tiny_model: Path) -> None:
     # prompts of different lengths share a batch (left padding, shared KV cache): each
     # score must equal the one it gets alone, and a plain forward pass's
-    from tuneloop.evaluate.generate import score_candidates
+    from tuneloop.evaluation.generate import score_candidates
 
     model, tokenizer, _ = load(str(tiny_model))
     prompts = [

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from tuneloop.errors import TuneloopError
-from tuneloop.evaluate import evaluate_file
-from tuneloop.evaluate.remote import chat_completion
+from tuneloop.evaluation import evaluate_file
+from tuneloop.evaluation.remote import chat_completion
 
 from conftest import chat, write_jsonl
 
@@ -34,7 +34,7 @@ def server(tiny_model: Path) -> Iterator[str]:
     """`tuneloop serve` on the tiny model, in this process, on a free port."""
     import uvicorn
 
-    from tuneloop.serve import create_app
+    from tuneloop.serving import create_app
 
     port = _free_port()
     config = uvicorn.Config(
@@ -75,7 +75,7 @@ def test_models_and_a_chat_completion(server: str, tiny_model: Path) -> None:
     (choice,) = reply["choices"]
     assert choice["message"]["role"] == "assistant"
     # the endpoint answers exactly what batched greedy generation answers in-process
-    from tuneloop.evaluate.generate import encode_prompt, generate
+    from tuneloop.evaluation.generate import encode_prompt, generate
     from tuneloop.models import load
 
     model, tokenizer, _ = load(str(tiny_model))

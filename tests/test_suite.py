@@ -11,7 +11,7 @@ import yaml
 
 from tuneloop import registry
 from tuneloop.errors import TuneloopError
-from tuneloop.evaluate.suite import categorize, check_gate, load_suite
+from tuneloop.evaluation.suite import categorize, check_gate, load_suite
 
 from conftest import assert_one_line_error, chat, run_cli, write_jsonl
 

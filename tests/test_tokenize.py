@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tuneloop.errors import TrainingError
-from tuneloop.train.tokenize import IGNORE, pack_documents, tokenize_conversations
+from tuneloop.training.tokenize import IGNORE, pack_documents, tokenize_conversations
 
 CONV = [
     {"role": "system", "content": "Be brief."},

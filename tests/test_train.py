@@ -9,8 +9,8 @@ import pytest
 
 from tuneloop import registry
 from tuneloop.config import recipe_from_dict
-from tuneloop.evaluate import evaluate_file
-from tuneloop.train import train
+from tuneloop.evaluation import evaluate_file
+from tuneloop.training import train
 
 from conftest import SUPPORT, chat, write_jsonl
 
@@ -90,7 +90,7 @@ def test_malformed_training_data_stops_before_any_run(tiny_model: Path, tmp_path
 
 def test_generation_and_perplexity_are_deterministic(tiny_model: Path) -> None:
     from tuneloop.data import read_conversations
-    from tuneloop.evaluate import evaluate_conversations
+    from tuneloop.evaluation import evaluate_conversations
     from tuneloop.models import load
 
     model, tokenizer, _ = load(str(tiny_model))
@@ -123,7 +123,7 @@ def _tiny_recipe(tiny_model: Path, tmp_path: Path, train_file: Path, **extra: ob
 
 def test_tuned_model_emits_end_of_turn_and_stops(tiny_model: Path, tmp_path: Path) -> None:
     """The end-of-turn token is trained, so generation ends by itself, not at the budget."""
-    from tuneloop.evaluate.generate import generate
+    from tuneloop.evaluation.generate import generate
     from tuneloop.models import load
 
     rows = [chat(f"What is the status of order {i}?", "It has shipped.") for i in range(24)]
@@ -198,7 +198,7 @@ def test_export_adapter_and_merged_model_agree(tiny_model: Path, tmp_path: Path)
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from tuneloop.train.export import export_run
+    from tuneloop.training.export import export_run
 
     result = train(_recipe(tiny_model, tmp_path))
     out = export_run(f"run:{result.run_id}", tmp_path / "export")
@@ -250,7 +250,7 @@ def test_unset_learning_rate_follows_adapter_and_size_and_labels_are_recorded(
     of its training file, so `eval --constrain-labels` knows them."""
     import csv
 
-    from tuneloop.train.common import learning_rate
+    from tuneloop.training.common import learning_rate
 
     def rate(adapter: str, params: int, lr: float | None = None) -> float:
         recipe = recipe_from_dict(

@@ -14,8 +14,8 @@ import pytest
 from tuneloop import registry
 from tuneloop.config import recipe_from_dict
 from tuneloop.errors import RecipeError, TrainingError, TrainingInterrupted
-from tuneloop.train import train
-from tuneloop.train.loop import NonFiniteLoss, batch_plan
+from tuneloop.training import train
+from tuneloop.training.loop import NonFiniteLoss, batch_plan
 
 from conftest import SUPPORT, chat, write_jsonl
 
@@ -141,7 +141,7 @@ def test_every_trainable_parameter_moves_and_no_frozen_one_does(
 
     recipe = _recipe(tiny_model, tmp_path, adapter=adapter, training={"max_steps": 2})
     from tuneloop.models.resolve import resolve
-    from tuneloop.train.common import prepare_model
+    from tuneloop.training.common import prepare_model
 
     model, info = prepare_model(recipe, resolve(str(tiny_model)))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -364,8 +364,8 @@ def test_fast_loss_equals_plain_loss_and_gradients(tiny_model: Path, attention: 
     from transformers import AutoModelForCausalLM
 
     from tuneloop.models import load_tokenizer
-    from tuneloop.train.loop import _set_attention, collate, loss_module, token_loss_sum
-    from tuneloop.train.tokenize import tokenize_conversations
+    from tuneloop.training.loop import _set_attention, collate, loss_module, token_loss_sum
+    from tuneloop.training.tokenize import tokenize_conversations
 
     tokenizer = load_tokenizer(str(tiny_model))
     convs = [
@@ -395,7 +395,7 @@ def test_fast_loss_equals_plain_loss_and_gradients(tiny_model: Path, attention: 
 def test_attention_auto_picks_eager_for_short_cpu_sequences(
     tiny_model: Path, tmp_path: Path
 ) -> None:
-    from tuneloop.train.loop import choose_attention
+    from tuneloop.training.loop import choose_attention
 
     assert choose_attention("auto", 100, "cpu") == "eager"
     assert choose_attention("auto", 2048, "cpu") == "sdpa"
@@ -407,7 +407,7 @@ def test_attention_auto_picks_eager_for_short_cpu_sequences(
 
 def _tiny_examples(tiny_model: Path, n: int) -> tuple[Any, list[Any]]:
     from tuneloop.models import load_tokenizer
-    from tuneloop.train.tokenize import tokenize_conversations
+    from tuneloop.training.tokenize import tokenize_conversations
 
     tokenizer = load_tokenizer(str(tiny_model))
     convs = [
@@ -421,7 +421,7 @@ def _tiny_examples(tiny_model: Path, n: int) -> tuple[Any, list[Any]]:
 
 
 def test_pack_examples_best_fit_decreasing() -> None:
-    from tuneloop.train.tokenize import IGNORE, Example, pack_examples
+    from tuneloop.training.tokenize import IGNORE, Example, pack_examples
 
     lengths = [5, 9, 3, 7, 2, 12, 4]
     examples = [Example(list(range(1, n + 1)), list(range(1, n + 1))) for n in lengths]
@@ -443,8 +443,8 @@ def test_packed_batch_equals_padded_batch(tiny_model: Path, attention: str) -> N
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tuneloop.train.loop import _set_attention, collate, loss_module
-    from tuneloop.train.tokenize import pack_examples
+    from tuneloop.training.loop import _set_attention, collate, loss_module
+    from tuneloop.training.tokenize import pack_examples
 
     tokenizer, examples = _tiny_examples(tiny_model, 8)
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
@@ -478,8 +478,8 @@ def test_packed_examples_do_not_attend_to_each_other(tiny_model: Path, attention
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tuneloop.train.loop import _set_attention, collate
-    from tuneloop.train.tokenize import Example, pack_examples
+    from tuneloop.training.loop import _set_attention, collate
+    from tuneloop.training.tokenize import Example, pack_examples
 
     tokenizer, examples = _tiny_examples(tiny_model, 3)
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
@@ -530,7 +530,7 @@ def test_fused_chunked_cross_entropy_equals_plain(tiny_model: Path, adapter: str
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tuneloop.train.loop import loss_module, token_loss_sum
+    from tuneloop.training.loop import loss_module, token_loss_sum
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     if adapter == "lora":

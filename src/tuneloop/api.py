@@ -22,7 +22,7 @@ from tuneloop.results import Serializable
 if TYPE_CHECKING:
     from tuneloop.config.recipe import Recipe
     from tuneloop.data.curate import CurateResult
-    from tuneloop.evaluate.run import EvalOutput
+    from tuneloop.evaluation.run import EvalOutput
     from tuneloop.workflows.sweep import SweepResult
 
 BUNDLED_MODEL = "smollm2-135m-instruct"
@@ -365,7 +365,7 @@ class Model:
 
     def _worker(self) -> Any:
         if self._loaded is None:
-            from tuneloop.serve import ModelWorker
+            from tuneloop.serving import ModelWorker
 
             self._loaded = ModelWorker(self.ref)
         return self._loaded
@@ -431,13 +431,13 @@ def train(
 
             parsed = recipe_from_dict(apply_overrides(recipe.model_dump(mode="json"), overrides))
     if nproc > 1:
-        from tuneloop.train.launch import launch
+        from tuneloop.training.launch import launch
 
         if recipe_path is None:
             raise TuneloopError("nproc > 1 needs the recipe as a YAML path")
         run_id = launch(parsed, recipe_path, list(overrides), nproc, run_dir, from_checkpoint)
         return get_run(run_id)
-    from tuneloop.train import train as run_train
+    from tuneloop.training import train as run_train
 
     resume_arg: str | bool = str(from_checkpoint) if from_checkpoint else resume is not None
     result = run_train(parsed, run_dir=run_dir, resume=resume_arg)
@@ -501,7 +501,7 @@ def export(
     earlier export did not write is refused unless `force`; even then only the files an
     export writes are replaced.
     """
-    from tuneloop.train.export import export_run
+    from tuneloop.training.export import export_run
 
     return export_run(run, out, merged=merged, force=force, base_model=base_model)
 
@@ -581,7 +581,7 @@ def evaluate(
     labelled data, and the registry id of the stored evaluation.
     """
     from tuneloop.config.recipe import METRICS
-    from tuneloop.evaluate import evaluate_file
+    from tuneloop.evaluation import evaluate_file
 
     return evaluate_file(
         model,
@@ -624,8 +624,8 @@ def run_suite(
     suite: str | Path, models: Sequence[str], *, out: str | Path | None = None
 ) -> SuiteReport:
     """Evaluate every model on every task of a suite YAML; writes report.json and .html."""
-    from tuneloop.evaluate.suite import load_suite, write_report
-    from tuneloop.evaluate.suite import run_suite as run
+    from tuneloop.evaluation.suite import load_suite, write_report
+    from tuneloop.evaluation.suite import run_suite as run
 
     loaded = load_suite(suite)
     result = run(loaded, list(models))
@@ -648,8 +648,8 @@ def compare(
     `gate` ("accuracy>=0.9,forgetting.drop<=0.05") is checked against `tuned`; what fails
     is in `gate_failed` (the report is written either way).
     """
-    from tuneloop.evaluate.suite import check_gate, load_suite, parse_gate, write_report
-    from tuneloop.evaluate.suite import compare as run_compare
+    from tuneloop.evaluation.suite import check_gate, load_suite, parse_gate, write_report
+    from tuneloop.evaluation.suite import compare as run_compare
 
     loaded = load_suite(suite)
     if gate:
@@ -678,7 +678,7 @@ def judge_agreement(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Agreement and Cohen's kappa between a judge model and human preference labels."""
-    from tuneloop.evaluate.judge import Judge, human_agreement
+    from tuneloop.evaluation.judge import Judge, human_agreement
 
     return human_agreement(Judge(judge), str(pairs), limit=limit, seed=seed, criteria=criteria)
 
@@ -695,7 +695,7 @@ def serve(
     max_batch: int = 16,
 ) -> None:
     """Serve a model as an OpenAI-compatible endpoint (blocks until stopped)."""
-    from tuneloop.serve import serve as run_server
+    from tuneloop.serving import serve as run_server
 
     run_server(model, host=host, port=port, name=name, max_batch=max_batch)
 

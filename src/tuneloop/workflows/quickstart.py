@@ -50,10 +50,10 @@ def run_quickstart(
     from tuneloop import registry
     from tuneloop.config import load_recipe
     from tuneloop.data import read_conversations
-    from tuneloop.evaluate import evaluate_file
-    from tuneloop.evaluate.report import loss_curve_png, render_html
-    from tuneloop.evaluate.stats import mean_interval
-    from tuneloop.evaluate.suite import (
+    from tuneloop.evaluation import evaluate_file
+    from tuneloop.evaluation.report import loss_curve_png, render_html
+    from tuneloop.evaluation.stats import mean_interval
+    from tuneloop.evaluation.suite import (
         categories,
         diff_examples,
         evaluate_task,
@@ -62,7 +62,7 @@ def run_quickstart(
     )
     from tuneloop.files import atomic_write_json, atomic_write_text
     from tuneloop.models import resolve
-    from tuneloop.train import train
+    from tuneloop.training import train
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -221,7 +221,7 @@ def run_quickstart(
 
 
 def _better(name: str, base: float, tuned: float) -> bool:
-    from tuneloop.evaluate.report import improved
+    from tuneloop.evaluation.report import improved
 
     return improved(name, base, tuned)
 

@@ -123,7 +123,7 @@ def _score(result: Any, recipe: Recipe, metric: str) -> float | None:
         raise RecipeError(
             f"sweep metric {metric!r} needs validation data: set data.eval or data.validation_split"
         )
-    from tuneloop.evaluate import evaluate_file
+    from tuneloop.evaluation import evaluate_file
 
     out = evaluate_file(
         f"run:{result.run_id}",
@@ -144,7 +144,7 @@ def run_sweep(
     metric: str = "eval_loss",
 ) -> SweepResult:
     """Train and score every combination; write the results table and plots into `out`."""
-    from tuneloop.train import train
+    from tuneloop.training import train
 
     combos = plan(base, axes, fractions)
     directory = Path(out)

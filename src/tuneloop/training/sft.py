@@ -16,9 +16,9 @@ from typing import Any
 
 from tuneloop.config import Recipe
 from tuneloop.errors import DataError, RecipeError
-from tuneloop.train import common
-from tuneloop.train.loop import LoopConfig, run_loop
-from tuneloop.train.tokenize import (
+from tuneloop.training import common
+from tuneloop.training.loop import LoopConfig, run_loop
+from tuneloop.training.tokenize import (
     pack_examples,
     template_prefix_tokens,
     tokenize_conversations,

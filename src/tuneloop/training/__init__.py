@@ -15,9 +15,9 @@ def train(
 ) -> Any:
     """Run the training method the recipe names; returns a `common.TrainResult`."""
     if recipe.method == "pretrain":
-        from tuneloop.train.pretrain import pretrain
+        from tuneloop.training.pretrain import pretrain
 
         return pretrain(recipe, run_dir=run_dir, resume=resume, on_step=on_step)
-    from tuneloop.train.sft import sft
+    from tuneloop.training.sft import sft
 
     return sft(recipe, run_dir=run_dir, resume=resume, on_step=on_step)

@@ -1,5 +1,5 @@
 """Evaluation: batched generation, metrics, per-example results and reports."""
 
-from tuneloop.evaluate.run import EvalOutput, evaluate_conversations, evaluate_file
+from tuneloop.evaluation.run import EvalOutput, evaluate_conversations, evaluate_file
 
 __all__ = ["EvalOutput", "evaluate_conversations", "evaluate_file"]

@@ -59,7 +59,7 @@ class ModelWorker:
         self.rerank = None
         rerank_cfg = fmt.get("label_rerank")
         if rerank_cfg:
-            from tuneloop.evaluate.rerank import LabelRerank
+            from tuneloop.evaluation.rerank import LabelRerank
 
             loaded = {hints_cfg["index"]: self.hints[0]} if self.hints else None
             self.rerank = LabelRerank.from_record(rerank_cfg, loaded)
@@ -88,7 +88,7 @@ class ModelWorker:
     def _generate(
         self, raw: list[list[dict[str, str]]], prompts: list[Any], max_tokens: int
     ) -> list[Any]:
-        from tuneloop.evaluate.generate import generate
+        from tuneloop.evaluation.generate import generate
 
         if self.rerank is not None:
             return self._rerank(raw, prompts)
@@ -107,7 +107,7 @@ class ModelWorker:
             self._thread.join(timeout=30)
 
     def _loop(self) -> None:
-        from tuneloop.evaluate.generate import encode_prompt
+        from tuneloop.evaluation.generate import encode_prompt
 
         while True:
             first = self._queue.get()
@@ -143,8 +143,8 @@ class ModelWorker:
         """A run trained with label_rerank answers with its best candidate label, exactly as
         its evaluation does (the lookup reads the request's own last user message)."""
         from tuneloop.data.hints import query_text
-        from tuneloop.evaluate.generate import Generation
-        from tuneloop.evaluate.rerank import rerank_answers
+        from tuneloop.evaluation.generate import Generation
+        from tuneloop.evaluation.rerank import rerank_answers
 
         assert self.rerank is not None
         queries = [query_text(m) for m in raw]  # type: ignore[arg-type]

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tuneloop.config.recipe import Metric
 from tuneloop.errors import TuneloopError
-from tuneloop.evaluate.judge import conversation_text
+from tuneloop.evaluation.judge import conversation_text
 
 BUILTIN = {"builtin:general"}
 FORGETTING_METRIC = "token_f1"
@@ -83,7 +83,7 @@ class Suite(BaseModel):
 def load_suite(path: str | Path) -> Suite:
     """Read and validate a suite file; task data paths resolve relative to it."""
     from tuneloop.config.load import format_validation_error
-    from tuneloop.evaluate.probes import general_probes
+    from tuneloop.evaluation.probes import general_probes
 
     path = Path(path)
     try:
@@ -126,8 +126,8 @@ def categorize(example: dict[str, Any], classification: bool, json_task: bool) -
     """One category per answer: correct, empty, truncated (hit the token budget),
     did_not_stop (the right answer, then more text), format_error (not JSON on a JSON
     task), not_in_label_set / wrong_label (classification), or wrong."""
-    from tuneloop.evaluate.classification import OUTSIDE
-    from tuneloop.evaluate.metrics import json_valid, normalize
+    from tuneloop.evaluation.classification import OUTSIDE
+    from tuneloop.evaluation.metrics import json_valid, normalize
 
     pred, ref = example["prediction"], example["reference"]
     scores = example.get("scores", {})
@@ -149,7 +149,7 @@ def categorize(example: dict[str, Any], classification: bool, json_task: bool) -
 
 def categories(out: Any, metrics: list[str]) -> list[str]:
     """The category of every answer of an eval output (see `categorize`)."""
-    from tuneloop.evaluate.classification import label_outcomes
+    from tuneloop.evaluation.classification import label_outcomes
 
     labels: list[str | None] = [None] * len(out.examples)
     if out.classification:
@@ -167,7 +167,7 @@ def categories(out: Any, metrics: list[str]) -> list[str]:
 
 def evaluate_task(task: SuiteTask, model: str, run_id: int | None = None) -> Any:
     """One task on one model (stored in the registry); every example gets its category."""
-    from tuneloop.evaluate.run import evaluate_file
+    from tuneloop.evaluation.run import evaluate_file
 
     out = evaluate_file(
         model,
@@ -230,8 +230,8 @@ def _run_models(
 
 
 def _pairwise(suite: Suite, models: list[str], answers: dict[tuple[str, str], Any]) -> dict:
-    from tuneloop.evaluate.judge import Judge, position_bias
-    from tuneloop.evaluate.ranking import Game, leaderboard
+    from tuneloop.evaluation.judge import Judge, position_bias
+    from tuneloop.evaluation.ranking import Game, leaderboard
 
     cfg = suite.pairwise
     assert cfg is not None
@@ -276,7 +276,7 @@ def _primary(task: SuiteTask) -> str:
 
 def probe_task(max_new_tokens: int = 48, limit: int | None = None) -> SuiteTask:
     """The forgetting check's task: the general probes in plain chat, scored by token F1."""
-    from tuneloop.evaluate.probes import general_probes
+    from tuneloop.evaluation.probes import general_probes
 
     return SuiteTask(
         name="forgetting",
@@ -295,7 +295,7 @@ def diff_examples(
     answers with their categories, and the `top` biggest wins and regressions."""
     from collections import Counter
 
-    from tuneloop.evaluate.metrics import HIGHER_IS_BETTER
+    from tuneloop.evaluation.metrics import HIGHER_IS_BETTER
 
     sign = 1.0 if HIGHER_IS_BETTER.get(metric, True) else -1.0
     rows = []
@@ -340,7 +340,7 @@ def forgetting_summary(
 ) -> dict[str, Any]:
     """Probe score of base and tuned, the drop with a paired bootstrap interval, whether
     it is flagged, and the drop by probe category."""
-    from tuneloop.evaluate.stats import bootstrap
+    from tuneloop.evaluation.stats import bootstrap
 
     sb = [e["scores"][FORGETTING_METRIC] for e in base]
     st = [e["scores"][FORGETTING_METRIC] for e in tuned]
@@ -362,7 +362,7 @@ def compare(suite: Suite, base: str, tuned: str, top: int = 5) -> dict[str, Any]
     unchanged on the task's first metric, error categories of both, the biggest wins and
     regressions with their texts; plus the forgetting check on the general probes (the
     suite's own `builtin:general` task when it has one)."""
-    from tuneloop.evaluate.probes import general_probes
+    from tuneloop.evaluation.probes import general_probes
 
     probe = str(general_probes())
     tasks = list(suite.tasks)
@@ -406,7 +406,7 @@ def _by_category(eb: list[dict], et: list[dict]) -> dict[str, dict[str, float]]:
     """Probe score by probe category (the probe file's `category` field), base vs tuned."""
     import json
 
-    from tuneloop.evaluate.probes import general_probes
+    from tuneloop.evaluation.probes import general_probes
 
     cats = [
         json.loads(line)["category"]
@@ -503,7 +503,7 @@ def write_report(
 ) -> tuple[Path, Path]:
     """report.json (everything, per-example rows included) and a self-contained
     report.html in `out_dir`, both written atomically."""
-    from tuneloop.evaluate.report import render_template
+    from tuneloop.evaluation.report import render_template
     from tuneloop.files import atomic_write_json, atomic_write_text
 
     out = Path(out_dir)

@@ -15,9 +15,9 @@ from typing import Any
 
 from tuneloop.config import Recipe
 from tuneloop.errors import DataError
-from tuneloop.train import common
-from tuneloop.train.loop import LoopConfig, run_loop
-from tuneloop.train.tokenize import pack_documents
+from tuneloop.training import common
+from tuneloop.training.loop import LoopConfig, run_loop
+from tuneloop.training.tokenize import pack_documents
 
 
 def _texts(path: str) -> tuple[list[str], str]:

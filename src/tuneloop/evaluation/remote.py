@@ -20,7 +20,7 @@ from typing import Any
 
 from tuneloop.data.formats import Conversation
 from tuneloop.errors import TuneloopError
-from tuneloop.evaluate.generate import Generation
+from tuneloop.evaluation.generate import Generation
 
 PREFIX = "openai:"
 

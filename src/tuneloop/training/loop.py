@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.errors import TrainingError, TrainingInterrupted
-from tuneloop.train import zero
-from tuneloop.train.checkpoint import (
+from tuneloop.training import zero
+from tuneloop.training.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     rng_state,
@@ -44,7 +44,7 @@ from tuneloop.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from tuneloop.train.tokenize import IGNORE, Example
+from tuneloop.training.tokenize import IGNORE, Example
 
 MEGABATCH = 50  # batches per length-sorted megabatch (as in transformers' length grouping)
 CE_CHUNK = 4096  # target positions per output-layer chunk (see CausalLMLoss)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tuneloop.config import Recipe
 from tuneloop.errors import TrainingError
-from tuneloop.train import zero
+from tuneloop.training import zero
 
 LAUNCHED_RUN = "TUNELOOP_LAUNCHED_RUN"
 LAUNCHED_RUN_DIR = "TUNELOOP_LAUNCHED_RUN_DIR"
@@ -48,7 +48,7 @@ def launch(
     import json
 
     from tuneloop import registry
-    from tuneloop.train import common
+    from tuneloop.training import common
 
     if nproc < 2:
         raise TrainingError("--nproc needs at least 2 processes")

@@ -11,7 +11,7 @@ import html
 import io
 from typing import Any
 
-from tuneloop.evaluate.metrics import HIGHER_IS_BETTER
+from tuneloop.evaluation.metrics import HIGHER_IS_BETTER
 
 
 def loss_curve_png(history: list[dict[str, Any]]) -> bytes | None:

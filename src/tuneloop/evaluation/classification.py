@@ -14,8 +14,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from tuneloop.evaluate.metrics import normalize
-from tuneloop.evaluate.stats import bootstrap
+from tuneloop.evaluation.metrics import normalize
+from tuneloop.evaluation.stats import bootstrap
 
 OUTSIDE = "(not in label set)"
 

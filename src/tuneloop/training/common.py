@@ -266,7 +266,7 @@ def finish_run(
 ) -> None:
     """Model card, model record, run completed (rank 0 only)."""
     from tuneloop import registry
-    from tuneloop.train.export import write_model_card
+    from tuneloop.training.export import write_model_card
 
     write_model_card(model_dir, recipe, meta, metrics)
     registry.add_model(
@@ -344,7 +344,7 @@ def run_for(
 ) -> tuple[Any, Path]:
     """A new run, the run a `--nproc` launcher created, or (resuming) the run in `run_dir`."""
     from tuneloop import registry
-    from tuneloop.train.launch import LAUNCHED_RUN, LAUNCHED_RUN_DIR
+    from tuneloop.training.launch import LAUNCHED_RUN, LAUNCHED_RUN_DIR
 
     launched = os.environ.get(LAUNCHED_RUN)
     if launched and not resume:
@@ -352,7 +352,7 @@ def run_for(
         if is_main_process():
             registry.link_datasets(run_id, datasets)
         return registry.get_run(run_id), Path(os.environ[LAUNCHED_RUN_DIR])
-    from tuneloop.train.loop import launched_world
+    from tuneloop.training.loop import launched_world
 
     if not resume and launched_world() > 1:
         return _shared_run(recipe, datasets, base_path, run_dir)

@@ -218,7 +218,7 @@ class Judge:
     ) -> list[str]:
         if self.remote:
             return [self._remote(c, max_new_tokens) for c in conversations]
-        from tuneloop.evaluate.generate import generate
+        from tuneloop.evaluation.generate import generate
 
         if self._local is None:
             from tuneloop.models import load
@@ -233,7 +233,7 @@ class Judge:
         return [g.text for g in gens]
 
     def _remote(self, messages: list[dict[str, str]], max_new_tokens: int) -> str:
-        from tuneloop.evaluate.remote import chat_completion
+        from tuneloop.evaluation.remote import chat_completion
 
         data = chat_completion(self.ref, messages, max_new_tokens, timeout=120)
         try:
@@ -399,7 +399,7 @@ def human_agreement(
     import numpy as np
 
     from tuneloop.data.readers import read_rows
-    from tuneloop.evaluate.stats import bootstrap
+    from tuneloop.evaluation.stats import bootstrap
 
     read = read_rows(pairs, fmt="preference", strict=True)
     rows = read.rows[:limit] if limit else read.rows

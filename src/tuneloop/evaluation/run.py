@@ -15,9 +15,9 @@ from tuneloop.config.recipe import METRICS
 from tuneloop.data.formats import Conversation, RowOptions
 from tuneloop.data.readers import read_conversations, with_system_prompt
 from tuneloop.errors import TuneloopError
-from tuneloop.evaluate import metrics as M
-from tuneloop.evaluate.generate import answer_nll, generate
-from tuneloop.evaluate.rerank import LabelRerank
+from tuneloop.evaluation import metrics as M
+from tuneloop.evaluation.generate import answer_nll, generate
+from tuneloop.evaluation.rerank import LabelRerank
 from tuneloop.progress import Progress
 from tuneloop.results import Serializable
 
@@ -61,7 +61,7 @@ def evaluate_conversations(
     OpenAI-compatible endpoint.
     choices: constrain every answer to one of these (a classifier's label set).
     rerank: answer with the best of the label index's candidates instead of generating
-    (tuneloop.evaluate.rerank); queries are the texts to look up (default: each
+    (tuneloop.evaluation.rerank); queries are the texts to look up (default: each
     conversation's last user message)."""
     _check_metrics(metrics)
     remote = isinstance(model, str)
@@ -94,8 +94,8 @@ def evaluate_conversations(
         with Progress(total=len(prompts), desc=f"{label}: generating", unit="ex") as bar:
             if rerank is not None:
                 from tuneloop.data.hints import query_text
-                from tuneloop.evaluate.generate import Generation
-                from tuneloop.evaluate.rerank import rerank_answers
+                from tuneloop.evaluation.generate import Generation
+                from tuneloop.evaluation.rerank import rerank_answers
 
                 texts = queries if queries is not None else [query_text(p) for p in prompts]
                 t0 = time.perf_counter()
@@ -114,7 +114,7 @@ def evaluate_conversations(
                     ]
                 gen_stats = {"seconds": time.perf_counter() - t0, "candidates": rerank.k}
             elif remote:
-                from tuneloop.evaluate.remote import remote_generate
+                from tuneloop.evaluation.remote import remote_generate
 
                 gens, gen_stats = remote_generate(model, prompts, max_new_tokens, bar.update)
             else:
@@ -188,7 +188,7 @@ def evaluate_file(
     use_run_format: False reads the file as it is, ignoring the run's recorded format.
     """
     from tuneloop import registry
-    from tuneloop.evaluate.remote import is_remote
+    from tuneloop.evaluation.remote import is_remote
     from tuneloop.models import load, resolve
     from tuneloop.models.resolve import ResolvedModel
 
@@ -255,7 +255,7 @@ def evaluate_file(
     generated = any(m != "perplexity" for m in metrics)
     if conversations and labelled and generated:
         # text + label rows: accuracy, macro-F1 and confusions with no extra configuration
-        from tuneloop.evaluate.classification import classification_report
+        from tuneloop.evaluation.classification import classification_report
 
         label_set = sorted(
             set((trained or {}).get("labels") or []) | set(loaded_data.labels) - {None}
