@@ -101,7 +101,8 @@ def _engine_for(url: str) -> Engine:
     try:
         migrate(engine)
     except SQLAlchemyError as err:
-        raise database_error(err, url, "cannot open or migrate registry database") from None
+        doing = "cannot open" if isinstance(err, OperationalError) else "cannot migrate"
+        raise database_error(err, url, f"{doing} registry database") from None
     return engine
 
 
