@@ -13,7 +13,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tuneloop.config.home import db_url
@@ -51,6 +52,35 @@ def migrate(engine: Engine) -> None:
         command.upgrade(_alembic_config(conn), "head")
 
 
+SQLITE_BUSY_TIMEOUT_S = 30
+"""How long a SQLite writer waits for another process's write to finish before giving up."""
+
+
+def shown_url(url: str) -> str:
+    """The URL with any password masked, fit for an error message."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (SQLAlchemyError, ValueError):
+        return "<unparsable URL>"
+
+
+def database_error(err: BaseException, url: str, doing: str = "registry database") -> RegistryError:
+    """One line for a database failure: the driver's own first line, never SQL or a traceback.
+
+    SQLAlchemy's message spans lines (the statement, its parameters, a link); the user
+    needs what went wrong and which database.
+    """
+    orig = getattr(err, "orig", None) if isinstance(err, DBAPIError) else None
+    lines = str(orig if orig is not None else err).strip().splitlines()
+    reason = lines[0].strip() if lines else type(err).__name__
+    if isinstance(err, OperationalError) and "locked" in reason:
+        reason += (
+            f" (another process held it for over {SQLITE_BUSY_TIMEOUT_S} s; "
+            "try again when it finishes)"
+        )
+    return RegistryError(f"{doing} {shown_url(url)}: {reason}")
+
+
 @lru_cache(maxsize=8)
 def _engine_for(url: str) -> Engine:
     if url.startswith("sqlite:///"):
@@ -58,20 +88,21 @@ def _engine_for(url: str) -> Engine:
     try:
         engine = create_engine(url)
     except (SQLAlchemyError, ImportError, ValueError) as err:
-        raise RegistryError(f"cannot open registry database {url!r}: {err}") from None
+        raise database_error(err, url, "cannot open registry database") from None
     if url.startswith("sqlite"):
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
             cur.close()
 
     try:
         migrate(engine)
     except SQLAlchemyError as err:
-        raise RegistryError(f"cannot migrate registry database {url!r}: {err}") from None
+        doing = "cannot open" if isinstance(err, OperationalError) else "cannot migrate"
+        raise database_error(err, url, f"{doing} registry database") from None
     return engine
 
 
@@ -81,8 +112,9 @@ def get_engine(url: str | None = None) -> Engine:
 
 
 @contextmanager
-def session_scope(url: str | None = None) -> Iterator[Session]:
-    """A session that commits on success and rolls back on error."""
+def transaction(url: str | None = None) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error; database errors pass
+    through as SQLAlchemy raised them, for callers that retry on a conflict."""
     factory = sessionmaker(bind=get_engine(url), expire_on_commit=False)
     session = factory()
     try:
@@ -93,3 +125,18 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def session_scope(url: str | None = None) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error.
+
+    Any database error (locked, gone, a constraint) becomes one `RegistryError` line, so
+    the CLI never shows a driver traceback.
+    """
+    resolved = url or db_url()
+    try:
+        with transaction(resolved) as session:
+            yield session
+    except SQLAlchemyError as err:
+        raise database_error(err, resolved) from None

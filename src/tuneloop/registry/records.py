@@ -7,16 +7,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import random
+import socket
 import subprocess
+import time
 from collections.abc import Iterable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from tuneloop import __version__
+from tuneloop.config.home import db_url
 from tuneloop.errors import RegistryError
-from tuneloop.registry.db import session_scope
+from tuneloop.registry.db import database_error, session_scope, transaction
 from tuneloop.registry.tables import (
     Dataset,
     EvalExample,
@@ -58,6 +65,19 @@ def git_commit(path: Path | None = None) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+VERSION_ATTEMPTS = 50
+"""How often `register_dataset` retries when another writer took the version it chose."""
+
+
+def dataset_source(path: str) -> str:
+    """What versions of a file share by default: its resolved path (`~` expanded)."""
+    return str(Path(path).expanduser().resolve())
+
+
+def _source_key(source: str) -> str:
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()
+
+
 def register_dataset(
     name: str,
     rows: list[Any] | None,
@@ -68,37 +88,84 @@ def register_dataset(
     *,
     digest: str | None = None,
     num_rows: int | None = None,
+    source: str | None = None,
 ) -> Dataset:
-    """Record a dataset version; identical content under the same name reuses the version.
+    """Record a dataset version; identical content from the same source reuses the version.
 
-    A changed file with a known name becomes version N+1 whose parent is version N, unless
-    `parent_id` names the parent explicitly (a curated dataset's parent is its raw input).
+    `source` is what the versions share: by default the resolved `path`, so two files
+    that merely share a name are two datasets; a caller with a name the user chose passes
+    e.g. `source="name:support"`. A derived dataset (`parent_id` given, e.g. a curated
+    split) is by default a version of "`name` made from the parent's source". Changed
+    content becomes version N+1 whose parent is version N, unless `parent_id` names it.
     A caller that streamed its rows passes `rows=None` with their `digest` (`content_hash`)
     and `num_rows` instead.
+
+    Version numbers are safe with concurrent writers (several processes, SQLite or
+    PostgreSQL): a writer whose number was taken meanwhile re-reads and tries the next.
     """
     if rows is not None:
         digest, num_rows = content_hash(rows), len(rows)
     if digest is None or num_rows is None:
         raise ValueError("register_dataset needs rows, or both digest and num_rows")
-    with session_scope() as s:
-        latest = s.scalars(
-            select(Dataset).where(Dataset.name == name).order_by(Dataset.version.desc()).limit(1)
-        ).first()
-        if latest is not None and latest.content_hash == digest:
-            return latest
-        record = Dataset(
-            name=name,
-            version=(latest.version + 1) if latest else 1,
-            content_hash=digest,
-            parent_id=parent_id if parent_id is not None else (latest.id if latest else None),
-            path=path,
-            format=fmt,
-            num_rows=num_rows,
-            meta=meta or {},
+    url = db_url()
+    if source is None:
+        source = dataset_source(path) if parent_id is None else None
+    for _ in range(VERSION_ATTEMPTS):
+        version = 0
+        try:
+            with transaction(url) as s:
+                if source is None:  # derived: the parent's lineage, then this name
+                    parent = s.get(Dataset, parent_id)
+                    if parent is None:
+                        raise RegistryError(f"no dataset with id {parent_id} (the parent)")
+                    source = f"{parent.source}#{name}"
+                key = _source_key(source)
+                latest = s.scalars(
+                    select(Dataset)
+                    .where(Dataset.source_key == key)
+                    .order_by(Dataset.version.desc())
+                    .limit(1)
+                ).first()
+                if latest is not None and latest.content_hash == digest:
+                    return latest
+                version = (latest.version + 1) if latest else 1
+                previous = latest.id if latest is not None else None
+                record = Dataset(
+                    name=name,
+                    source=source,
+                    source_key=key,
+                    version=version,
+                    content_hash=digest,
+                    parent_id=parent_id if parent_id is not None else previous,
+                    path=path,
+                    format=fmt,
+                    num_rows=num_rows,
+                    meta=meta or {},
+                )
+                s.add(record)
+                s.flush()
+                return record
+        except IntegrityError as err:
+            if not _version_taken(url, _source_key(source or ""), version):
+                raise database_error(err, url) from None
+            time.sleep(random.uniform(0.0, 0.02))  # let the other writer commit, then re-read
+        except SQLAlchemyError as err:
+            raise database_error(err, url) from None
+    raise RegistryError(
+        f"could not record a new version of dataset {name!r}: {VERSION_ATTEMPTS} attempts "
+        "lost to concurrent writers; try again"
+    )
+
+
+def _version_taken(url: str, key: str, version: int) -> bool:
+    """Whether another writer holds (source, version): the only conflict worth a retry."""
+    if not version:
+        return False
+    with session_scope(url) as s:
+        found = s.scalar(
+            select(Dataset.id).where(Dataset.source_key == key, Dataset.version == version)
         )
-        s.add(record)
-        s.flush()
-        return record
+        return found is not None
 
 
 def list_datasets() -> list[Dataset]:
@@ -114,6 +181,10 @@ def get_dataset(dataset_id: int) -> Dataset:
         return record
 
 
+def _this_process() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat_at": utcnow()}
+
+
 def start_run(
     name: str,
     kind: str,
@@ -122,7 +193,8 @@ def start_run(
     run_dir: str | None = None,
     datasets: dict[str, int] | None = None,
 ) -> Run:
-    """Create a run in status `running`, stamped with package version and git commit."""
+    """Create a run in status `running`, stamped with package version, git commit and the
+    process (host, pid) doing it."""
     with session_scope() as s:
         run = Run(
             name=name,
@@ -135,12 +207,70 @@ def start_run(
             run_dir=run_dir,
             git_commit=git_commit(),
             package_version=__version__,
+            **_this_process(),
         )
         s.add(run)
         s.flush()
         for role, dataset_id in (datasets or {}).items():
             s.add(RunDataset(run_id=run.id, dataset_id=dataset_id, role=role))
         return run
+
+
+def claim_run(run_id: int) -> Run:
+    """Mark the run `running` in this process (a resume, or a launched worker): host, pid
+    and heartbeat become this process's, the old error and end time are cleared."""
+    return update_run(run_id, status="running", error=None, finished_at=None, **_this_process())
+
+
+def heartbeat(run_id: int) -> None:
+    """Note that the run's process is alive now (a no-op for a run no longer running)."""
+    with session_scope() as s:
+        s.execute(
+            update(Run)
+            .where(Run.id == run_id, Run.status == "running")
+            .values(heartbeat_at=utcnow())
+        )
+
+
+STALE_AFTER = timedelta(minutes=10)
+"""A running run on another host whose heartbeat is older than this is taken as dead.
+
+Training beats at every log step (default every 5 steps), far more often than this.
+"""
+
+
+def run_status(run: Run, now: datetime | None = None) -> str:
+    """The run's status as a user should see it: a `running` run whose process is gone is
+    `interrupted`.
+
+    On this host the recorded pid tells (a process killed by `kill -9` or a power loss never
+    recorded its end); on another host, a heartbeat older than `STALE_AFTER` does. A run
+    recorded before processes were (no pid) keeps its stored status.
+    """
+    if run.status != "running" or run.pid is None:
+        return run.status
+    if run.host == socket.gethostname():
+        return "running" if pid_alive(run.pid) else "interrupted"
+    beat = run.heartbeat_at or run.created_at
+    return "interrupted" if (now or utcnow()) - beat > STALE_AFTER else "running"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host and is not a zombie (dead, unreaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    except OSError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): the signal test is all there is
+    return state not in ("Z", "X")
 
 
 def link_datasets(run_id: int, datasets: dict[str, int]) -> None:
@@ -167,7 +297,8 @@ def update_run(run_id: int, **fields: Any) -> Run:
 
 
 def add_run_metrics(run_id: int, values: dict[str, Any]) -> None:
-    """Record one metrics entry of a run (it must carry its "step").
+    """Record one metrics entry of a run (it must carry its "step"); it also beats the
+    run's heartbeat.
 
     Entries after this step are removed first: they can only exist if the run was resumed
     from an earlier checkpoint, and the resumed curve replaces them.
@@ -178,6 +309,12 @@ def add_run_metrics(run_id: int, values: dict[str, Any]) -> None:
     with session_scope() as s:
         s.execute(delete(RunMetric).where(RunMetric.run_id == run_id, RunMetric.step > step))
         s.add(RunMetric(run_id=run_id, step=step, values=values))
+        # a log entry is proof of life: the heartbeat rides in the same transaction, free
+        s.execute(
+            update(Run)
+            .where(Run.id == run_id, Run.status == "running")
+            .values(heartbeat_at=utcnow())
+        )
 
 
 def run_metrics(run_id: int) -> list[dict[str, Any]]:

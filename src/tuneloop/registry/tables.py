@@ -22,13 +22,20 @@ class Base(DeclarativeBase):
 
 
 class Dataset(Base):
-    """One immutable version of a dataset; a changed file with the same name is a new version."""
+    """One immutable version of a dataset; changed content from the same source is a new version.
+
+    `source` is what the versions share (a file's resolved path, or a name the user gave):
+    two files that merely share a name are two datasets. `source_key` (its SHA-256) carries
+    the unique version number, so any source length indexes on any database.
+    """
 
     __tablename__ = "datasets"
-    __table_args__ = (UniqueConstraint("name", "version", name="uq_dataset_name_version"),)
+    __table_args__ = (UniqueConstraint("source_key", "version", name="uq_dataset_source_version"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), index=True)
+    source: Mapped[str] = mapped_column(Text)
+    source_key: Mapped[str] = mapped_column(String(64), index=True)
     version: Mapped[int] = mapped_column(Integer)
     content_hash: Mapped[str] = mapped_column(String(64), index=True)
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id"), nullable=True)
@@ -60,6 +67,11 @@ class Run(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # the process doing the work, so a run killed without a chance to record it (kill -9,
+    # power loss) can be told from a live one: see `records.run_status`
+    host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
     datasets: Mapped[list[RunDataset]] = relationship(back_populates="run")
 

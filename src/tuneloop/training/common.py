@@ -112,14 +112,15 @@ def limit_per_label(labels: list[str | None], limit: int, seed: int) -> list[int
 def write_conversations(path: Path, conversations: list[Any], labels: list[Any]) -> None:
     """JSONL of chat rows (with their label), written atomically: a held-out split, so the
     run's validation data can be evaluated later with `tuneloop eval`."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for conv, label in zip(conversations, labels, strict=True):
-            row: dict[str, Any] = {"messages": conv}
-            if label is not None:
-                row["label"] = label
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    from tuneloop.files import atomic_write_jsonl
+
+    atomic_write_jsonl(
+        path,
+        (
+            {"messages": conv} if label is None else {"messages": conv, "label": label}
+            for conv, label in zip(conversations, labels, strict=True)
+        ),
+    )
 
 
 def check_runtime(recipe: Recipe) -> None:
@@ -223,9 +224,10 @@ def start_run(
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    tmp.replace(path)
+    """Write a run record (`run.json`) atomically: a crash leaves the old one or the new."""
+    from tuneloop.files import atomic_write_json
+
+    atomic_write_json(path, data)
 
 
 def run_meta(run: Any, recipe: Recipe, base_path: str, **extra: Any) -> dict[str, Any]:
@@ -351,6 +353,7 @@ def run_for(
         run_id = int(launched)
         if is_main_process():
             registry.link_datasets(run_id, datasets)
+            registry.claim_run(run_id)  # the worker trains: its pid tells whether it lives
         return registry.get_run(run_id), Path(os.environ[LAUNCHED_RUN_DIR])
     from tuneloop.training.loop import launched_world
 
@@ -361,7 +364,14 @@ def run_for(
     from tuneloop.errors import TrainingError
 
     if run_dir is None:
-        raise TrainingError("resume needs the run directory")
+        if isinstance(resume, str | Path):  # `--from CHECKPOINT` without `--resume RUN`
+            ckpt = Path(resume)
+            run_guess = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else "RUN_DIR"
+            raise TrainingError(
+                f"--from picks a checkpoint of the run being resumed; name the run too: "
+                f"--resume {run_guess} --from {ckpt} (or --resume run:ID)"
+            )
+        raise TrainingError("resume needs the run directory: pass --resume RUN_DIR or run:ID")
     meta = Path(run_dir) / "run.json"
     if not meta.is_file():
         raise TrainingError(f"{run_dir} is not a run directory (no run.json); nothing to resume")
@@ -370,7 +380,7 @@ def run_for(
     recorded = json.loads(meta.read_text(encoding="utf-8"))
     run_id = recorded["run_id"]
     if is_main_process():
-        registry.update_run(run_id, status="running", error=None)
+        registry.claim_run(run_id)
         return registry.get_run(run_id), Path(run_dir)
     return _run_stub(run_id, recorded.get("git_commit")), Path(run_dir)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -425,7 +426,6 @@ def _peak_memory_gb(accelerator: Any) -> float:
     """The most memory any process has held so far, in GB: the device's allocated peak on
     a GPU, the process's peak resident set on a CPU. A collective (a max over processes)."""
     import resource
-    import sys
 
     import torch
 
@@ -590,6 +590,11 @@ def run_loop(
         resumed_from = state["step"]
         if main:
             _truncate_log(metrics_path, resumed_from)
+            print(
+                f"resumed from step {resumed_from} of {total_steps} ({path})",
+                file=sys.stderr,
+                flush=True,
+            )
     history = _read_log(metrics_path)
 
     def log(entry: dict[str, Any]) -> None:
@@ -945,14 +950,39 @@ def _fsdp_unshard(net: Any, main: bool) -> None:
 
 
 def _read_log(path: Path) -> list[dict[str, Any]]:
+    """The entries of a run's metrics.jsonl; a torn last line is skipped.
+
+    The log is appended line by line, so a crash or a full disk mid-write leaves a partial
+    last line: that entry is lost with the crash, and the resumed run rewrites it. A bad
+    line anywhere else means the file was damaged otherwise, and is an error naming it.
+    """
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    entries = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            entry = None
+        if not isinstance(entry, dict):
+            if number == len(lines):
+                break  # torn by a crash mid-append
+            raise TrainingError(
+                f"{path}:{number} is not a JSON object; the metrics log is damaged (remove "
+                "the line, or the file to lose the curve before the checkpoint)"
+            )
+        entries.append(entry)
+    return entries
 
 
 def _truncate_log(path: Path, step: int) -> None:
-    """Drop log entries after `step`, so a resumed run's metrics.jsonl is one clean curve."""
-    entries = [e for e in _read_log(path) if e.get("step", 0) <= step]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(e) + "\n" for e in entries), encoding="utf-8")
-    tmp.replace(path)
+    """Drop log entries after `step` (and a torn last line), so a resumed run's
+    metrics.jsonl is one clean curve."""
+    from tuneloop.files import atomic_write_jsonl
+
+    atomic_write_jsonl(path, (e for e in _read_log(path) if e.get("step", 0) <= step))

@@ -1,0 +1,249 @@
+"""The registry under real concurrent writers (two processes, SQLite and PostgreSQL), dataset
+identity by source, and database failures reported as one line."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from tuneloop import registry
+from tuneloop.errors import RegistryError
+from tuneloop.registry import db
+from tuneloop.registry.tables import utcnow
+
+PER_WRITER = 40
+
+# Each writer registers PER_WRITER changed versions of one file, as fast as it can, after
+# both are ready (a start file), so their read-then-insert steps interleave.
+WRITER = """
+import os, sys, time
+from pathlib import Path
+from tuneloop import registry
+tag, go = sys.argv[1], Path(sys.argv[2])
+registry.get_engine()
+Path(str(go) + "." + tag).touch()
+while not go.exists():
+    time.sleep(0.001)
+for k in range(int(sys.argv[3])):
+    registry.register_dataset("shared", [{"writer": tag, "k": k}], "/data/shared.jsonl", "text")
+"""
+
+
+def _two_writers(url: str, tmp_path: Path) -> None:
+    registry.get_engine(url)  # the schema exists before the writers race
+    go = tmp_path / "go"
+    env = {**os.environ, "TUNELOOP_DB_URL": url}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, tag, str(go), str(PER_WRITER)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for tag in ("a", "b")
+    ]
+    deadline = time.monotonic() + 120
+    while not all(Path(f"{go}.{t}").exists() for t in "ab") and time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            break
+        time.sleep(0.01)
+    go.touch()
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+
+    versions = [d for d in registry.list_datasets() if d.name == "shared"]
+    assert sorted(d.version for d in versions) == list(range(1, 2 * PER_WRITER + 1))
+    assert len({d.content_hash for d in versions}) == 2 * PER_WRITER  # none lost
+    by_version = {d.version: d for d in versions}
+    for v in range(2, 2 * PER_WRITER + 1):  # each version's parent is the one before it
+        assert by_version[v].parent_id == by_version[v - 1].id
+
+
+def test_two_processes_register_80_versions_on_sqlite(
+    isolated_registry: str, tmp_path: Path
+) -> None:
+    _two_writers(isolated_registry, tmp_path)
+
+
+def _postgres_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL server on a unix socket in a temporary folder."""
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
+    pytest.importorskip("psycopg", reason="the psycopg driver is in the `test` extra")
+    as_user: list[str] = []
+    root = Path(tempfile.mkdtemp(prefix="tuneloop-pg-"))
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        runuser = shutil.which("runuser")
+        if runuser is None:
+            pytest.skip("running as root and no `runuser` to start PostgreSQL as another user")
+        as_user = [runuser, "-u", "postgres", "--"]
+        shutil.chown(root, "postgres")
+    data = root / "data"
+    port = "5432"  # the socket lives in `root`, so the port cannot collide with a server
+
+    def run(*args: str) -> None:
+        subprocess.run([*as_user, *args], check=True, capture_output=True, timeout=120, cwd=root)
+
+    run(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+    options = f"-c listen_addresses='' -c unix_socket_directories={root} -p {port}"
+    run(str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-w", "-l", str(root / "log"),
+        "start")  # fmt: skip
+    try:
+        yield f"postgresql+psycopg://postgres@/postgres?host={root}&port={port}"
+    finally:
+        run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_two_processes_register_80_versions_on_postgres(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TUNELOOP_DB_URL", postgres_url)
+    with create_engine(postgres_url).begin() as conn:  # a clean schema for this test
+        conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    db._engine_for.cache_clear()
+    _two_writers(postgres_url, tmp_path)
+
+
+def test_files_that_share_a_name_are_different_datasets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = tmp_path / "a" / "tickets.jsonl", tmp_path / "b" / "tickets.jsonl"
+    first = registry.register_dataset("tickets", [{"x": 1}], str(a), "text")
+    other = registry.register_dataset("tickets", [{"x": 2}], str(b), "text")
+    assert (first.version, other.version, other.parent_id) == (1, 1, None)
+    assert other.source == str(b.resolve()) != first.source
+    # a changed file at the same place is the next version, also through a relative path
+    monkeypatch.chdir(tmp_path)
+    changed = registry.register_dataset("tickets", [{"x": 3}], "a/tickets.jsonl", "text")
+    assert (changed.version, changed.parent_id) == (2, first.id)
+    # a name the user gives groups versions wherever the file is
+    named = [
+        registry.register_dataset("t", [{"x": i}], str(p), "text", source="name:support")
+        for i, p in enumerate((a, b))
+    ]
+    assert [n.version for n in named] == [1, 2]
+    # a curated split is a version of "this name made from that source"
+    cur_a = registry.register_dataset("tickets-train", [{"y": 1}], "/h/1.parquet", "m",
+                                      parent_id=first.id)  # fmt: skip
+    cur_b = registry.register_dataset("tickets-train", [{"y": 2}], "/h/2.parquet", "m",
+                                      parent_id=other.id)  # fmt: skip
+    again = registry.register_dataset("tickets-train", [{"y": 3}], "/h/3.parquet", "m",
+                                      parent_id=changed.id)  # fmt: skip
+    assert (cur_a.version, cur_b.version, again.version) == (1, 1, 2)
+    assert again.parent_id == changed.id and cur_a.source == f"{first.source}#tickets-train"
+
+
+def test_migration_keeps_versions_recorded_by_name(tmp_path: Path) -> None:
+    """A registry from before dataset sources keeps its version numbers, under the name."""
+    from alembic import command
+
+    path = tmp_path / "old.db"
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        command.upgrade(db._alembic_config(conn), "0003")
+    with sqlite3.connect(path) as conn:
+        for version, where in ((1, "/a/t.jsonl"), (2, "/b/t.jsonl")):
+            conn.execute(
+                "insert into datasets (name, version, content_hash, path, format, num_rows,"
+                " meta, created_at) values ('t', ?, ?, ?, 'text', 1, '{}', '2026-01-01')",
+                (version, f"h{version}", where),
+            )
+    registry.migrate(engine)
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("select version, source from datasets order by id").fetchall()
+    assert rows == [(1, "name:t"), (2, "name:t")]
+
+
+def _one_line(err: pytest.ExceptionInfo[RegistryError]) -> str:
+    message = str(err.value)
+    assert "\n" not in message and "[SQL" not in message, message
+    return message
+
+
+def test_database_errors_are_one_line(
+    isolated_registry: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = registry.start_run("r", "train")
+    with pytest.raises(RegistryError) as err:  # a constraint: no such dataset
+        registry.link_datasets(run.id, {"train": 999})
+    assert "FOREIGN KEY constraint failed" in _one_line(err)
+
+    locked = f"sqlite:///{tmp_path / 'locked.db'}"
+    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_S", 0)
+    monkeypatch.setenv("TUNELOOP_DB_URL", locked)
+    registry.get_engine()
+    holder = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process mid-write
+    try:
+        with pytest.raises(RegistryError) as err:
+            registry.start_run("r", "train")
+    finally:
+        holder.close()
+    assert "database is locked" in _one_line(err) and "locked.db" in str(err.value)
+
+    monkeypatch.setenv("TUNELOOP_DB_URL", f"postgresql+psycopg://u:secret@/x?host={tmp_path}")
+    with pytest.raises(RegistryError) as err:  # no server there
+        registry.list_runs()
+    assert "cannot open" in _one_line(err) and "secret" not in str(err.value)
+
+
+def test_cli_reports_an_unreachable_database_in_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "TUNELOOP_DB_URL": f"postgresql+psycopg://u:pw@/x?host={tmp_path}"}
+    proc = subprocess.run(
+        [sys.executable, "-c", "from tuneloop.cli import main; main()", "runs", "list"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert len(lines) == 1 and "cannot open registry database" in lines[0], proc.stderr
+
+
+def test_run_status_tells_a_dead_process_from_a_live_one() -> None:
+    run = registry.start_run("live", "train")
+    assert (run.host, run.pid) == (socket.gethostname(), os.getpid())
+    assert registry.run_status(run) == "running"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    registry.update_run(run.id, pid=dead.pid)
+    assert registry.run_status(registry.get_run(run.id)) == "interrupted"
+    # on another host only the heartbeat tells
+    remote = registry.update_run(run.id, host="elsewhere", heartbeat_at=utcnow())
+    assert registry.run_status(remote) == "running"
+    later = utcnow() + registry.STALE_AFTER + timedelta(seconds=1)
+    assert registry.run_status(remote, now=later) == "interrupted"
+    time.sleep(0.01)
+    registry.heartbeat(run.id)
+    assert registry.get_run(run.id).heartbeat_at > remote.heartbeat_at
+    # a recorded end wins; a run from before processes were recorded keeps its status
+    registry.update_run(run.id, status="completed")
+    assert registry.run_status(registry.get_run(run.id), now=later) == "completed"
+    old = registry.update_run(registry.start_run("old", "train").id, pid=None, host=None)
+    assert registry.run_status(old, now=later) == "running"
