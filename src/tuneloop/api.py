@@ -81,10 +81,16 @@ class Curated(Serializable):
 
 @dataclasses.dataclass
 class DatasetInfo(Serializable):
-    """One dataset version in the registry."""
+    """One dataset version in the registry.
+
+    Versions are numbered per `source`: the file's resolved path by default, or
+    `name:NAME` for a name the user gave; a curated split's source is its input's plus
+    `#split`. Two unrelated files that share a file name are two datasets.
+    """
 
     id: int
     name: str
+    source: str
     version: int
     rows: int
     format: str
@@ -108,7 +114,9 @@ class DatasetInfo(Serializable):
 class Run(Serializable):
     """A training run: its record in the registry and its directory.
 
-    `status` is as recorded (`completed`, `failed`, `interrupted`, `running`).
+    `status` is `completed`, `failed`, `running`, or `interrupted`: a run recorded as
+    running whose process is gone (killed, or no heartbeat for 10 minutes on another host)
+    shows as interrupted, and `tuneloop train --resume run:ID` continues it.
     """
 
     id: int
@@ -125,6 +133,9 @@ class Run(Serializable):
     package_version: str | None = None
     timings: dict[str, Any] = dataclasses.field(default_factory=dict)
     recipe: dict[str, Any] = dataclasses.field(default_factory=dict)
+    host: str | None = None
+    pid: int | None = None
+    heartbeat_at: Any = None
     datasets: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     models: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     evals: list[dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -278,6 +289,7 @@ def _dataset_info(d: Any) -> DatasetInfo:
     return DatasetInfo(
         id=d.id,
         name=d.name,
+        source=d.source,
         version=d.version,
         rows=d.num_rows,
         format=d.format,
@@ -410,11 +422,6 @@ def train(
     """
     from tuneloop.config import load_recipe as load
 
-    if from_checkpoint is not None and resume is None:
-        raise TuneloopError(
-            "from_checkpoint (--from) picks the checkpoint of a run being resumed: "
-            "pass resume=run:ID (--resume run:ID) too"
-        )
     run_dir = None
     recipe_path: str | None = None
     if resume is not None:
@@ -507,11 +514,13 @@ def export(
 
 
 def _run_info(r: Any, detail: bool) -> Run:
+    from tuneloop import registry
+
     info = Run(
         id=r.id,
         name=r.name,
         kind=r.kind,
-        status=r.status,
+        status=registry.run_status(r),
         base_model=r.base_model,
         run_dir=Path(r.run_dir) if r.run_dir else None,
         metrics=dict(r.metrics or {}),
@@ -522,10 +531,11 @@ def _run_info(r: Any, detail: bool) -> Run:
         package_version=r.package_version,
         timings=dict(r.timings or {}),
         recipe=dict(r.recipe or {}),
+        host=r.host,
+        pid=r.pid,
+        heartbeat_at=r.heartbeat_at,
     )
     if detail:
-        from tuneloop import registry
-
         info.datasets = [
             {
                 "role": d.role,

@@ -54,7 +54,11 @@ def data_inspect(
 @click.argument("path", type=click.Path())
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="curate.yaml.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--name", help="Dataset name in the registry (default: the file stem).")
+@click.option(
+    "--name",
+    help="Display name in the registry (default: the file stem); versions are numbered per "
+    "input file.",
+)
 @click.option("--labels", type=click.Path(dir_okay=False), help="JSON label set (overrides).")
 def data_curate(
     path: str, config_path: str | None, out: str, name: str | None, labels: str | None
@@ -83,6 +87,7 @@ def data_ls() -> None:
             d.id,
             d.name,
             d.version,
+            d.source,
             d.rows,
             d.format,
             d.parent_id or "",
@@ -91,7 +96,7 @@ def data_ls() -> None:
         ]
         for d in api.datasets()
     ]
-    table(["id", "name", "version", "rows", "format", "parent", "hash", "created"], rows)
+    table(["id", "name", "version", "source", "rows", "format", "parent", "hash", "created"], rows)
 
 
 @data.command("show")

@@ -33,7 +33,7 @@ from tuneloop.cli.console import quiet_libraries
     "--from",
     "from_checkpoint",
     type=click.Path(file_okay=False),
-    help="With --resume: the checkpoint directory to continue from (default: the latest).",
+    help="Needs --resume RUN: the checkpoint directory to continue from (default: the latest).",
 )
 def train(
     recipe: str | None,
@@ -47,11 +47,6 @@ def train(
     An interrupted run (SIGTERM, Ctrl-C, a crash after a checkpoint) continues exactly
     where it stopped with `tuneloop train --resume RUN_DIR`.
     """
-    if from_checkpoint and not resume:
-        raise click.UsageError(
-            "--from picks the checkpoint of a run being resumed: "
-            "add --resume RUN (its directory or run:ID)"
-        )
     if resume and recipe and not recipe.endswith((".yaml", ".yml")):
         overrides = (recipe, *overrides)  # `--resume RUN key=value`: no recipe given
     elif not resume and not recipe:
