@@ -166,3 +166,26 @@ def test_schema_documents_every_field() -> None:
         for name, field in model.model_fields.items():
             assert field.description, f"{section}.{name} has no description"
             assert f"`{section}.{name}`" in text
+
+
+def test_model_loading_is_safe_by_default_and_remote_code_needs_a_pinned_commit() -> None:
+    recipe = recipe_from_dict({"data": {"train": "a"}})
+    loading = recipe.model_loading
+    assert (loading.allow_pickle_weights, loading.trust_remote_code, loading.revision) == (
+        False,
+        False,
+        None,
+    )
+    for revision in (None, "main", "v1.0"):  # a branch or tag can move under the code
+        with pytest.raises(RecipeError, match=r"trust_remote_code needs .*revision pinned"):
+            recipe_from_dict(
+                {
+                    "data": {"train": "a"},
+                    "model_loading": {"trust_remote_code": True, "revision": revision},
+                }
+            )
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    pinned = recipe_from_dict(
+        {"data": {"train": "a"}, "model_loading": {"trust_remote_code": True, "revision": commit}}
+    )
+    assert pinned.model_loading.trust_remote_code and pinned.model_loading.revision == commit

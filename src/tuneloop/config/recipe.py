@@ -7,11 +7,13 @@ rejected (`extra="forbid"`) so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 METRICS = ("exact_match", "rouge_l", "bleu", "perplexity")
 Metric = Literal[
     "exact_match",
@@ -337,6 +339,40 @@ class TrainingConfig(_Section):
     )
 
 
+class ModelLoadingConfig(_Section):
+    """How the `model`'s files may be loaded. Both opt-ins run code or data from the model's
+    source with your permissions, so they are off unless you trust that source."""
+
+    allow_pickle_weights: bool = Field(
+        default=False,
+        description="Load weights stored as Python pickles (`pytorch_model.bin`, "
+        "`adapter_model.bin`) when the model has no safetensors. Off: a pickle can carry "
+        "code that runs when it is loaded, so only safetensors are read; turn on only for a "
+        "source you trust (or convert the model to safetensors once).",
+    )
+    trust_remote_code: bool = Field(
+        default=False,
+        description="Run the Python code a hub model ships for a custom architecture or "
+        "tokenizer. Off: that code would run with your permissions. Needs `revision` pinned "
+        "to a commit, so the code you reviewed is the code that runs.",
+    )
+    revision: str | None = Field(
+        default=None,
+        description="The hub commit to load (40 hex characters; a branch or tag also works "
+        "without `trust_remote_code`). Required with `trust_remote_code`: a later push to "
+        "the repository must not change the code that runs.",
+    )
+
+    @model_validator(mode="after")
+    def _pinned_code(self) -> ModelLoadingConfig:
+        if self.trust_remote_code and not _COMMIT.fullmatch(self.revision or ""):
+            raise ValueError(
+                "model_loading.trust_remote_code needs model_loading.revision pinned to a "
+                "commit (40 hex characters), so a later push cannot change the code that runs"
+            )
+        return self
+
+
 class EvalConfig(_Section):
     """How models are evaluated on `data.eval`."""
 
@@ -362,6 +398,11 @@ class Recipe(_Section):
         default=DEFAULT_MODEL,
         description="Model reference: a bundled name (`smollm2-135m-instruct`), a local "
         "model directory, a run id (`run:12`) or a Hugging Face hub id.",
+    )
+    model_loading: ModelLoadingConfig = Field(
+        default_factory=ModelLoadingConfig,
+        description="How the model's files may be loaded (safetensors only, no shipped code, "
+        "unless opted in).",
     )
     method: Literal["sft", "pretrain"] = Field(
         default="sft",

@@ -4,6 +4,11 @@ A reference is one of: a bundled name (`smollm2-135m-instruct`, pulled on first 
 run (`run:12`, its final model), a local directory (a full model or a PEFT adapter whose
 config names its base), or a Hugging Face hub id (`org/name`, the standard
 `from_pretrained` call; needs network).
+
+Loading reads safetensors only and runs no code a model ships, unless the recipe's
+`model_loading` opts in (`allow_pickle_weights`, `trust_remote_code` with a pinned
+`revision`): a pickled `pytorch_model.bin` or a hub repository's Python files run with the
+user's permissions, so a downloaded or shared model must not get that by default.
 """
 
 from __future__ import annotations
@@ -30,10 +35,45 @@ class ResolvedModel:
     run_id: int | None = None
     recipe: dict[str, Any] = field(default_factory=dict)
     prompt_format: dict[str, Any] | None = None  # how the run turned rows into prompts
+    # the recipe's model_loading opt-ins (a run's apply to loading that run's model)
+    allow_pickle_weights: bool = False
+    trust_remote_code: bool = False
+    revision: str | None = None
+
+    def pretrained_kwargs(self) -> dict[str, Any]:
+        """The `from_pretrained` keywords these opt-ins allow: safetensors only unless
+        pickles are allowed; shipped code only when trusted (at a pinned revision)."""
+        kwargs: dict[str, Any] = {"use_safetensors": None if self.allow_pickle_weights else True}
+        if self.trust_remote_code:
+            kwargs["trust_remote_code"] = True
+        if self.revision:
+            kwargs["revision"] = self.revision
+        return kwargs
 
 
-def resolve(ref: str, pull_missing: bool = True) -> ResolvedModel:
-    """Turn a user's model reference into concrete paths, or raise a one-line ModelError."""
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_OPT_IN = "model_loading.allow_pickle_weights: true"
+
+
+def _apply_loading(resolved: ResolvedModel, loading: Any) -> ResolvedModel:
+    resolved.allow_pickle_weights = bool(getattr(loading, "allow_pickle_weights", False))
+    resolved.trust_remote_code = bool(getattr(loading, "trust_remote_code", False))
+    resolved.revision = getattr(loading, "revision", None)
+    return resolved
+
+
+def resolve(ref: str, pull_missing: bool = True, loading: Any = None) -> ResolvedModel:
+    """Turn a user's model reference into concrete paths, or raise a one-line ModelError.
+
+    loading: the recipe's `model_loading` section (config.recipe.ModelLoadingConfig); None
+    keeps the safe defaults, or, for `run:ID`, the opt-ins that run's recipe made."""
+    resolved = _resolve(ref, pull_missing)
+    if loading is not None:
+        _apply_loading(resolved, loading)
+    return resolved
+
+
+def _resolve(ref: str, pull_missing: bool) -> ResolvedModel:
     ref = ref.strip()
     if not ref:
         raise ModelError("empty model reference")
@@ -85,17 +125,25 @@ def _resolve_run(ref: str) -> ResolvedModel:
     resolved = _resolve_dir(ref, Path(finals[-1].path))
     resolved.run_id = run_id
     resolved.recipe = run.recipe
+    loading = (run.recipe or {}).get("model_loading") or {}
+    resolved.allow_pickle_weights = bool(loading.get("allow_pickle_weights", False))
+    resolved.trust_remote_code = bool(loading.get("trust_remote_code", False))
+    resolved.revision = loading.get("revision")
     meta = Path(run.run_dir or "") / "run.json"
     if run.run_dir and meta.is_file():
         resolved.prompt_format = json.loads(meta.read_text(encoding="utf-8")).get("prompt_format")
     return resolved
 
 
-def load_tokenizer(path: str) -> Any:
+def load_tokenizer(path: str, resolved: ResolvedModel | None = None) -> Any:
+    """The tokenizer at `path`; `resolved` carries the opt-ins (shipped code, revision)."""
     from transformers import AutoTokenizer
 
+    kwargs: dict[str, Any] = {}
+    if resolved is not None:
+        kwargs = {k: v for k, v in resolved.pretrained_kwargs().items() if k != "use_safetensors"}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     except OSError as err:
         raise ModelError(
             f"cannot load tokenizer from {path!r}: {str(err).splitlines()[0]}"
@@ -113,11 +161,18 @@ def load_model(resolved: ResolvedModel, dtype: Any = None, merge: bool = True) -
     from transformers import AutoModelForCausalLM
 
     dtype = dtype or torch.float32
+    check_weights_format(resolved)
     try:
-        model = AutoModelForCausalLM.from_pretrained(resolved.base, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(
+            resolved.base, dtype=dtype, **resolved.pretrained_kwargs()
+        )
     except OSError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(f"cannot load model {resolved.ref!r}: {first}") from None
+        hint = ""
+        if not resolved.allow_pickle_weights and "safetensors" in first:
+            hint = f" (tuneloop loads safetensors only; set {_OPT_IN} in the recipe to allow "
+            hint += "pickled weights from a source you trust)"
+        raise ModelError(f"cannot load model {resolved.ref!r}: {first}{hint}") from None
     if resolved.adapter:
         from peft import PeftModel
 
@@ -128,6 +183,24 @@ def load_model(resolved: ResolvedModel, dtype: Any = None, merge: bool = True) -
     return model
 
 
+def check_weights_format(resolved: ResolvedModel) -> None:
+    """Refuse a local model or adapter folder whose weights are only pickles (they can run
+    code when loaded) unless the recipe allows them; a hub id is checked by transformers."""
+    if resolved.allow_pickle_weights:
+        return
+    for folder in (resolved.base, resolved.adapter):
+        path = Path(folder) if folder else None
+        if path is None or not path.is_dir() or any(path.glob("*.safetensors")):
+            continue
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+        if pickles:
+            raise ModelError(
+                f"{path} holds only pickled weights ({pickles[0]}), which can run code when "
+                f"loaded; convert them to safetensors, or set {_OPT_IN} in the recipe if you "
+                "trust their source"
+            )
+
+
 def load(ref: str, dtype: Any = None) -> tuple[Any, Any, ResolvedModel]:
     """Resolve and load a model and its tokenizer for inference."""
     resolved = resolve(ref)
@@ -136,7 +209,7 @@ def load(ref: str, dtype: Any = None) -> tuple[Any, Any, ResolvedModel]:
         if resolved.adapter and _has_tokenizer(resolved.adapter)
         else (resolved.base)
     )
-    tokenizer = load_tokenizer(tokenizer_path)
+    tokenizer = load_tokenizer(tokenizer_path, resolved)
     return load_model(resolved, dtype=dtype), tokenizer, resolved
 
 

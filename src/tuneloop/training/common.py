@@ -436,6 +436,8 @@ def _load_4bit(resolved: Any) -> Any:
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+    from tuneloop.models.resolve import check_weights_format
+
     if resolved.adapter:
         raise RecipeError("qlora on top of a run's adapter: merge and export the run first")
     quant = BitsAndBytesConfig(
@@ -444,8 +446,13 @@ def _load_4bit(resolved: Any) -> Any:
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16,
     )
+    check_weights_format(resolved)
     model = AutoModelForCausalLM.from_pretrained(
-        resolved.base, quantization_config=quant, dtype=torch.bfloat16, device_map={"": 0}
+        resolved.base,
+        quantization_config=quant,
+        dtype=torch.bfloat16,
+        device_map={"": 0},
+        **resolved.pretrained_kwargs(),
     )
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 

@@ -62,14 +62,14 @@ def pretrain(
         datasets["train"] = registry.register_dataset(
             Path(train_path).stem, [{"text": t} for t in texts], train_path, fmt
         ).id
-    resolved = resolve(recipe.model)
+    resolved = resolve(recipe.model, loading=recipe.model_loading)
     run, run_path = common.run_for(recipe, datasets, resolved.base, run_dir, resume)
     meta = common.run_meta(
         run, recipe, resolved.base, datasets=datasets, data_format="text", prompt_format=None
     )
     timings = {"data_s": time.perf_counter() - started}
     try:
-        tokenizer = load_tokenizer(resolved.base)
+        tokenizer = load_tokenizer(resolved.base, resolved)
         packed = pack_documents(tokenizer, texts, d.max_length)
         if not packed.examples:
             raise DataError(

@@ -84,7 +84,7 @@ def sft(
             ).id
 
     # --- run record and directory
-    resolved = resolve(recipe.model)
+    resolved = resolve(recipe.model, loading=recipe.model_loading)
     run, run_path = common.run_for(recipe, datasets, resolved.base, run_dir, resume)
     if labels is None and train_data.format == "classification":
         # the classes seen in the whole training file, so eval can constrain to them
@@ -111,7 +111,7 @@ def sft(
     timings = {"data_s": time.perf_counter() - started}
     try:
         t0 = time.perf_counter()
-        tokenizer = load_tokenizer(resolved.base)
+        tokenizer = load_tokenizer(resolved.base, resolved)
         prefix = template_prefix_tokens(tokenizer, d.system_prompt)
         if d.max_length <= prefix:
             raise RecipeError(

@@ -16,9 +16,10 @@ train/loop.py keeps its own accounting, so a ZeRO run computes what one process 
   C++ extension); weights and optimizer state stay fp32, with bf16 autocast in the forward
   pass when the recipe's precision asks for it, as in every other path.
 - Checkpoints keep tuneloop's layout: rank 0 writes the gathered trainable weights, and
-  `extra.pt` holds every rank's ZeRO partition (DeepSpeed's own per-rank state dicts), so
-  `--resume --nproc N` continues exactly. The final model is gathered into plain tensors
-  on rank 0, so it is saved like any other run's.
+  `extra.pt` holds every rank's ZeRO partition (DeepSpeed's per-rank state dicts reduced to
+  tensors and plain values, so they load with `torch.load(weights_only=True)` and a
+  tampered file cannot run code), so `--resume --nproc N` continues exactly. The final
+  model is gathered into plain tensors on rank 0, so it is saved like any other run's.
 
 On a CPU the process group is gloo (DeepSpeed's CPU accelerator falls back to it when
 oneCCL is not installed). DeepSpeed is an optional dependency: `pip install deepspeed`.
@@ -165,10 +166,11 @@ class ZeroEngine:
             load(self.model, weights, where)
 
     def optimizer_state(self) -> dict[str, Any]:
-        """Every rank's ZeRO optimizer partition, gathered to all. A collective."""
+        """Every rank's ZeRO optimizer partition as tensors and plain values, gathered to
+        all. A collective."""
         import torch.distributed as dist
 
-        mine = self.engine.optimizer.state_dict()
+        mine = plain_partition(self.engine.optimizer.state_dict())
         ranks: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(ranks, mine)
         return {"ranks": ranks}
@@ -177,7 +179,9 @@ class ZeroEngine:
         """Restore this rank's partition from `optimizer_state()`'s output (the loop has
         checked the checkpoint's layout, stage included). The weights must be loaded first:
         the fp32 partitions are refreshed from them (exact in fp32)."""
-        self.engine.optimizer.load_state_dict(state["ranks"], load_from_fp32_weights=False)
+        optimizer = self.engine.optimizer
+        ranks = [live_partition(sd, optimizer.loss_scaler) for sd in state["ranks"]]
+        optimizer.load_state_dict(ranks, load_from_fp32_weights=False)
 
     def release(self, main: bool) -> None:
         """Hand the caller a plain model: under stage 3, gather every weight, put plain
@@ -203,3 +207,43 @@ class ZeroEngine:
             for leaf, param in list(module._parameters.items()):
                 if param is not None:
                     module._parameters[leaf] = made[id(param)]
+
+
+# DeepSpeed's optimizer state_dict holds three things that are not tensors or plain values:
+# the loss scaler (an object; the loop trains in fp32, so it is the static scale 1, but its
+# plain attributes are kept anyway), the ZeRO stage (an IntEnum) and the parameter slice
+# mappings (dataclasses, read only by DeepSpeed's universal-checkpoint converter, never by
+# load_state_dict). Everything else is tensors, lists, dicts, numbers and a version string.
+_SCALER, _STAGE, _SLICES = "loss_scaler", "zero_stage", "param_slice_mappings"
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def plain_partition(state: dict[str, Any]) -> dict[str, Any]:
+    """One rank's DeepSpeed optimizer state_dict as tensors and plain containers, which
+    `torch.load(weights_only=True)` rebuilds without running code from the file."""
+    out = dict(state)
+    scaler = out.pop(_SCALER, None)
+    if scaler is not None:
+        out[_SCALER] = {k: v for k, v in vars(scaler).items() if type(v) in _PLAIN}
+    out.pop(_SLICES, None)
+    if _STAGE in out:
+        out[_STAGE] = int(out[_STAGE])
+    return out
+
+
+def live_partition(state: dict[str, Any], scaler: Any) -> dict[str, Any]:
+    """`plain_partition`'s inverse for loading: the engine's own loss scaler (given the
+    saved plain attributes it already has) and the ZeRO stage as DeepSpeed's enum."""
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    out = dict(state)
+    saved = out.pop(_SCALER, None) or {}
+    if not isinstance(saved, dict):
+        raise TrainingError("the checkpoint's ZeRO loss-scaler state is malformed")
+    for key, value in saved.items():
+        if isinstance(key, str) and hasattr(scaler, key) and type(value) in _PLAIN:
+            setattr(scaler, key, value)
+    out[_SCALER] = scaler
+    if _STAGE in out:
+        out[_STAGE] = ZeroStageEnum(out[_STAGE])
+    return out
