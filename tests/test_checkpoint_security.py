@@ -17,8 +17,8 @@ import pytest
 
 from tuneloop.config import recipe_from_dict
 from tuneloop.errors import TrainingError
-from tuneloop.train import train
-from tuneloop.train.checkpoint import load_checkpoint
+from tuneloop.training import train
+from tuneloop.training.checkpoint import load_checkpoint
 
 from conftest import SUPPORT
 

@@ -88,7 +88,7 @@ def test_a_recipe_on_a_pickle_only_model_is_refused_before_training(
     tiny_model: Path, tmp_path: Path
 ) -> None:
     from tuneloop.config import recipe_from_dict
-    from tuneloop.train import train
+    from tuneloop.training import train
 
     from conftest import SUPPORT
 
