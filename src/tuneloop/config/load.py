@@ -196,9 +196,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 
 def dump_recipe(recipe: Recipe, path: str | Path) -> None:
-    """Write the fully resolved recipe (every default spelled out) as YAML."""
-    text = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
-    Path(path).write_text(text, encoding="utf-8")
+    """Write the fully resolved recipe (every default spelled out) as YAML, atomically: a
+    resumed run reads it back, so it must never be half-written."""
+    from tuneloop.files import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
 
 
 def _type_name(annotation: Any) -> str:
