@@ -384,18 +384,19 @@ class Model:
 
     def generate(
         self,
-        messages: Sequence[dict[str, str]] | Sequence[Sequence[dict[str, str]]] | str,
+        messages: str | Sequence[dict[str, str]] | Sequence[str | Sequence[dict[str, str]]],
         *,
         max_new_tokens: int = 128,
     ) -> str | list[str]:
-        """Greedy answer to one conversation (a list of messages, or a user text), or a list
-        of answers to a list of conversations (answered in one batch)."""
-        if isinstance(messages, str):
-            return self.generate(
-                [{"role": "user", "content": messages}], max_new_tokens=max_new_tokens
-            )
-        single = bool(messages) and isinstance(messages[0], dict)
-        batch = [list(messages)] if single else [list(m) for m in messages]  # type: ignore[arg-type]
+        """Greedy answer to one conversation (a user text, or a list of messages), or a list
+        of answers to a list of them (answered in one batch)."""
+
+        def conversation(item: str | Sequence[dict[str, str]]) -> list[dict[str, str]]:
+            return [{"role": "user", "content": item}] if isinstance(item, str) else list(item)
+
+        single = isinstance(messages, str) or (bool(messages) and isinstance(messages[0], dict))
+        items = [messages] if single else list(messages)
+        batch = [conversation(m) for m in items]  # type: ignore[arg-type]
         answers = [g.text for g in self._worker().answer(batch, max_new_tokens)]
         return answers[0] if single else answers
 

@@ -35,6 +35,22 @@ class EvalOutput(Serializable):
     dataset_id: int | None = None
     classification: dict[str, Any] | None = None
 
+    def table(self) -> Any:
+        """The per-example rows as a pandas DataFrame: the question (the last user turn),
+        reference, prediction and one column per score."""
+        import pandas as pd
+
+        rows = []
+        for ex in self.examples:
+            users = [m["content"] for m in ex["prompt"] if m.get("role") == "user"]
+            row = {
+                "question": users[-1] if users else "",
+                "reference": ex["reference"],
+                "prediction": ex["prediction"],
+            }
+            rows.append({**row, **ex["scores"]})
+        return pd.DataFrame(rows)
+
 
 def _check_metrics(metrics: list[str] | tuple[str, ...]) -> None:
     unknown = [m for m in metrics if m not in M.HIGHER_IS_BETTER]
