@@ -4,7 +4,6 @@ import itertools
 import json
 import re
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -19,7 +18,9 @@ from tuneloop.data.preference import (
 )
 from tuneloop.data.steps import run_step
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import REPO
+
+SHARED_DATA = REPO.parent / "shared" / "data"
 HH_PAIRS = SHARED_DATA / "hh-rlhf-harmless" / "pairs.jsonl"
 
 
