@@ -25,6 +25,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -169,15 +170,17 @@ def measure(what: str, data: Path, work: Path, config: str | None) -> dict[str, 
         (home / "models").symlink_to(real_models / "models")
     cli = [sys.executable, "-m", "tuneloop.cli", "data", what, str(data)]
     if what == "curate":
-        cli += ["--out", str(work / "out")]
+        out = work / "out"
+        shutil.rmtree(out, ignore_errors=True)  # a fresh folder: no earlier run to replace
+        cli += ["--out", str(out)]
         if config:
             cli += ["--config", config]
     else:
         cli += ["--json"]
     helper = [sys.executable, __file__, "--measure-one", json.dumps(cli)]
-    done = subprocess.run(
-        helper, env=_environment(home), capture_output=True, text=True, check=True
-    )
+    done = subprocess.run(helper, env=_environment(home), capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(done.stderr[-4000:])
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

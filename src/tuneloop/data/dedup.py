@@ -6,8 +6,9 @@ Three detectors, from cheap to expensive:
 - exact: same text after `normalize_for_hash` (case, punctuation, spacing ignored);
 - near (`near_duplicate_pairs`), one of two methods:
   - "jaccard" (the default, for long texts): MinHash LSH over character shingles
-    (datasketch's `MinHashLSH` finds candidate pairs, the exact Jaccard similarity of the
-    shingle sets confirms them);
+    (texts sharing a band of their datasketch-compatible signatures are candidate pairs,
+    found by sorting 64-bit band keys; the exact Jaccard similarity of the shingle sets
+    confirms them);
   - "edit" (for short texts: queries, titles): at most a few word edits apart, candidates
     by prefix filtering on each text's rarest words, verified by a banded word-level
     Levenshtein computation vectorised over all candidate pairs;
@@ -59,6 +60,7 @@ _POLY = np.uint64(0x9E3779B97F4A7C15)
 _BATCH_CHARS = 1 << 20  # characters shingled per numpy pass
 _CHUNK_SHINGLES = 1 << 15  # shingles per signature block: 32k x 128 perms x 4 B = 16 MiB
 _BATCH_CELLS = 1 << 21  # word cells per banded edit-distance batch (~16 MiB of int64 ids)
+_SIGNATURE_TEXTS = 20_000  # texts shingled and signed per block (~30 MB of temporaries)
 
 
 def normalize_for_hash(text: str) -> str:
@@ -278,21 +280,86 @@ def lsh_bands(threshold: float, num_perm: int, recall: float = LSH_RECALL) -> tu
     return num_perm, 1  # a threshold this low (< 0.04 at 128) gets the loosest index
 
 
-def _lsh_candidates(
-    signatures: np.ndarray, threshold: float, num_perm: int, seed: int
-) -> list[tuple[int, int]]:
-    """Pairs (i < j) that share at least one LSH band, via datasketch's MinHashLSH."""
-    from datasketch import LeanMinHash, MinHashLSH
+def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """One 64-bit key per LSH band (texts x bands): equal bands give equal keys.
 
-    bands = lsh_bands(threshold, num_perm)
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, params=bands)
-    pairs: list[tuple[int, int]] = []
-    for j, values in enumerate(signatures):
-        sketch = LeanMinHash(seed=seed, hashvalues=values, scheme="affine32")
-        # query before insert: each pair is reported once, by its later member
-        pairs.extend((i, j) for i in lsh.query(sketch))
-        lsh.insert(j, sketch, check_duplication=False)
-    return pairs
+    Band b covers signature columns [b * rows, (b + 1) * rows), as datasketch's
+    `MinHashLSH(params=(bands, rows))` does; two texts are candidates when one of their band
+    keys is equal. Eight bytes per band and text, where datasketch's index holds a bytes
+    object, a list and two dict entries per band and text (~4 KB a text at 18 bands).
+    """
+    keys = np.zeros((len(signatures), bands), dtype=np.uint64)
+    for band in range(bands):
+        h = np.zeros(len(signatures), dtype=np.uint64)
+        for col in range(band * rows, (band + 1) * rows):
+            h = _fmix64(h * _POLY + signatures[:, col].astype(np.uint64))
+        keys[:, band] = h
+    return keys
+
+
+def _lsh_candidates(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i < j, sorted) that share at least one band key.
+
+    Per band, texts sorted by key form runs of equal keys; each run gives all its pairs,
+    as a datasketch bucket does. A 64-bit key stands for a band of `rows` 32-bit values;
+    two different bands share a key with probability 2^-64, and a spurious candidate is
+    only verified and rejected, so the pairs found are datasketch's (unless a collision
+    makes a true near duplicate a candidate that datasketch would have missed).
+    """
+    n = len(keys)
+    found = np.zeros(0, dtype=np.int64)
+    for band in range(keys.shape[1]):
+        order = np.argsort(keys[:, band], kind="stable")
+        ordered = keys[order, band]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1], True])
+        sizes = np.diff(starts)
+        parts: list[np.ndarray] = []
+        pairs_at = starts[:-1][sizes == 2]  # the common case, vectorised
+        if len(pairs_at):
+            a, b = order[pairs_at], order[pairs_at + 1]
+            parts.append(np.minimum(a, b) * n + np.maximum(a, b))
+        for lo, size in zip(
+            starts[:-1][sizes > 2].tolist(), sizes[sizes > 2].tolist(), strict=True
+        ):
+            members = np.sort(order[lo : lo + size])
+            a, b = np.triu_indices(size, 1)
+            parts.append(members[a] * n + members[b])
+        if parts:
+            found = _sorted_unique(np.concatenate([found, *parts]))
+    return found // n, found % n
+
+
+def _common_counts(
+    hashes: np.ndarray, offsets: np.ndarray, left: np.ndarray, right: np.ndarray
+) -> np.ndarray:
+    """|set(left) & set(right)| per pair, for the sorted distinct hash sets of `shingle_sets`.
+
+    Vectorised over batches of pairs: key = (pair, hash) is sorted already for each side,
+    because each text's hashes are, so one binary search per right-hand hash finds it.
+    """
+    out = np.zeros(len(left), dtype=np.int64)
+    lengths = np.diff(offsets)
+    cells = np.cumsum(lengths[left] + lengths[right])
+    lo = 0
+    while lo < len(left):
+        done = int(cells[lo - 1]) if lo else 0
+        hi = min(len(left), max(lo + 1, int(np.searchsorted(cells, done + _BATCH_CELLS))))
+        keyed = []
+        for side in (left[lo:hi], right[lo:hi]):
+            counts = lengths[side]
+            owner = np.repeat(np.arange(hi - lo, dtype=np.uint64), counts)
+            first = np.zeros(len(side) + 1, dtype=np.int64)
+            np.cumsum(counts, out=first[1:])
+            pos = offsets[side][owner.astype(np.int64)]
+            pos += np.arange(int(first[-1])) - first[owner.astype(np.int64)]
+            keyed.append((owner << np.uint64(32)) | hashes[pos].astype(np.uint64))
+        keys_l, keys_r = keyed
+        at = np.minimum(np.searchsorted(keys_l, keys_r), max(len(keys_l) - 1, 0))
+        both = keys_l[at] == keys_r if len(keys_l) else np.zeros(len(keys_r), dtype=bool)
+        owners = (keys_r[both] >> np.uint64(32)).astype(np.int64)
+        out[lo:hi] = np.bincount(owners, minlength=hi - lo)
+        lo = hi
+    return out
 
 
 def near_duplicate_pairs(
@@ -366,23 +433,29 @@ def _jaccard_pairs(
         raise ValueError("threshold must be in (0, 1]")
     if len(texts) < 2:
         return []
-    hashes, offsets = shingle_sets(texts, ngram)
-    signatures = minhash_signatures(hashes, offsets, num_perm, seed)
-    sets: dict[int, frozenset[int]] = {}
-
-    def shingles(i: int) -> frozenset[int]:
-        if i not in sets:
-            sets[i] = frozenset(hashes[offsets[i] : offsets[i + 1]].tolist())
-        return sets[i]
-
-    pairs = []
-    for i, j in _lsh_candidates(signatures, threshold, num_perm, seed):
-        a, b = shingles(i), shingles(j)
-        common = len(a & b)
-        union = len(a) + len(b) - common
-        if common >= threshold * union:
-            pairs.append((min(i, j), max(i, j), 1.0 - common / union))
-    return sorted(pairs)
+    bands, rows = lsh_bands(threshold, num_perm)
+    # signatures a block of texts at a time: only the band keys are kept for every text
+    keys = np.zeros((len(texts), bands), dtype=np.uint64)
+    for lo in range(0, len(texts), _SIGNATURE_TEXTS):
+        hashes, offsets = shingle_sets(texts[lo : lo + _SIGNATURE_TEXTS], ngram)
+        signatures = minhash_signatures(hashes, offsets, num_perm, seed)
+        keys[lo : lo + len(signatures)] = band_keys(signatures, bands, rows)
+    del hashes, offsets, signatures
+    left, right = _lsh_candidates(keys)
+    del keys
+    if not len(left):
+        return []
+    # the exact shingle sets again, for the texts in a candidate pair only
+    involved = _sorted_unique(np.concatenate([left, right]))
+    hashes, offsets = shingle_sets([texts[i] for i in involved.tolist()], ngram)
+    local_l, local_r = np.searchsorted(involved, left), np.searchsorted(involved, right)
+    common = _common_counts(hashes, offsets, local_l, local_r)
+    sizes = np.diff(offsets)
+    union = sizes[local_l] + sizes[local_r] - common
+    close = common >= threshold * union
+    distance = 1.0 - common[close] / union[close]
+    found = zip(left[close].tolist(), right[close].tolist(), distance.tolist(), strict=True)
+    return list(found)  # (i, j) sorted already
 
 
 def allowed_edits(
