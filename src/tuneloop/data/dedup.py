@@ -26,6 +26,7 @@ import hashlib
 import os
 import re
 import unicodedata
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -84,11 +85,24 @@ def _strip_mark(char: str) -> str:
 
 def exact_duplicate_groups(texts: list[str]) -> list[list[int]]:
     """Groups (size >= 2) of indices whose normalised texts are identical, by first index."""
-    groups: dict[bytes, list[int]] = {}
+    # 16-byte digests in one buffer (16 bytes a text; a dict of bytes keys took ~200)
+    digests = bytearray(16 * len(texts))
     for i, text in enumerate(texts):
         digest = hashlib.blake2b(normalize_for_hash(text).encode(), digest_size=16).digest()
-        groups.setdefault(digest, []).append(i)
-    return [g for g in groups.values() if len(g) >= 2]
+        digests[16 * i : 16 * i + 16] = digest
+    keys = np.frombuffer(bytes(digests), dtype=np.uint64).reshape(len(texts), 2)
+    del digests
+    order = np.lexsort((keys[:, 1], keys[:, 0]))  # stable: equal digests stay in index order
+    ordered = keys[order]
+    starts = np.flatnonzero(
+        np.r_[True, (ordered[1:] != ordered[:-1]).any(axis=1), True] if len(texts) else [True]
+    )
+    groups = [
+        order[lo:hi].tolist()
+        for lo, hi in zip(starts[:-1].tolist(), starts[1:].tolist(), strict=True)
+        if hi - lo >= 2
+    ]
+    return sorted(groups)  # by first index
 
 
 class _UnionFind:
@@ -130,19 +144,24 @@ def star_clusters(
     chains whole topics together. Groups have at least one member, ordered by their
     representative's index; members are in index order.
     """
-    neighbours: list[list[tuple[float, int]]] = [[] for _ in range(n)]
+    # only rows with a pair are ever looked up: per-row lists and dicts for all n rows
+    # were ~200 bytes a row
+    neighbours: dict[int, list[tuple[float, int]]] = {}
     for i, j, distance in pairs:
-        neighbours[i].append((distance, j))
-        neighbours[j].append((distance, i))
-    chosen: dict[int, int] = {}  # representative -> when it was chosen
+        neighbours.setdefault(i, []).append((distance, j))
+        neighbours.setdefault(j, []).append((distance, i))
+    chosen: dict[int, int] = {}  # representative (with a pair) -> when it was chosen
+    chosen_so_far = 0
     rep_of: dict[int, int] = {}
     for x in range(n) if order is None else order:
         best: tuple[float, int, int] | None = None
-        for distance, y in neighbours[x]:
+        for distance, y in neighbours.get(x, ()):
             if y in chosen and (best is None or (distance, chosen[y]) < best[:2]):
                 best = (distance, chosen[y], y)
         if best is None:
-            chosen[x] = len(chosen)
+            if x in neighbours:
+                chosen[x] = chosen_so_far
+            chosen_so_far += 1
         else:
             rep_of[x] = best[2]
     groups: dict[int, list[int]] = {}
@@ -718,9 +737,44 @@ def _field_text(row: Row, field: str) -> str:
 
 
 def _texts(rows: list[Row], field: str) -> list[str]:
+    """`strip_shared_affixes` of the rows' texts, without holding the unstripped ones too.
+
+    Two passes over the rows (the affixes first, then the stripped texts), since a list of
+    full texts beside the stripped list was ~400 bytes a row more at the peak.
+    """
     if field not in FIELDS:
         raise DataError(f"dedup: field must be one of {', '.join(FIELDS)}, not {field!r}")
-    return strip_shared_affixes([_field_text(r, field) for r in rows])
+    if len(rows) < 2:
+        return [_field_text(r, field) for r in rows]
+    front, back = _shared_affix_lengths(_field_text(r, field) for r in rows)
+    if not front and not back:
+        return [_field_text(r, field) for r in rows]
+    return [_strip(_field_text(r, field), front, back) for r in rows]
+
+
+def _strip(text: str, front: int, back: int) -> str:
+    return text[front : max(front, len(text) - back)]
+
+
+def _shared_affix_lengths(texts: Iterable[str], min_chars: int = 8) -> tuple[int, int]:
+    """Lengths of the prefix and suffix all texts share, each 0 when under `min_chars`."""
+    prefix: str | None = None
+    suffix = ""
+    for text in texts:
+        if prefix is None:
+            prefix, suffix = text, text
+            continue
+        if prefix and not text.startswith(prefix):
+            prefix = os.path.commonprefix([prefix, text])  # noqa: RUF071
+        if suffix and not text.endswith(suffix):
+            suffix = os.path.commonprefix([suffix[::-1], text[::-1]])[::-1]  # noqa: RUF071
+        if not prefix and not suffix:
+            break
+    prefix = prefix or ""
+    return (
+        len(prefix) if len(prefix) >= min_chars else 0,
+        len(suffix) if len(suffix) >= min_chars else 0,
+    )
 
 
 def strip_shared_affixes(texts: list[str], min_chars: int = 8) -> list[str]:
@@ -732,13 +786,10 @@ def strip_shared_affixes(texts: list[str], min_chars: int = 8) -> list[str]:
     """
     if len(texts) < 2:
         return texts
-    prefix = os.path.commonprefix(texts)  # noqa: RUF071 (character-wise is the point)
-    suffix = os.path.commonprefix([t[::-1] for t in texts])[::-1]  # noqa: RUF071
-    cut_front = len(prefix) if len(prefix) >= min_chars else 0
-    cut_back = len(suffix) if len(suffix) >= min_chars else 0
+    cut_front, cut_back = _shared_affix_lengths(texts, min_chars)
     if not cut_front and not cut_back:
         return texts
-    return [t[cut_front : max(cut_front, len(t) - cut_back)] for t in texts]
+    return [_strip(t, cut_front, cut_back) for t in texts]
 
 
 def _check_near_options(method: str, max_edits: int) -> None:
@@ -792,8 +843,10 @@ def cluster_ids(
         among = [i for i in range(len(texts)) if i not in repeated]
         for i, j, _ in _near_pairs_among(texts, among, method, threshold, max_edits):
             found.union(i, j)
-    ids: dict[int, int] = {}
-    return [ids.setdefault(found.find(i), len(ids)) for i in range(len(rows))]
+    # a cluster's root is its first row, so numbering the roots in order numbers the
+    # clusters by first row (np.unique rather than a dict of every row: ~100 bytes a row)
+    roots = np.fromiter((found.find(i) for i in range(len(rows))), np.int64, len(rows))
+    return np.unique(roots, return_inverse=True)[1].tolist()
 
 
 def _source(row: Row, index: int) -> str:
@@ -836,10 +889,14 @@ def dedup(
         raise DataError(f"dedup: keep must be one of {', '.join(KEEP)}, not {keep!r}")
     _check_near_options(method, max_edits)
     texts = _texts(rows, field)
-    order = list(range(len(rows)))
+    n = len(rows)
+    # numpy, not lists and dicts of Python ints: ~100 bytes a row each at millions of rows
+    order = np.arange(n)
     if keep == "longest":
-        order.sort(key=lambda i: (-len(texts[i]), i))
-    rank = {row: position for position, row in enumerate(order)}
+        lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=n)
+        order = np.lexsort((order, -lengths))
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
     dropped: dict[int, str] = {}
     listed: list[dict[str, Any]] = []
 
@@ -858,14 +915,15 @@ def dedup(
         )
 
     for group in exact_duplicate_groups(texts) if exact else []:
-        record("exact", group, min(group, key=rank.__getitem__))
+        record("exact", group, group[int(np.argmin(rank[group]))])
     if near:
-        among = [i for i in range(len(rows)) if i not in dropped]
-        pairs = _near_pairs_among(texts, among, method, threshold, max_edits)
-        local = {row: k for k, row in enumerate(among)}
+        among = [i for i in range(n) if i not in dropped]
         # pairs and order in the local numbering of `among`
-        local_pairs = [(local[i], local[j], d) for i, j, d in pairs]
-        local_order = [local[i] for i in order if i in local]
+        local = np.full(n, -1, dtype=np.int64)
+        local[among] = np.arange(len(among))
+        local_pairs = near_duplicate_pairs([texts[i] for i in among], method, threshold, max_edits)
+        local_order = local[order]
+        local_order = local_order[local_order >= 0].tolist()
         for rep, *members in star_clusters(len(among), local_pairs, local_order):
             record("near", sorted(among[k] for k in (rep, *members)), among[rep])
     if semantic:
@@ -875,7 +933,7 @@ def dedup(
         found = semantic_duplicate_clusters(embed([texts[i] for i in among]), semantic_threshold)
         for cluster in found:
             group = [among[k] for k in cluster]
-            record("semantic", group, min(group, key=rank.__getitem__))
+            record("semantic", group, group[int(np.argmin(rank[group]))])
     out = []
     for i, row in enumerate(rows):
         if i in dropped:
