@@ -205,3 +205,16 @@ def test_clean_step_keeps_texts_that_were_already_empty() -> None:
     out, log = run_step("clean", [row])
     assert out == [row]
     assert dict(log.dropped) == dict(log.changed) == {}
+
+
+def test_rows_left_unchanged_are_kept_not_copied() -> None:
+    # a copy of every unchanged row doubled the memory of a curation run
+    rows: list[Row] = [
+        {"kind": "text", "text": "Already clean.", "source": "line 1"},
+        {"kind": "text", "text": "<p>Some <b>HTML</b></p>", "source": "line 2"},
+    ]
+    kept, log = run_step("clean", rows)
+    assert kept[0] is rows[0] and kept[1] is not rows[1]
+    assert log.changed == {"cleaned": 1}
+    kept, _ = run_step("redact_pii", rows)
+    assert kept[0] is rows[0]

@@ -256,3 +256,41 @@ def test_decontamination_ignores_a_shared_template(tmp_path: Path) -> None:
     eval_rows = read_rows(write_jsonl(tmp_path / "e.jsonl", evals), fmt="classification").rows
     kept, log = run_step("decontaminate", rows, eval_rows=eval_rows, n=8)
     assert len(kept) == 3 and not log.dropped
+
+
+def _split_config(validation: float) -> CurateConfig:
+    return CurateConfig(
+        steps=[
+            {"validate": {"model": None}},
+            {"split": {"validation": validation, "test": 0.0, "keep_clusters_together": False}},
+        ]
+    )
+
+
+def test_curate_refuses_a_foreign_folder_and_leaves_it_untouched(tmp_path: Path) -> None:
+    from tuneloop.files import OutputExists
+
+    path = write_jsonl(tmp_path / "d.jsonl", [chat(q, "An answer.") for q in TOPICS])
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "train.parquet").write_bytes(b"the user's own file")
+    with pytest.raises(OutputExists, match="--force"):
+        curate(path, _split_config(0.2), out, name="d")
+    assert [p.name for p in out.iterdir()] == ["train.parquet"]
+    assert (out / "train.parquet").read_bytes() == b"the user's own file"
+    assert registry.list_datasets() == []  # refused before any work
+    curate(path, _split_config(0.2), out, name="d", force=True)
+    assert len(read_rows(out / "train.parquet").rows) == len(TOPICS) - round(len(TOPICS) * 0.2)
+
+
+def test_a_second_curate_replaces_the_first_output_whole(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", [chat(q, "An answer.") for q in TOPICS])
+    out = tmp_path / "out"
+    curate(path, _split_config(0.2), out, name="d")
+    assert (out / "validation.parquet").is_file()
+    curate(path, _split_config(0.0), out, name="d")
+    expected = [".tuneloop-output.json", "card.html", "card.json", "curate.yaml", "train.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl", "out", "registry.db"]
+    assert len(read_rows(out / "train.parquet").rows) == len(TOPICS)
+    assert json.loads((out / "card.json").read_text())["output"]["splits"] == {"train": 30}

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tuneloop.data import detect_format, read_conversations
+from tuneloop.data import detect_format, read_conversations, read_rows
 from tuneloop.errors import DataError
 
 from conftest import chat, write_jsonl
@@ -136,3 +136,40 @@ def test_csv_quoted_newlines_stay_in_one_row(tmp_path: Path) -> None:
             {"role": "assistant", "content": "answer, with comma"},
         ]
     ]
+
+
+def test_csv_unterminated_quote_names_the_line_where_it_opens(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text('prompt,response\nhi,hello\n"never closed,x\nmore,rows\n', "utf-8")
+    result = read_rows(path, strict=False)
+    assert [r["source"] for r in result.rows] == ["line 2"]
+    assert [str(e) for e in result.errors] == [
+        "line 3: unterminated quote: the quoted field that opens on this line is never "
+        "closed, so the rest of the file was read into it"
+    ]
+
+
+def test_jsonl_is_read_line_by_line_with_the_same_result(tmp_path: Path) -> None:
+    # BOM, blank lines, an undecodable line and a bad line: same rows and errors as ever
+    path = tmp_path / "d.jsonl"
+    good = json.dumps({"prompt": "p", "response": "r"}).encode()
+    path.write_bytes(b"\xef\xbb\xbf" + good + b"\n\n\xff\xfe\n{bad\n" + good + b"\r\n")
+    result = read_rows(path, strict=False)
+    assert [r["source"] for r in result.rows] == ["line 1", "line 5"]
+    assert [e.where for e in result.errors] == ["line 3", "line 4"]
+    assert result.format == "prompt_response"
+
+
+def test_reading_jsonl_holds_only_the_rows(tmp_path: Path) -> None:
+    # the file's bytes, its lines and the parsed objects are never all held at once: the
+    # peak while reading is the rows read (it was 1.4x them)
+    import tracemalloc
+
+    rows = [{"prompt": f"question {i} " * 8, "response": f"answer {i} " * 20} for i in range(3000)]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    read_rows(path)  # imports outside the measurement
+    tracemalloc.start()
+    result = read_rows(path)
+    held, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(result.rows) == 3000 and peak < 1.1 * held

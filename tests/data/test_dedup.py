@@ -485,3 +485,66 @@ def test_dedup_keeps_a_subsequence_and_never_everything(texts: list[str], method
     # clusters are transitive and the step does not chain
     ids = cluster_ids(rows, threshold=0.5, method=method)
     assert {ids[i] for i in kept} == set(ids)
+
+
+def _support_texts(n: int, seed: int = 0) -> list[str]:
+    """~350-character texts over a Zipf vocabulary, every 20th a one-word edit of another."""
+    import random
+
+    rng = random.Random(seed)
+    vocab = [f"w{i}" for i in range(3000)]
+    weights = [1 / (i + 1) for i in range(3000)]
+    texts: list[str] = []
+    for i in range(n):
+        if texts and i % 20 == 0:
+            words = rng.choice(texts).split()
+            words[rng.randrange(len(words))] = rng.choice(vocab)
+            texts.append(" ".join(words))
+        else:
+            texts.append(" ".join(rng.choices(vocab, weights, k=rng.randint(40, 80))))
+    return texts
+
+
+def test_jaccard_pairs_equal_datasketch_lsh_candidates_verified() -> None:
+    # the reference: datasketch's own MinHashLSH over the same signatures, every candidate
+    # verified with the exact Jaccard of the shingle sets (what this module did before)
+    from datasketch import LeanMinHash, MinHashLSH
+
+    texts = [*_support_texts(600), "short", "shorts", "", "a"]
+    for threshold in (0.5, 0.8):
+        hashes, offsets = shingle_sets(texts, 5)
+        signatures = minhash_signatures(hashes, offsets)
+        lsh = MinHashLSH(threshold=threshold, num_perm=128, params=lsh_bands(threshold, 128))
+        expected = []
+        for j, values in enumerate(signatures):
+            sketch = LeanMinHash(seed=1, hashvalues=values, scheme="affine32")
+            for i in lsh.query(sketch):
+                a = set(hashes[offsets[i] : offsets[i + 1]].tolist())
+                b = set(hashes[offsets[j] : offsets[j + 1]].tolist())
+                common, union = len(a & b), len(a | b)
+                if common >= threshold * union:
+                    expected.append((i, j, 1.0 - common / union))
+            lsh.insert(j, sketch, check_duplication=False)
+        found = near_duplicate_pairs(texts, threshold=threshold)
+        assert found == sorted(expected) and len(found) >= 30
+
+
+def test_near_duplicate_memory_per_text_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # With small blocks, what grows with the number of texts is what is kept for every text:
+    # datasketch's LSH index and all shingle sets took ~11 KB a text; band keys take 144 B
+    import tracemalloc
+
+    import tuneloop.data.dedup as dedup
+
+    monkeypatch.setattr(dedup, "_SIGNATURE_TEXTS", 500, raising=False)
+    monkeypatch.setattr(dedup, "_BATCH_CHARS", 1 << 15)
+    monkeypatch.setattr(dedup, "_CHUNK_SHINGLES", 1 << 12)
+    texts = _support_texts(6000)
+    near_duplicate_pairs(texts[:50])  # imports and caches outside the measurement
+    peaks = {}
+    for n in (2000, 6000):
+        tracemalloc.start()
+        near_duplicate_pairs(texts[:n])
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert (peaks[6000] - peaks[2000]) / 4000 < 2500

@@ -170,3 +170,20 @@ def test_hint_tuning_without_hints_is_a_recipe_error() -> None:
 
     with pytest.raises(RecipeError, match=r"set data\.label_hints or data\.label_rerank"):
         recipe_from_dict({"name": "x", "data": {"train": "t.jsonl", "hint_tune_steps": 10}})
+
+
+def test_a_failed_save_leaves_the_old_index_whole_and_no_temporary_folder(
+    tmp_path: Path,
+) -> None:
+    class BrokenEmbedder:
+        def save(self, path: str) -> None:
+            Path(path).mkdir()
+            raise OSError("disk full")
+
+    old = HintIndex(["a"], ["x"], _unit([[1.0, 0.0]]))
+    saved = old.save(tmp_path / "h")
+    new = HintIndex(["b", "c"], ["y", "z"], _unit([[0.0, 1.0], [1.0, 1.0]]), BrokenEmbedder())
+    with pytest.raises(OSError, match="disk full"):
+        new.save(saved)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h"]
+    assert HintIndex.load(saved).texts == ["a"]

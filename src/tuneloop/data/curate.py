@@ -8,7 +8,6 @@ Parquet per split (output folder and the registry's immutable store) -> card.jso
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,25 +64,30 @@ def _label_set(config: CurateConfig, config_dir: Path) -> list[str] | None:
     return load_labels(path if path.is_absolute() else config_dir / path)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def curate(
     path: str | Path,
     config: CurateConfig,
     out_dir: str | Path,
     name: str | None = None,
     config_dir: Path | None = None,
+    *,
+    force: bool = False,
 ) -> CurateResult:
-    """Run the pipeline and store every split as a dataset version whose parent is the input."""
+    """Run the pipeline and store every split as a dataset version whose parent is the input.
+
+    The output folder is written whole: everything goes to a temporary folder beside it,
+    which then replaces it, so it never mixes this dataset's files with an earlier one's.
+    A non-empty folder that an earlier curate did not write is refused (`OutputExists`,
+    before any work) unless `force`, which replaces it and everything in it.
+    """
     from tuneloop import registry
     from tuneloop.data.pipeline import run_steps
     from tuneloop.data.store import store_version, write_parquet
+    from tuneloop.files import atomic_write_text, check_replaceable, staged_dir, write_marker
 
     check_steps(config)
+    out = Path(out_dir)
+    check_replaceable(out, "curate", force=force)
     path = Path(path)
     name = name or path.stem
     config_dir = config_dir or Path.cwd()
@@ -96,6 +100,7 @@ def curate(
         result.format,
         meta={"malformed": len(result.errors)},
     )
+    input_info = _input_info(result)
     steps = []
     for step_name, params in config.step_list():
         params = dict(params)
@@ -104,10 +109,9 @@ def curate(
             if labels is not None and "labels" not in params and "labels_file" not in params:
                 params["labels"] = labels
         steps.append((step_name, params))
-    rows, logs = run_steps(result.rows, steps)
-    card = build_card(name, _input_info(result), rows, logs, config.method, labels)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    # handed over, not kept: rows a step replaces can be freed while later steps run
+    rows, logs = run_steps(_take_rows(result), steps)
+    card = build_card(name, input_info, rows, logs, config.method, labels)
     splits: dict[str, list[Row]] = {}
     for row in rows:
         splits.setdefault(row.get("split", "train"), []).append(row)
@@ -123,31 +127,42 @@ def curate(
         for s in card["steps"]
     ]
     ids: dict[str, int] = {}
-    for split_name, split_rows in sorted(splits.items()):
-        write_parquet(split_rows, out / f"{split_name}.parquet")
-        version_name = name if len(splits) == 1 else f"{name}-{split_name}"
-        record = store_version(
-            version_name,
-            split_rows,
-            result.format,
-            parent_id=raw.id,
-            meta={
-                "split": split_name,
-                "steps": step_summary,
-                "curated_from": raw.id,
-                "card": str((out / "card.html").resolve()),
-                "warnings": card["warnings"],
-            },
+    with staged_dir(out) as staging:
+        for split_name, split_rows in sorted(splits.items()):
+            written = staging / f"{split_name}.parquet"
+            write_parquet(split_rows, written)
+            version_name = name if len(splits) == 1 else f"{name}-{split_name}"
+            record = store_version(
+                version_name,
+                split_rows,
+                result.format,
+                parent_id=raw.id,
+                meta={
+                    "split": split_name,
+                    "steps": step_summary,
+                    "curated_from": raw.id,
+                    "card": str((out / "card.html").resolve()),
+                    "warnings": card["warnings"],
+                },
+                written=written,
+            )
+            ids[split_name] = record.id
+        card["output"]["dataset_ids"] = ids
+        card["input"]["dataset_id"] = raw.id
+        atomic_write_text(staging / "card.json", json.dumps(card, indent=2, default=str))
+        atomic_write_text(staging / "card.html", render_card_html(card))
+        atomic_write_text(
+            staging / "curate.yaml",
+            yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False),
         )
-        ids[split_name] = record.id
-    card["output"]["dataset_ids"] = ids
-    card["input"]["dataset_id"] = raw.id
-    _write_text_atomic(out / "card.json", json.dumps(card, indent=2, default=str))
-    _write_text_atomic(out / "card.html", render_card_html(card))
-    _write_text_atomic(
-        out / "curate.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-    )
+        write_marker(staging, "curate")
     return CurateResult(rows, logs, card, out, ids, raw.id)
+
+
+def _take_rows(result: ReadResult) -> list[Row]:
+    """The read rows, no longer held by `result` (its count and kind are in the card)."""
+    rows, result.rows = result.rows, []
+    return rows
 
 
 def inspect(path: str | Path, fmt: str = "auto", model: str | None = None) -> dict[str, Any]:

@@ -6,8 +6,9 @@ Three detectors, from cheap to expensive:
 - exact: same text after `normalize_for_hash` (case, punctuation, spacing ignored);
 - near (`near_duplicate_pairs`), one of two methods:
   - "jaccard" (the default, for long texts): MinHash LSH over character shingles
-    (datasketch's `MinHashLSH` finds candidate pairs, the exact Jaccard similarity of the
-    shingle sets confirms them);
+    (texts sharing a band of their datasketch-compatible signatures are candidate pairs,
+    found by sorting 64-bit band keys; the exact Jaccard similarity of the shingle sets
+    confirms them);
   - "edit" (for short texts: queries, titles): at most a few word edits apart, candidates
     by prefix filtering on each text's rarest words, verified by a banded word-level
     Levenshtein computation vectorised over all candidate pairs;
@@ -25,6 +26,7 @@ import hashlib
 import os
 import re
 import unicodedata
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -59,6 +61,7 @@ _POLY = np.uint64(0x9E3779B97F4A7C15)
 _BATCH_CHARS = 1 << 20  # characters shingled per numpy pass
 _CHUNK_SHINGLES = 1 << 15  # shingles per signature block: 32k x 128 perms x 4 B = 16 MiB
 _BATCH_CELLS = 1 << 21  # word cells per banded edit-distance batch (~16 MiB of int64 ids)
+_SIGNATURE_TEXTS = 20_000  # texts shingled and signed per block (~30 MB of temporaries)
 
 
 def normalize_for_hash(text: str) -> str:
@@ -82,11 +85,24 @@ def _strip_mark(char: str) -> str:
 
 def exact_duplicate_groups(texts: list[str]) -> list[list[int]]:
     """Groups (size >= 2) of indices whose normalised texts are identical, by first index."""
-    groups: dict[bytes, list[int]] = {}
+    # 16-byte digests in one buffer (16 bytes a text; a dict of bytes keys took ~200)
+    digests = bytearray(16 * len(texts))
     for i, text in enumerate(texts):
         digest = hashlib.blake2b(normalize_for_hash(text).encode(), digest_size=16).digest()
-        groups.setdefault(digest, []).append(i)
-    return [g for g in groups.values() if len(g) >= 2]
+        digests[16 * i : 16 * i + 16] = digest
+    keys = np.frombuffer(bytes(digests), dtype=np.uint64).reshape(len(texts), 2)
+    del digests
+    order = np.lexsort((keys[:, 1], keys[:, 0]))  # stable: equal digests stay in index order
+    ordered = keys[order]
+    starts = np.flatnonzero(
+        np.r_[True, (ordered[1:] != ordered[:-1]).any(axis=1), True] if len(texts) else [True]
+    )
+    groups = [
+        order[lo:hi].tolist()
+        for lo, hi in zip(starts[:-1].tolist(), starts[1:].tolist(), strict=True)
+        if hi - lo >= 2
+    ]
+    return sorted(groups)  # by first index
 
 
 class _UnionFind:
@@ -128,19 +144,24 @@ def star_clusters(
     chains whole topics together. Groups have at least one member, ordered by their
     representative's index; members are in index order.
     """
-    neighbours: list[list[tuple[float, int]]] = [[] for _ in range(n)]
+    # only rows with a pair are ever looked up: per-row lists and dicts for all n rows
+    # were ~200 bytes a row
+    neighbours: dict[int, list[tuple[float, int]]] = {}
     for i, j, distance in pairs:
-        neighbours[i].append((distance, j))
-        neighbours[j].append((distance, i))
-    chosen: dict[int, int] = {}  # representative -> when it was chosen
+        neighbours.setdefault(i, []).append((distance, j))
+        neighbours.setdefault(j, []).append((distance, i))
+    chosen: dict[int, int] = {}  # representative (with a pair) -> when it was chosen
+    chosen_so_far = 0
     rep_of: dict[int, int] = {}
     for x in range(n) if order is None else order:
         best: tuple[float, int, int] | None = None
-        for distance, y in neighbours[x]:
+        for distance, y in neighbours.get(x, ()):
             if y in chosen and (best is None or (distance, chosen[y]) < best[:2]):
                 best = (distance, chosen[y], y)
         if best is None:
-            chosen[x] = len(chosen)
+            if x in neighbours:
+                chosen[x] = chosen_so_far
+            chosen_so_far += 1
         else:
             rep_of[x] = best[2]
     groups: dict[int, list[int]] = {}
@@ -256,8 +277,10 @@ def minhash_signatures(
             lo += 1
             continue
         block = mixed[offsets[lo] : offsets[hi]]
-        permuted = block[:, None] * a[None, :] + b[None, :]  # wraps mod 2^32 by design
-        out[lo:hi] = np.minimum.reduceat(permuted, offsets[lo:hi] - offsets[lo], axis=0)
+        # permutations x shingles, so that each minimum runs along contiguous memory: 7x
+        # faster than shingles x permutations (reduceat over axis 0)
+        permuted = a[:, None] * block[None, :] + b[:, None]  # wraps mod 2^32 by design
+        out[lo:hi] = np.minimum.reduceat(permuted, offsets[lo:hi] - offsets[lo], axis=1).T
         lo = hi
     return out
 
@@ -278,21 +301,86 @@ def lsh_bands(threshold: float, num_perm: int, recall: float = LSH_RECALL) -> tu
     return num_perm, 1  # a threshold this low (< 0.04 at 128) gets the loosest index
 
 
-def _lsh_candidates(
-    signatures: np.ndarray, threshold: float, num_perm: int, seed: int
-) -> list[tuple[int, int]]:
-    """Pairs (i < j) that share at least one LSH band, via datasketch's MinHashLSH."""
-    from datasketch import LeanMinHash, MinHashLSH
+def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """One 64-bit key per LSH band (texts x bands): equal bands give equal keys.
 
-    bands = lsh_bands(threshold, num_perm)
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, params=bands)
-    pairs: list[tuple[int, int]] = []
-    for j, values in enumerate(signatures):
-        sketch = LeanMinHash(seed=seed, hashvalues=values, scheme="affine32")
-        # query before insert: each pair is reported once, by its later member
-        pairs.extend((i, j) for i in lsh.query(sketch))
-        lsh.insert(j, sketch, check_duplication=False)
-    return pairs
+    Band b covers signature columns [b * rows, (b + 1) * rows), as datasketch's
+    `MinHashLSH(params=(bands, rows))` does; two texts are candidates when one of their band
+    keys is equal. Eight bytes per band and text, where datasketch's index holds a bytes
+    object, a list and two dict entries per band and text (~4 KB a text at 18 bands).
+    """
+    keys = np.zeros((len(signatures), bands), dtype=np.uint64)
+    for band in range(bands):
+        h = np.zeros(len(signatures), dtype=np.uint64)
+        for col in range(band * rows, (band + 1) * rows):
+            h = _fmix64(h * _POLY + signatures[:, col].astype(np.uint64))
+        keys[:, band] = h
+    return keys
+
+
+def _lsh_candidates(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i < j, sorted) that share at least one band key.
+
+    Per band, texts sorted by key form runs of equal keys; each run gives all its pairs,
+    as a datasketch bucket does. A 64-bit key stands for a band of `rows` 32-bit values;
+    two different bands share a key with probability 2^-64, and a spurious candidate is
+    only verified and rejected, so the pairs found are datasketch's (unless a collision
+    makes a true near duplicate a candidate that datasketch would have missed).
+    """
+    n = len(keys)
+    found = np.zeros(0, dtype=np.int64)
+    for band in range(keys.shape[1]):
+        order = np.argsort(keys[:, band], kind="stable")
+        ordered = keys[order, band]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1], True])
+        sizes = np.diff(starts)
+        parts: list[np.ndarray] = []
+        pairs_at = starts[:-1][sizes == 2]  # the common case, vectorised
+        if len(pairs_at):
+            a, b = order[pairs_at], order[pairs_at + 1]
+            parts.append(np.minimum(a, b) * n + np.maximum(a, b))
+        for lo, size in zip(
+            starts[:-1][sizes > 2].tolist(), sizes[sizes > 2].tolist(), strict=True
+        ):
+            members = np.sort(order[lo : lo + size])
+            a, b = np.triu_indices(size, 1)
+            parts.append(members[a] * n + members[b])
+        if parts:
+            found = _sorted_unique(np.concatenate([found, *parts]))
+    return found // n, found % n
+
+
+def _common_counts(
+    hashes: np.ndarray, offsets: np.ndarray, left: np.ndarray, right: np.ndarray
+) -> np.ndarray:
+    """|set(left) & set(right)| per pair, for the sorted distinct hash sets of `shingle_sets`.
+
+    Vectorised over batches of pairs: key = (pair, hash) is sorted already for each side,
+    because each text's hashes are, so one binary search per right-hand hash finds it.
+    """
+    out = np.zeros(len(left), dtype=np.int64)
+    lengths = np.diff(offsets)
+    cells = np.cumsum(lengths[left] + lengths[right])
+    lo = 0
+    while lo < len(left):
+        done = int(cells[lo - 1]) if lo else 0
+        hi = min(len(left), max(lo + 1, int(np.searchsorted(cells, done + _BATCH_CELLS))))
+        keyed = []
+        for side in (left[lo:hi], right[lo:hi]):
+            counts = lengths[side]
+            owner = np.repeat(np.arange(hi - lo, dtype=np.uint64), counts)
+            first = np.zeros(len(side) + 1, dtype=np.int64)
+            np.cumsum(counts, out=first[1:])
+            pos = offsets[side][owner.astype(np.int64)]
+            pos += np.arange(int(first[-1])) - first[owner.astype(np.int64)]
+            keyed.append((owner << np.uint64(32)) | hashes[pos].astype(np.uint64))
+        keys_l, keys_r = keyed
+        at = np.minimum(np.searchsorted(keys_l, keys_r), max(len(keys_l) - 1, 0))
+        both = keys_l[at] == keys_r if len(keys_l) else np.zeros(len(keys_r), dtype=bool)
+        owners = (keys_r[both] >> np.uint64(32)).astype(np.int64)
+        out[lo:hi] = np.bincount(owners, minlength=hi - lo)
+        lo = hi
+    return out
 
 
 def near_duplicate_pairs(
@@ -366,23 +454,29 @@ def _jaccard_pairs(
         raise ValueError("threshold must be in (0, 1]")
     if len(texts) < 2:
         return []
-    hashes, offsets = shingle_sets(texts, ngram)
-    signatures = minhash_signatures(hashes, offsets, num_perm, seed)
-    sets: dict[int, frozenset[int]] = {}
-
-    def shingles(i: int) -> frozenset[int]:
-        if i not in sets:
-            sets[i] = frozenset(hashes[offsets[i] : offsets[i + 1]].tolist())
-        return sets[i]
-
-    pairs = []
-    for i, j in _lsh_candidates(signatures, threshold, num_perm, seed):
-        a, b = shingles(i), shingles(j)
-        common = len(a & b)
-        union = len(a) + len(b) - common
-        if common >= threshold * union:
-            pairs.append((min(i, j), max(i, j), 1.0 - common / union))
-    return sorted(pairs)
+    bands, rows = lsh_bands(threshold, num_perm)
+    # signatures a block of texts at a time: only the band keys are kept for every text
+    keys = np.zeros((len(texts), bands), dtype=np.uint64)
+    for lo in range(0, len(texts), _SIGNATURE_TEXTS):
+        hashes, offsets = shingle_sets(texts[lo : lo + _SIGNATURE_TEXTS], ngram)
+        signatures = minhash_signatures(hashes, offsets, num_perm, seed)
+        keys[lo : lo + len(signatures)] = band_keys(signatures, bands, rows)
+    del hashes, offsets, signatures
+    left, right = _lsh_candidates(keys)
+    del keys
+    if not len(left):
+        return []
+    # the exact shingle sets again, for the texts in a candidate pair only
+    involved = _sorted_unique(np.concatenate([left, right]))
+    hashes, offsets = shingle_sets([texts[i] for i in involved.tolist()], ngram)
+    local_l, local_r = np.searchsorted(involved, left), np.searchsorted(involved, right)
+    common = _common_counts(hashes, offsets, local_l, local_r)
+    sizes = np.diff(offsets)
+    union = sizes[local_l] + sizes[local_r] - common
+    close = common >= threshold * union
+    distance = 1.0 - common[close] / union[close]
+    found = zip(left[close].tolist(), right[close].tolist(), distance.tolist(), strict=True)
+    return list(found)  # (i, j) sorted already
 
 
 def allowed_edits(
@@ -643,9 +737,44 @@ def _field_text(row: Row, field: str) -> str:
 
 
 def _texts(rows: list[Row], field: str) -> list[str]:
+    """`strip_shared_affixes` of the rows' texts, without holding the unstripped ones too.
+
+    Two passes over the rows (the affixes first, then the stripped texts), since a list of
+    full texts beside the stripped list was ~400 bytes a row more at the peak.
+    """
     if field not in FIELDS:
         raise DataError(f"dedup: field must be one of {', '.join(FIELDS)}, not {field!r}")
-    return strip_shared_affixes([_field_text(r, field) for r in rows])
+    if len(rows) < 2:
+        return [_field_text(r, field) for r in rows]
+    front, back = _shared_affix_lengths(_field_text(r, field) for r in rows)
+    if not front and not back:
+        return [_field_text(r, field) for r in rows]
+    return [_strip(_field_text(r, field), front, back) for r in rows]
+
+
+def _strip(text: str, front: int, back: int) -> str:
+    return text[front : max(front, len(text) - back)]
+
+
+def _shared_affix_lengths(texts: Iterable[str], min_chars: int = 8) -> tuple[int, int]:
+    """Lengths of the prefix and suffix all texts share, each 0 when under `min_chars`."""
+    prefix: str | None = None
+    suffix = ""
+    for text in texts:
+        if prefix is None:
+            prefix, suffix = text, text
+            continue
+        if prefix and not text.startswith(prefix):
+            prefix = os.path.commonprefix([prefix, text])  # noqa: RUF071
+        if suffix and not text.endswith(suffix):
+            suffix = os.path.commonprefix([suffix[::-1], text[::-1]])[::-1]  # noqa: RUF071
+        if not prefix and not suffix:
+            break
+    prefix = prefix or ""
+    return (
+        len(prefix) if len(prefix) >= min_chars else 0,
+        len(suffix) if len(suffix) >= min_chars else 0,
+    )
 
 
 def strip_shared_affixes(texts: list[str], min_chars: int = 8) -> list[str]:
@@ -657,13 +786,10 @@ def strip_shared_affixes(texts: list[str], min_chars: int = 8) -> list[str]:
     """
     if len(texts) < 2:
         return texts
-    prefix = os.path.commonprefix(texts)  # noqa: RUF071 (character-wise is the point)
-    suffix = os.path.commonprefix([t[::-1] for t in texts])[::-1]  # noqa: RUF071
-    cut_front = len(prefix) if len(prefix) >= min_chars else 0
-    cut_back = len(suffix) if len(suffix) >= min_chars else 0
+    cut_front, cut_back = _shared_affix_lengths(texts, min_chars)
     if not cut_front and not cut_back:
         return texts
-    return [t[cut_front : max(cut_front, len(t) - cut_back)] for t in texts]
+    return [_strip(t, cut_front, cut_back) for t in texts]
 
 
 def _check_near_options(method: str, max_edits: int) -> None:
@@ -717,8 +843,10 @@ def cluster_ids(
         among = [i for i in range(len(texts)) if i not in repeated]
         for i, j, _ in _near_pairs_among(texts, among, method, threshold, max_edits):
             found.union(i, j)
-    ids: dict[int, int] = {}
-    return [ids.setdefault(found.find(i), len(ids)) for i in range(len(rows))]
+    # a cluster's root is its first row, so numbering the roots in order numbers the
+    # clusters by first row (np.unique rather than a dict of every row: ~100 bytes a row)
+    roots = np.fromiter((found.find(i) for i in range(len(rows))), np.int64, len(rows))
+    return np.unique(roots, return_inverse=True)[1].tolist()
 
 
 def _source(row: Row, index: int) -> str:
@@ -761,10 +889,14 @@ def dedup(
         raise DataError(f"dedup: keep must be one of {', '.join(KEEP)}, not {keep!r}")
     _check_near_options(method, max_edits)
     texts = _texts(rows, field)
-    order = list(range(len(rows)))
+    n = len(rows)
+    # numpy, not lists and dicts of Python ints: ~100 bytes a row each at millions of rows
+    order = np.arange(n)
     if keep == "longest":
-        order.sort(key=lambda i: (-len(texts[i]), i))
-    rank = {row: position for position, row in enumerate(order)}
+        lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=n)
+        order = np.lexsort((order, -lengths))
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
     dropped: dict[int, str] = {}
     listed: list[dict[str, Any]] = []
 
@@ -783,14 +915,15 @@ def dedup(
         )
 
     for group in exact_duplicate_groups(texts) if exact else []:
-        record("exact", group, min(group, key=rank.__getitem__))
+        record("exact", group, group[int(np.argmin(rank[group]))])
     if near:
-        among = [i for i in range(len(rows)) if i not in dropped]
-        pairs = _near_pairs_among(texts, among, method, threshold, max_edits)
-        local = {row: k for k, row in enumerate(among)}
+        among = [i for i in range(n) if i not in dropped]
         # pairs and order in the local numbering of `among`
-        local_pairs = [(local[i], local[j], d) for i, j, d in pairs]
-        local_order = [local[i] for i in order if i in local]
+        local = np.full(n, -1, dtype=np.int64)
+        local[among] = np.arange(len(among))
+        local_pairs = near_duplicate_pairs([texts[i] for i in among], method, threshold, max_edits)
+        local_order = local[order]
+        local_order = local_order[local_order >= 0].tolist()
         for rep, *members in star_clusters(len(among), local_pairs, local_order):
             record("near", sorted(among[k] for k in (rep, *members)), among[rep])
     if semantic:
@@ -800,7 +933,7 @@ def dedup(
         found = semantic_duplicate_clusters(embed([texts[i] for i in among]), semantic_threshold)
         for cluster in found:
             group = [among[k] for k in cluster]
-            record("semantic", group, min(group, key=rank.__getitem__))
+            record("semantic", group, group[int(np.argmin(rank[group]))])
     out = []
     for i, row in enumerate(rows):
         if i in dropped:

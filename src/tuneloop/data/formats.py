@@ -129,9 +129,9 @@ def to_conversation(row: Any, fmt: str) -> Conversation:
             role = msg.get("role")
             if role not in ROLES:
                 raise ValueError(f"message {i}: role {role!r} is not one of {', '.join(ROLES)}")
-            conv.append(
-                {"role": role, "content": _text(msg.get("content"), f"message {i} content")}
-            )
+            content = _text(msg.get("content"), f"message {i} content")
+            # the role literal, not the parsed string: one object for every message's role
+            conv.append({"role": ROLES[ROLES.index(role)], "content": content})
     elif fmt == "sharegpt":
         turns = row.get("conversations")
         if not isinstance(turns, list):

@@ -17,7 +17,6 @@ run directory and recorded in the run's prompt format, so `tuneloop eval --model
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,28 +123,29 @@ class HintIndex:
         return names, out
 
     def save(self, directory: str | Path) -> Path:
-        """Write `index.jsonl` + `vectors.npy` to a temporary folder, then rename it."""
+        """Write `index.jsonl` + `vectors.npy` (+ `embedder/`) as one folder, replaced whole.
+
+        Written to a temporary folder beside `directory` that then takes its place, so a
+        crash leaves the old index or the new one, never a mix (`tuneloop.files.staged_dir`).
+        """
+        import shutil
+
         import numpy as np
 
+        from tuneloop.files import staged_dir
+
         final = Path(directory)
-        tmp = final.with_name(final.name + ".tmp")
-        tmp.mkdir(parents=True, exist_ok=True)
-        with open(tmp / "index.jsonl", "w", encoding="utf-8") as f:
-            for text, label in zip(self.texts, self.labels, strict=True):
-                f.write(json.dumps({"text": text, "label": label}, ensure_ascii=False) + "\n")
-        np.save(tmp / "vectors.npy", self.vectors)
-        if self.embedder is not None:
-            if isinstance(self.embedder, str):
-                import shutil
-
-                shutil.copytree(self.embedder, tmp / "embedder", dirs_exist_ok=True)
-            else:
-                self.embedder.save(str(tmp / "embedder"))
-        if final.exists():
-            import shutil
-
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        with staged_dir(final) as tmp:
+            with open(tmp / "index.jsonl", "w", encoding="utf-8") as f:
+                for text, label in zip(self.texts, self.labels, strict=True):
+                    row = {"text": text, "label": label}
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            np.save(tmp / "vectors.npy", self.vectors)
+            if self.embedder is not None:
+                if isinstance(self.embedder, str):
+                    shutil.copytree(self.embedder, tmp / "embedder", dirs_exist_ok=True)
+                else:
+                    self.embedder.save(str(tmp / "embedder"))
         return final
 
     @classmethod

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
+import itertools
 import json
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,11 @@ from tuneloop.data.records import Row
 from tuneloop.errors import DataError
 
 DOC_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm")
+_BATCH_ROWS = 10_000  # Parquet rows decoded per Arrow batch
+_UNTERMINATED = (
+    "unterminated quote: the quoted field that opens on this line is never closed, so the "
+    "rest of the file was read into it"
+)
 
 
 @dataclass
@@ -90,76 +97,178 @@ def _read_text(path: Path) -> str:
 
 def raw_rows(path: Path) -> tuple[list[tuple[str, Any]], list[RowError]]:
     """Parsed rows as (where, object) plus the rows that could not be parsed."""
+    errors: list[RowError] = []
+    return list(iter_raw_rows(path, errors)), errors
+
+
+def iter_raw_rows(path: Path, errors: list[RowError]) -> Iterator[tuple[str, Any]]:
+    """Parsed rows as (where, object), one at a time; rows that cannot be parsed go to `errors`.
+
+    A generator, so that a reader holds one line (JSONL, CSV) or one Arrow batch (Parquet) of
+    raw data at a time rather than the whole file and every parsed object at once: holding
+    them all made reading a 200k-row file take gigabytes.
+    """
     suffix = path.suffix.lower()
     if path.is_dir():
-        return _datasets_dir_rows(path), []
-    if suffix == ".parquet":
-        return _parquet_rows(path), []
-    if suffix in DOC_SUFFIXES:
+        yield from _datasets_dir_rows(path)
+    elif suffix == ".parquet":
+        yield from _parquet_rows(path)
+    elif suffix in DOC_SUFFIXES:
         from tuneloop.data.documents import read_document
 
-        return [(path.name, {"text": read_document(path)})], []
-    rows: list[tuple[str, Any]] = []
-    errors: list[RowError] = []
-    if suffix == ".json":
-        text = _read_text(path)
+        yield path.name, {"text": read_document(path)}
+    elif suffix == ".json":
+        yield from _json_rows(path)
+    elif suffix == ".csv":
+        yield from _csv_rows(path, errors)
+    else:
+        yield from _jsonl_rows(path, errors)
+
+
+def _json_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    # one JSON document: it has to be parsed whole
+    text = _read_text(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from None
+    del text
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise DataError(f"{path}: a .json data file must hold a list of rows")
+    for i, item in enumerate(data):
+        yield f"row {i}", item
+
+
+def _open_text(path: Path) -> Any:
+    try:
+        return path.open(encoding="utf-8-sig", newline="")
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err.strerror}") from None
+
+
+def _csv_rows(path: Path, errors: list[RowError]) -> Iterator[tuple[str, Any]]:
+    """CSV rows by their (last) line; an unterminated quote is named where it opens."""
+    with _open_text(path) as fh:
+        reader = csv.DictReader(fh)
+        start = last_start = 0  # the line the current (and the last) record begins on
+        held: tuple[str, Any] | None = None  # the last record, until we know it is whole
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from None
-        if isinstance(data, dict) and isinstance(data.get("data"), list):
-            data = data["data"]
-        if not isinstance(data, list):
-            raise DataError(f"{path}: a .json data file must hold a list of rows")
-        return [(f"row {i}", item) for i, item in enumerate(data)], []
-    if suffix == ".csv":
-        text = _read_text(path)
-        try:
-            reader = csv.DictReader(io.StringIO(text, newline=""))
-            for i, item in enumerate(reader, start=2):
+            reader.fieldnames  # noqa: B018  (reads the header, so line_num counts past it)
+            start = reader.line_num + 1
+            for item in reader:
+                if held is not None:
+                    yield held
+                    held = None
                 if None in item:
-                    errors.append(RowError(f"line {i}", "more fields than the header"))
-                    continue
-                rows.append((f"line {reader.line_num}", dict(item)))
+                    errors.append(RowError(f"line {start}", "more fields than the header"))
+                else:
+                    held = (f"line {reader.line_num}", dict(item))
+                last_start, start = start, reader.line_num + 1
+        except UnicodeDecodeError:
+            _read_text(path)  # raises the error with the byte offset in the whole file
+            raise
         except csv.Error as err:
-            errors.append(RowError(f"line {reader.line_num}", f"invalid CSV ({err})"))
-        return rows, errors
+            opened = _unterminated_quote_line(path, start) if start else None
+            if opened is not None:
+                errors.append(RowError(f"line {opened}", _UNTERMINATED))
+            else:
+                errors.append(RowError(f"line {reader.line_num}", f"invalid CSV ({err})"))
+            return
+    if held is not None and reader.line_num > last_start:
+        # the csv module reads an unclosed quoted field to the end of the file and returns
+        # it as one record; a record that spans lines up to the end may be that
+        opened = _unterminated_quote_line(path, last_start)
+        if opened is not None:
+            errors.append(RowError(f"line {opened}", _UNTERMINATED))
+            return
+    if held is not None:
+        yield held
+
+
+def _unterminated_quote_line(path: Path, first_line: int) -> int | None:
+    """The line where a quoted field opens and never closes, scanning from `first_line`.
+
+    Follows the csv module's default dialect: a quote opens a field only at its start, `""`
+    inside a quoted field is a literal quote.
+    """
+    with _open_text(path) as fh:
+        text = "".join(itertools.islice(fh, first_line - 1, None))
+    line, in_quote, at_start, opened = first_line, False, True, None
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if in_quote:
+            if c == '"':
+                if text.startswith('""', i):
+                    i += 1
+                else:
+                    in_quote = False
+            elif c == "\n":
+                line += 1
+        elif c == '"' and at_start:
+            in_quote, opened, at_start = True, line, False
+        elif c == "\n":
+            line, at_start = line + 1, True
+        else:
+            at_start = c in ",\r"
+        i += 1
+    return opened if in_quote else None
+
+
+def _jsonl_rows(path: Path, errors: list[RowError]) -> Iterator[tuple[str, Any]]:
     # .jsonl and anything else: one JSON object per line, decoded line by line so one
     # undecodable line does not lose the rest of the file
     try:
-        data_bytes = path.read_bytes()
+        fh = path.open("rb")
     except OSError as err:
         raise DataError(f"cannot read {path}: {err.strerror}") from None
-    if data_bytes.startswith(b"\xef\xbb\xbf"):
-        data_bytes = data_bytes[3:]
-    for i, raw_line in enumerate(data_bytes.split(b"\n"), start=1):
-        try:
-            line = raw_line.decode("utf-8")
-        except UnicodeDecodeError as err:
-            errors.append(RowError(f"line {i}", f"not UTF-8 ({err.reason} at byte {err.start})"))
-            continue
-        if not line.strip():
-            continue
-        try:
-            rows.append((f"line {i}", json.loads(line)))
-        except (json.JSONDecodeError, RecursionError) as err:
-            msg = f"{err.msg} at column {err.colno}" if hasattr(err, "msg") else "too deeply nested"
-            errors.append(RowError(f"line {i}", f"invalid JSON ({msg})"))
-    return rows, errors
+    with fh:
+        for i, raw_line in enumerate(fh, start=1):
+            if i == 1 and raw_line.startswith(b"\xef\xbb\xbf"):
+                raw_line = raw_line[3:]
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                problem = f"not UTF-8 ({err.reason} at byte {err.start})"
+                errors.append(RowError(f"line {i}", problem))
+                continue
+            if not line.strip():
+                continue
+            try:
+                yield f"line {i}", json.loads(line)
+            except (json.JSONDecodeError, RecursionError) as err:
+                nested = "too deeply nested"
+                msg = f"{err.msg} at column {err.colno}" if hasattr(err, "msg") else nested
+                errors.append(RowError(f"line {i}", f"invalid JSON ({msg})"))
 
 
-def _parquet_rows(path: Path) -> list[tuple[str, Any]]:
+def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    def unreadable(err: Exception) -> DataError:
+        return DataError(f"{path}: not a readable Parquet file ({err})")
+
     try:
-        table = pq.read_table(path)
+        batches = pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS)
     except (pa.ArrowException, OSError) as err:
-        raise DataError(f"{path}: not a readable Parquet file ({err})") from None
-    return [(f"row {i}", row) for i, row in enumerate(table.to_pylist())]
+        raise unreadable(err) from None
+    i = 0
+    while True:
+        try:
+            batch = next(batches, None)
+        except (pa.ArrowException, OSError) as err:
+            raise unreadable(err) from None
+        if batch is None:
+            return
+        for row in batch.to_pylist():
+            yield f"row {i}", row
+            i += 1
 
 
-def _datasets_dir_rows(path: Path) -> list[tuple[str, Any]]:
+def _datasets_dir_rows(path: Path) -> Iterator[tuple[str, Any]]:
     """A `datasets.save_to_disk` directory (its train split if it holds several)."""
     if not ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()):
         raise DataError(
@@ -175,7 +284,8 @@ def _datasets_dir_rows(path: Path) -> list[tuple[str, Any]]:
     if isinstance(ds, DatasetDict):
         split = "train" if "train" in ds else next(iter(ds))
         ds = ds[split]
-    return [(f"row {i}", row) for i, row in enumerate(ds)]
+    for i, row in enumerate(ds):
+        yield f"row {i}", row
 
 
 def _document_dir(path: Path) -> bool:
@@ -199,20 +309,22 @@ def read_rows(
         raise DataError(f"unknown data format {fmt!r}; known: auto, {', '.join(FORMATS)}")
     if _document_dir(path):
         return _read_document_dir(path, options)
-    raw, errors = raw_rows(path)
-    detected = fmt
-    if fmt == "auto":
-        found = [f for _, r in raw if (f := detect_format(r))]
-        detected = max(sorted(set(found)), key=found.count) if found else "unknown"
-    out = ReadResult(path=str(path), format=detected, errors=errors)
-    for where, item in raw:
+    errors: list[RowError] = []
+    out = ReadResult(path=str(path), format=fmt, errors=errors)
+    found: Counter[str] = Counter()
+    for where, item in iter_raw_rows(path, errors):
         row_fmt = fmt if fmt != "auto" else detect_format(item)
+        if row_fmt is not None and fmt == "auto":
+            found[row_fmt] += 1
         try:
             if row_fmt is None:
                 raise ValueError(_undetected(item))
             out.rows.append(to_row(item, row_fmt, where, options))
         except ValueError as err:
             out.errors.append(RowError(where, str(err)))
+    if fmt == "auto":
+        # the most common format; ties go to the first name in sorted order
+        out.format = max(sorted(found), key=found.__getitem__) if found else "unknown"
     out.errors.sort(key=lambda e: _order(e.where))
     if strict:
         out.raise_if_errors()

@@ -10,10 +10,12 @@ distinct-n-gram diversity of prompts, label balance, and embedding cluster cover
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
-from collections import Counter, defaultdict
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +51,28 @@ def repetition(text: str, n: int = 3) -> float:
     return 1.0 - len(set(grams)) / len(grams)
 
 
-def distinct_n(texts: list[str], n: int = 2) -> float:
-    """Unique n-grams over all n-grams across texts (a standard lexical diversity score)."""
+def distinct_n(texts: Iterable[str], n: int = 2) -> float:
+    """Unique n-grams over all n-grams across texts (a standard lexical diversity score).
+
+    N-grams are counted by their 64-bit hashes in sorted numpy arrays, 8 bytes per distinct
+    n-gram: a set of word tuples took ~200 bytes each, gigabytes on millions of rows. Two
+    n-grams share a hash with probability 2^-64, far below the score's 4 decimals.
+    """
+    import numpy as np
+
     total = 0
-    seen: set[tuple[str, ...]] = set()
+    seen = np.zeros(0, dtype=np.int64)
+    pending: list[int] = []
     for text in texts:
         toks = words(text)
-        grams = [tuple(toks[i : i + n]) for i in range(len(toks) - n + 1)]
+        grams = list(zip(*(toks[i:] for i in range(n)), strict=False))
         total += len(grams)
-        seen.update(grams)
+        pending.extend(map(hash, grams))
+        if len(pending) >= 1 << 16:
+            seen = np.union1d(seen, np.array(pending, dtype=np.int64))
+            pending.clear()
+    if pending:
+        seen = np.union1d(seen, np.array(pending, dtype=np.int64))
     return len(seen) / total if total else 0.0
 
 
@@ -82,6 +97,10 @@ def load_labels(path: str | Path) -> list[str]:
     if not isinstance(data, list) or not all(isinstance(x, str | int) for x in data):
         raise DataError(f"{path}: a labels file must be a JSON list of labels")
     return [str(x) for x in data]
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 def _prompt_key(row: Row) -> str:
@@ -118,12 +137,17 @@ def score(
     answer_words = [len(words(answer_of(r))) for r in rows]
     reps = [repetition(answer_of(r)) for r in rows]
 
-    # conflicting answers: the same prompt (normalised) with different answers
-    by_prompt: dict[str, set[str]] = defaultdict(set)
-    for r in rows:
-        if r["kind"] != "text":
-            by_prompt[_prompt_key(r)].add(" ".join(words(answer_of(r))))
-    conflicts = {k for k, answers in by_prompt.items() if len(answers) > 1}
+    # conflicting answers: the same prompt (normalised) with different answers; by digests
+    # of both, since holding every prompt and answer as text doubled the rows' memory
+    prompt_keys = [None if r["kind"] == "text" else _digest(_prompt_key(r)) for r in rows]
+    first_answer: dict[bytes, bytes] = {}
+    conflicts: set[bytes] = set()
+    for r, key in zip(rows, prompt_keys, strict=True):
+        if key is not None:
+            answer = _digest(" ".join(words(answer_of(r))))
+            if first_answer.setdefault(key, answer) != answer:
+                conflicts.add(key)
+    del first_answer
 
     relevance: list[float] | None = None
     if relevance_seeds or relevance_description:
@@ -145,7 +169,7 @@ def score(
                 reason = "label outside the label set"
         elif relevance is not None and min_relevance is not None and relevance[i] < min_relevance:
             reason = f"relevance below {min_relevance}"
-        if reason is None and r["kind"] != "text" and _prompt_key(r) in conflicts:
+        if reason is None and r["kind"] != "text" and prompt_keys[i] in conflicts:
             log.flag(r, "conflicting answers to the same prompt")
             if drop_conflicts:
                 reason = "conflicting answers to the same prompt"
@@ -170,7 +194,7 @@ def score(
                 ),
                 4,
             ),
-            "distinct_2_answers": round(distinct_n([answer_of(r) for r in kept]), 4),
+            "distinct_2_answers": round(distinct_n(answer_of(r) for r in kept), 4),
         },
     }
     if label_counts:
