@@ -234,15 +234,8 @@ def curate(
     cfg, config_dir = load_curate_config(str(config) if config is not None else None)
     if labels is not None:
         cfg.input.labels_file = str(Path(labels).resolve())
-    result = _call_with_force(curate_file, force, path, cfg, out, name=name, config_dir=config_dir)
+    result = curate_file(path, cfg, out, name=name, config_dir=config_dir, force=force)
     return _curated(result)
-
-
-def _call_with_force(fn: Any, force: bool, *args: Any, **kwargs: Any) -> Any:
-    """Pass `force` only when set, so the call works with writers that do not take it yet."""
-    if force:
-        kwargs["force"] = True
-    return fn(*args, **kwargs)
 
 
 def _curated(result: CurateResult) -> Curated:

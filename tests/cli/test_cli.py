@@ -107,3 +107,16 @@ def test_train_eval_and_runs_show_end_to_end(tiny_model: Path, tmp_path: Path) -
     result = json.loads(out_json.read_text())
     assert len(result["examples"]) == 3 and "rouge_l" in result["metrics"]
     assert_one_line_error(run_cli("runs", "show", "99"), "no run with id 99")
+
+
+def test_curate_into_a_foreign_folder_needs_force(tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "train.parquet").write_bytes(b"the user's own file")
+    data = str(SUPPORT / "train.jsonl")
+    proc = run_cli("data", "curate", data, "--out", str(out))
+    assert_one_line_error(proc, "pass --force to replace it")
+    assert [p.name for p in out.iterdir()] == ["train.parquet"]
+    proc = run_cli("data", "curate", data, "--out", str(out), "--force")
+    assert proc.returncode == 0, proc.stderr
+    assert (out / ".tuneloop-output.json").is_file() and (out / "card.html").is_file()

@@ -64,6 +64,15 @@ def test_malformed_line_is_named(tmp_path: Path) -> None:
     ]
 
 
+def test_an_unterminated_json_string_says_where_it_starts_once(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(chat("q", "a")) + '\n{"messages": "abc', encoding="utf-8")
+    data = read_conversations(path, strict=False)
+    assert [str(e) for e in data.errors] == [
+        "line 2: invalid JSON (Unterminated string starting at column 14)"
+    ]
+
+
 @pytest.mark.parametrize(
     ("row", "problem"),
     [

@@ -60,12 +60,26 @@ def data_inspect(
     "input file.",
 )
 @click.option("--labels", type=click.Path(dir_okay=False), help="JSON label set (overrides).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace --out even if it holds files an earlier curation did not write.",
+)
 def data_curate(
-    path: str, config_path: str | None, out: str, name: str | None, labels: str | None
+    path: str,
+    config_path: str | None,
+    out: str,
+    name: str | None,
+    labels: str | None,
+    force: bool,
 ) -> None:
-    """Curate PATH with the steps in --config (default: a safe pipeline) into --out."""
+    """Curate PATH with the steps in --config (default: a safe pipeline) into --out.
+
+    The folder is written whole (a temporary folder, then a rename): an earlier
+    curation's files are replaced, never mixed with the new ones.
+    """
     quiet_libraries()
-    result = api.curate(path, config_path, out=out, name=name, labels=labels)
+    result = api.curate(path, config_path, out=out, name=name, labels=labels, force=force)
     for log in result.steps:
         dropped = sum(log.dropped.values())
         changed = sum(log.changed.values())

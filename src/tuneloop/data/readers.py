@@ -239,8 +239,11 @@ def _jsonl_rows(path: Path, errors: list[RowError]) -> Iterator[tuple[str, Any]]
             try:
                 yield f"line {i}", json.loads(line)
             except (json.JSONDecodeError, RecursionError) as err:
-                nested = "too deeply nested"
-                msg = f"{err.msg} at column {err.colno}" if hasattr(err, "msg") else nested
+                if isinstance(err, json.JSONDecodeError):
+                    # json's own message may end in "at" ("Unterminated string starting at")
+                    msg = f"{err.msg.removesuffix(' at')} at column {err.colno}"
+                else:
+                    msg = "too deeply nested"
                 errors.append(RowError(f"line {i}", f"invalid JSON ({msg})"))
 
 
