@@ -15,11 +15,11 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tuneloop.data.dedup import strip_shared_affixes
+from tuneloop.data.dedup import shared_affix_lengths, strip_affixes
 from tuneloop.data.records import Row, answer_of, prompt_of
 from tuneloop.data.steps import StepLog, step
 from tuneloop.errors import DataError
@@ -185,15 +185,7 @@ def score(
         "conflicting_prompts": len(conflicts),
         "quantity": {"rows": len(kept), "method": method, "guideline": [low, high]},
         "diversity": {
-            # shared system prompts and templates would make every dataset look repetitive
-            "distinct_2_prompts": round(
-                distinct_n(
-                    strip_shared_affixes(
-                        [" ".join(m["content"] for m in prompt_of(r)) for r in kept]
-                    )
-                ),
-                4,
-            ),
+            "distinct_2_prompts": round(distinct_n(_stripped_prompts(kept)), 4),
             "distinct_2_answers": round(distinct_n(answer_of(r) for r in kept), 4),
         },
     }
@@ -210,6 +202,17 @@ def score(
         details["diversity"]["cluster_coverage"] = _cluster_coverage(kept)
     log.details.update(details)
     return kept
+
+
+def _stripped_prompts(rows: list[Row]) -> Iterator[str]:
+    """`strip_shared_affixes` of the rows' prompts, generated twice rather than held."""
+
+    def prompts() -> Iterator[str]:
+        return (" ".join(m["content"] for m in prompt_of(r)) for r in rows)
+
+    # shared system prompts and templates would make every dataset look repetitive
+    front, back = shared_affix_lengths(prompts()) if len(rows) >= 2 else (0, 0)
+    return (strip_affixes(p, front, back) for p in prompts())
 
 
 def _relevance(rows: list[Row], seeds: str | None, description: str | None) -> list[float]:
