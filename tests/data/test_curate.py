@@ -294,3 +294,17 @@ def test_a_second_curate_replaces_the_first_output_whole(tmp_path: Path) -> None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl", "out", "registry.db"]
     assert len(read_rows(out / "train.parquet").rows) == len(TOPICS)
     assert json.loads((out / "card.json").read_text())["output"]["splits"] == {"train": 30}
+
+
+def test_distinct_n_by_hashes_equals_the_set_of_ngrams() -> None:
+    # enough n-grams for several merges of the hashed, sorted arrays
+    import random
+
+    from tuneloop.data.score import distinct_n, words
+
+    rng = random.Random(0)
+    vocab = [f"w{i}" for i in range(500)]
+    texts = [" ".join(rng.choices(vocab, k=rng.randint(1, 60))) for _ in range(6000)]
+    for n in (1, 2, 3):
+        grams = [tuple(t[i : i + n]) for t in map(words, texts) for i in range(len(t) - n + 1)]
+        assert distinct_n(texts, n) == len(set(grams)) / len(grams)

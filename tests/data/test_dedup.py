@@ -548,3 +548,15 @@ def test_near_duplicate_memory_per_text_is_bounded(monkeypatch: pytest.MonkeyPat
         peaks[n] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     assert (peaks[6000] - peaks[2000]) / 4000 < 2500
+
+
+def test_verifying_candidates_in_blocks_does_not_change_pairs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import tuneloop.data.dedup as dedup
+
+    texts = _support_texts(400)
+    expected = near_duplicate_pairs(texts, threshold=0.5)
+    monkeypatch.setattr(dedup, "_VERIFY_PAIRS", 7)
+    monkeypatch.setattr(dedup, "_SIGNATURE_TEXTS", 33)
+    assert near_duplicate_pairs(texts, threshold=0.5) == expected and len(expected) > 20

@@ -62,6 +62,7 @@ _BATCH_CHARS = 1 << 20  # characters shingled per numpy pass
 _CHUNK_SHINGLES = 1 << 15  # shingles per signature block: 32k x 128 perms x 4 B = 16 MiB
 _BATCH_CELLS = 1 << 21  # word cells per banded edit-distance batch (~16 MiB of int64 ids)
 _SIGNATURE_TEXTS = 20_000  # texts shingled and signed per block (~30 MB of temporaries)
+_VERIFY_PAIRS = 20_000  # candidate pairs verified per block (at most 40k texts' shingles)
 
 
 def normalize_for_hash(text: str) -> str:
@@ -466,17 +467,25 @@ def _jaccard_pairs(
     del keys
     if not len(left):
         return []
-    # the exact shingle sets again, for the texts in a candidate pair only
-    involved = _sorted_unique(np.concatenate([left, right]))
-    hashes, offsets = shingle_sets([texts[i] for i in involved.tolist()], ngram)
-    local_l, local_r = np.searchsorted(involved, left), np.searchsorted(involved, right)
-    common = _common_counts(hashes, offsets, local_l, local_r)
-    sizes = np.diff(offsets)
-    union = sizes[local_l] + sizes[local_r] - common
-    close = common >= threshold * union
-    distance = 1.0 - common[close] / union[close]
-    found = zip(left[close].tolist(), right[close].tolist(), distance.tolist(), strict=True)
-    return list(found)  # (i, j) sorted already
+    # the exact shingle sets again, for the texts of a block of candidate pairs at a time
+    # (on near-duplicate-rich data 40% of the rows are in some pair: all their sets at once
+    # would be most of the memory again)
+    pairs: list[tuple[int, int, float]] = []
+    for lo in range(0, len(left), _VERIFY_PAIRS):
+        block_l, block_r = left[lo : lo + _VERIFY_PAIRS], right[lo : lo + _VERIFY_PAIRS]
+        involved = _sorted_unique(np.concatenate([block_l, block_r]))
+        hashes, offsets = shingle_sets([texts[i] for i in involved.tolist()], ngram)
+        local_l = np.searchsorted(involved, block_l)
+        local_r = np.searchsorted(involved, block_r)
+        common = _common_counts(hashes, offsets, local_l, local_r)
+        sizes = np.diff(offsets)
+        union = sizes[local_l] + sizes[local_r] - common
+        close = common >= threshold * union
+        distance = 1.0 - common[close] / union[close]
+        pairs.extend(
+            zip(block_l[close].tolist(), block_r[close].tolist(), distance.tolist(), strict=True)
+        )
+    return pairs  # (i, j) sorted already
 
 
 def allowed_edits(
@@ -746,18 +755,23 @@ def _texts(rows: list[Row], field: str) -> list[str]:
         raise DataError(f"dedup: field must be one of {', '.join(FIELDS)}, not {field!r}")
     if len(rows) < 2:
         return [_field_text(r, field) for r in rows]
-    front, back = _shared_affix_lengths(_field_text(r, field) for r in rows)
+    front, back = shared_affix_lengths(_field_text(r, field) for r in rows)
     if not front and not back:
         return [_field_text(r, field) for r in rows]
-    return [_strip(_field_text(r, field), front, back) for r in rows]
+    return [strip_affixes(_field_text(r, field), front, back) for r in rows]
 
 
-def _strip(text: str, front: int, back: int) -> str:
+def strip_affixes(text: str, front: int, back: int) -> str:
+    """`text` without its first `front` and last `back` characters (never negative)."""
     return text[front : max(front, len(text) - back)]
 
 
-def _shared_affix_lengths(texts: Iterable[str], min_chars: int = 8) -> tuple[int, int]:
-    """Lengths of the prefix and suffix all texts share, each 0 when under `min_chars`."""
+def shared_affix_lengths(texts: Iterable[str], min_chars: int = 8) -> tuple[int, int]:
+    """Lengths of the prefix and suffix all texts share, each 0 when under `min_chars`.
+
+    One pass over an iterable, so callers can strip texts they generate twice rather than
+    hold a list of them (see `strip_shared_affixes`).
+    """
     prefix: str | None = None
     suffix = ""
     for text in texts:
@@ -786,10 +800,10 @@ def strip_shared_affixes(texts: list[str], min_chars: int = 8) -> list[str]:
     """
     if len(texts) < 2:
         return texts
-    cut_front, cut_back = _shared_affix_lengths(texts, min_chars)
+    cut_front, cut_back = shared_affix_lengths(texts, min_chars)
     if not cut_front and not cut_back:
         return texts
-    return [_strip(t, cut_front, cut_back) for t in texts]
+    return [strip_affixes(t, cut_front, cut_back) for t in texts]
 
 
 def _check_near_options(method: str, max_edits: int) -> None:

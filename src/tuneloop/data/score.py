@@ -15,11 +15,11 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tuneloop.data.dedup import strip_shared_affixes
+from tuneloop.data.dedup import shared_affix_lengths, strip_affixes
 from tuneloop.data.records import Row, answer_of, prompt_of
 from tuneloop.data.steps import StepLog, step
 from tuneloop.errors import DataError
@@ -60,6 +60,8 @@ def distinct_n(texts: Iterable[str], n: int = 2) -> float:
     """
     import numpy as np
 
+    from tuneloop.data.dedup import _sorted_unique
+
     total = 0
     seen = np.zeros(0, dtype=np.int64)
     pending: list[int] = []
@@ -68,11 +70,14 @@ def distinct_n(texts: Iterable[str], n: int = 2) -> float:
         grams = list(zip(*(toks[i:] for i in range(n)), strict=False))
         total += len(grams)
         pending.extend(map(hash, grams))
-        if len(pending) >= 1 << 16:
-            seen = np.union1d(seen, np.array(pending, dtype=np.int64))
+        # merge once the new hashes outnumber the distinct ones so far: each hash is sorted
+        # a logarithmic number of times, not once per merge (merging every 64k was
+        # quadratic: an hour on 2M rows)
+        if len(pending) >= max(1 << 16, len(seen)):
+            seen = _sorted_unique(np.concatenate([seen, np.array(pending, dtype=np.int64)]))
             pending.clear()
     if pending:
-        seen = np.union1d(seen, np.array(pending, dtype=np.int64))
+        seen = _sorted_unique(np.concatenate([seen, np.array(pending, dtype=np.int64)]))
     return len(seen) / total if total else 0.0
 
 
@@ -185,15 +190,7 @@ def score(
         "conflicting_prompts": len(conflicts),
         "quantity": {"rows": len(kept), "method": method, "guideline": [low, high]},
         "diversity": {
-            # shared system prompts and templates would make every dataset look repetitive
-            "distinct_2_prompts": round(
-                distinct_n(
-                    strip_shared_affixes(
-                        [" ".join(m["content"] for m in prompt_of(r)) for r in kept]
-                    )
-                ),
-                4,
-            ),
+            "distinct_2_prompts": round(distinct_n(_stripped_prompts(kept)), 4),
             "distinct_2_answers": round(distinct_n(answer_of(r) for r in kept), 4),
         },
     }
@@ -210,6 +207,17 @@ def score(
         details["diversity"]["cluster_coverage"] = _cluster_coverage(kept)
     log.details.update(details)
     return kept
+
+
+def _stripped_prompts(rows: list[Row]) -> Iterator[str]:
+    """`strip_shared_affixes` of the rows' prompts, generated twice rather than held."""
+
+    def prompts() -> Iterator[str]:
+        return (" ".join(m["content"] for m in prompt_of(r)) for r in rows)
+
+    # shared system prompts and templates would make every dataset look repetitive
+    front, back = shared_affix_lengths(prompts()) if len(rows) >= 2 else (0, 0)
+    return (strip_affixes(p, front, back) for p in prompts())
 
 
 def _relevance(rows: list[Row], seeds: str | None, description: str | None) -> list[float]:
