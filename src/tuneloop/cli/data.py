@@ -8,6 +8,7 @@ import click
 
 from tuneloop import api
 from tuneloop.cli.console import echo_json, quiet_libraries, table
+from tuneloop.errors import TuneloopError
 
 
 @click.group()
@@ -123,7 +124,7 @@ def data_show(dataset_id: int, n_rows: int) -> None:
     if n_rows and d.path.endswith(".parquet"):
         try:
             rows = d.read(limit=n_rows)
-        except api.TuneloopError:
+        except TuneloopError:
             return  # the stored copy is gone; the record above says where it was
         for row in rows:
             click.echo(json.dumps(row, ensure_ascii=False))
