@@ -339,6 +339,54 @@ class TrainingConfig(_Section):
     )
 
 
+class AlignmentConfig(_Section):
+    """Preference methods: `reward`, `dpo`, `simpo`, `orpo` and `kto` (docs/alignment.md)."""
+
+    beta: float = Field(
+        default=0.1,
+        gt=0,
+        description="`dpo`/`kto`: strength of the pull toward the reference model (the KL "
+        "coefficient; 0.1 as in the DPO paper and TRL). `simpo`: the reward scale (try 2.0). "
+        "`orpo`: the weight of the odds-ratio term beside the SFT loss.",
+    )
+    loss: Literal["sigmoid", "ipo", "hinge", "robust"] = Field(
+        default="sigmoid",
+        description="`dpo` loss: `sigmoid` (the DPO paper), `ipo` (squared, on "
+        "length-averaged log-probabilities), `hinge` (SLiC), `robust` (for noisy labels, "
+        "with `label_smoothing` as the assumed flip rate).",
+    )
+    label_smoothing: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=0.5,
+        description="`dpo` sigmoid/robust and `simpo`: the assumed fraction of flipped "
+        "preference labels (conservative DPO).",
+    )
+    gamma_beta_ratio: float = Field(
+        default=0.5,
+        ge=0.0,
+        description="`simpo`: the target reward margin, as a fraction of `beta`.",
+    )
+    margin: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="`reward`: the Bradley-Terry margin: the chosen answer must out-score "
+        "the rejected one by this much before the loss stops pushing.",
+    )
+    desirable_weight: float = Field(
+        default=1.0, gt=0, description="`kto`: loss weight of desirable examples."
+    )
+    undesirable_weight: float = Field(
+        default=1.0, gt=0, description="`kto`: loss weight of undesirable examples."
+    )
+    pairs_to_unpaired: bool = Field(
+        default=False,
+        description="`kto` on paired data: turn each pair into a desirable (chosen) and an "
+        "undesirable (rejected) example. Off by default, so paired data given to `kto` is "
+        "an error rather than a silent conversion.",
+    )
+
+
 class ModelLoadingConfig(_Section):
     """How the `model`'s files may be loaded. Both opt-ins run code or data from the model's
     source with your permissions, so they are off unless you trust that source."""
@@ -404,16 +452,22 @@ class Recipe(_Section):
         description="How the model's files may be loaded (safetensors only, no shipped code, "
         "unless opted in).",
     )
-    method: Literal["sft", "pretrain"] = Field(
+    method: Literal["sft", "pretrain", "reward", "dpo", "simpo", "orpo", "kto"] = Field(
         default="sft",
         description="`sft`: supervised fine-tuning on conversations, loss on assistant turns. "
         "`pretrain`: continued pretraining on raw documents packed into `data.max_length` "
-        "blocks, loss on every token.",
+        "blocks, loss on every token. `reward`: a reward model (a scalar score) from "
+        "preference pairs. `dpo`, `simpo`, `orpo`: preference tuning from pairs; `kto`: "
+        "from answers marked desirable or not (docs/alignment.md).",
     )
     data: DataConfig = Field(description="Training and evaluation data.")
     adapter: AdapterConfig = Field(default_factory=AdapterConfig, description="Adapter.")
     training: TrainingConfig = Field(
         default_factory=TrainingConfig, description="Optimisation hyperparameters."
+    )
+    alignment: AlignmentConfig = Field(
+        default_factory=AlignmentConfig,
+        description="Preference methods' settings (`reward`, `dpo`, `simpo`, `orpo`, `kto`).",
     )
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation settings.")
     output_dir: str | None = Field(

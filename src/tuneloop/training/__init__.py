@@ -1,10 +1,25 @@
-"""Training methods, one module each (`sft`, `pretrain`), sharing the loop in `loop.py` and
-small helpers in `common.py`. `train` picks the module from the recipe's `method`."""
+"""Training methods, one module each (`sft`, `pretrain`, `reward`, `dpo`), sharing the loop
+in `loop.py` (with its objectives and parallel layouts) and small helpers in `common.py`.
+`train` picks the module from the recipe's `method`."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
+
+from tuneloop.errors import RecipeError
+
+# method -> (module, function); `simpo`, `orpo` and `kto` are DPO's relatives in dpo.py
+METHODS = {
+    "sft": ("sft", "sft"),
+    "pretrain": ("pretrain", "pretrain"),
+    "reward": ("reward", "train_reward"),
+    "dpo": ("dpo", "train_preference"),
+    "simpo": ("dpo", "train_preference"),
+    "orpo": ("dpo", "train_preference"),
+    "kto": ("dpo", "train_preference"),
+}
 
 
 def train(
@@ -14,10 +29,11 @@ def train(
     on_step: Any = None,
 ) -> Any:
     """Run the training method the recipe names; returns a `common.TrainResult`."""
-    if recipe.method == "pretrain":
-        from tuneloop.training.pretrain import pretrain
-
-        return pretrain(recipe, run_dir=run_dir, resume=resume, on_step=on_step)
-    from tuneloop.training.sft import sft
-
-    return sft(recipe, run_dir=run_dir, resume=resume, on_step=on_step)
+    module_name, function = METHODS[recipe.method]
+    try:
+        module = importlib.import_module(f"tuneloop.training.{module_name}")
+    except ModuleNotFoundError as err:
+        if err.name != f"tuneloop.training.{module_name}":
+            raise
+        raise RecipeError(f"method {recipe.method} is not available in this build") from None
+    return getattr(module, function)(recipe, run_dir=run_dir, resume=resume, on_step=on_step)

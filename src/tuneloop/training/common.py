@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -290,6 +292,82 @@ class TrainResult:
     metrics: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+
+
+@contextmanager
+def recording(run_id: int, main: bool) -> Iterator[None]:
+    """Run the body; if it raises, mark the run interrupted (a checkpoint was saved) or
+    failed on rank 0, then re-raise. Every method wraps its model work in this."""
+    try:
+        yield
+    except BaseException as err:
+        if main:
+            record_failure(run_id, err)
+        raise
+
+
+def fit(
+    recipe: Recipe,
+    run: Any,
+    run_path: Path,
+    model: Any,
+    objective: Any,
+    train: list[Any],
+    validation: list[Any] | None,
+    pad_id: int,
+    learning_rate: float,
+    resume: str | Path | bool = False,
+    on_step: Any = None,
+    desc: str = "training",
+) -> Any:
+    """The shared loop for one method's examples, its metrics streamed to the registry."""
+    from tuneloop import registry
+    from tuneloop.training.loop import LoopConfig, run_loop
+
+    return run_loop(
+        model,
+        train,
+        LoopConfig.from_training(recipe.training, use_bf16(recipe), learning_rate),
+        run_path,
+        pad_id=pad_id,
+        validation=validation or None,
+        resume=resume_arg(resume),
+        on_log=lambda entry: registry.add_run_metrics(run.id, entry),
+        on_step=on_step,
+        desc=desc,
+        objective=objective,
+    )
+
+
+def complete(
+    run: Any,
+    recipe: Recipe,
+    run_path: Path,
+    meta: dict[str, Any],
+    result: Any,
+    timings: dict[str, float],
+    started: float,
+    main: bool,
+    **extra_metrics: Any,
+) -> TrainResult:
+    """The epilogue every method shares: metrics, timings, model card and records (rank
+    0), and the result the caller gets."""
+    import time
+
+    model_dir = run_path / "model"
+    metrics = {**result.metrics(), **extra_metrics}
+    timings["train_s"] = result.train_s
+    timings["total_s"] = time.perf_counter() - started
+    if main:
+        finish_run(run, recipe, model_dir, meta, metrics, timings, result.steps)
+    return TrainResult(
+        run_id=run.id,
+        run_dir=run_path,
+        model_dir=model_dir,
+        metrics=metrics,
+        history=result.history,
+        seconds=timings["total_s"],
+    )
 
 
 def resume_arg(resume: str | Path | bool) -> Path | bool:

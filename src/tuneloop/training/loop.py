@@ -2,23 +2,22 @@
 
 Why tuneloop owns this loop instead of handing batches to `transformers.Trainer`:
 
-- **Loss normalisation.** The loss of one optimizer step is the sum of token losses over
-  every micro-batch (and every process) divided by the number of target tokens in all of
-  them. So batch 8 equals batch 1 with 8 accumulation steps, and 2 processes equal 1 with
-  the same global batch, up to float rounding (tests check both).
+- **Loss normalisation.** The loss of one optimizer step is the sum of the objective's loss
+  over every micro-batch (and every process) divided by the summed normaliser: target
+  tokens for SFT and pretraining, pairs for preference objectives (objectives.py). So batch
+  8 equals batch 1 with 8 accumulation steps, and 2 processes equal 1 with the same global
+  batch, up to float rounding (tests check both).
 - **Exact resume.** The data order is a pure function of (seed, epoch); a checkpoint stores
-  the position, the optimizer, the scheduler and every RNG state, so a resumed run computes
-  the same future losses as an uninterrupted one.
+  the position, the optimizer, the scheduler, every RNG state and the objective's own state,
+  so a resumed run computes the same future losses as an uninterrupted one.
 - **Guards.** A non-finite loss or gradient norm stops the run at that step, before the
   optimizer touches the weights, and nothing is saved; SIGTERM or Ctrl-C finishes the current
   step, writes a checkpoint and exits.
 
-`accelerate` provides devices, mixed precision and DDP wrapping, so the same loop runs on
-a laptop and under torchrun. With `training.distributed: fsdp` the loop shards the model
-itself with PyTorch FSDP2 (`fully_shard`) and gathers full weights for checkpoints and the
-final model, so checkpoints look the same whichever way the run was split. With
-`zero1`/`zero2`/`zero3`, accelerate builds a DeepSpeed ZeRO engine and the loop drives it
-through train/zero.py (its backward and step), keeping the same accounting and guards.
+What differs by method is the objective (objectives.py: collate, loss, normaliser,
+statistics); what differs by parallel mode is the layout (layouts.py: DDP, FSDP2, ZeRO),
+chosen once. `run_loop` reads top to bottom: set up, resume, then per step: micro-batches ->
+guarded update -> log -> validate -> checkpoint; then the best weights and a plain model.
 """
 
 from __future__ import annotations
@@ -30,13 +29,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from tuneloop.errors import TrainingError, TrainingInterrupted
-from tuneloop.training import zero
 from tuneloop.training.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -45,10 +42,42 @@ from tuneloop.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from tuneloop.training.tokenize import IGNORE, Example
+from tuneloop.training.layouts import (
+    Layout,
+    layout_name,
+    load_trainable_state,
+    make_accelerator,
+    make_layout,
+    trainable_state,
+)
+from tuneloop.training.objectives import (
+    CE_CHUNK,
+    SFT,
+    Objective,
+    collate,
+    fused_linear_cross_entropy,
+    loss_module,
+    token_loss_sum,
+)
+
+# the loss pieces lived here before objectives.py; callers may still import them from here
+__all__ = [
+    "CE_CHUNK",
+    "LoopConfig",
+    "LoopResult",
+    "NonFiniteLoss",
+    "TrainState",
+    "batch_plan",
+    "collate",
+    "fused_linear_cross_entropy",
+    "load_trainable_state",
+    "loss_module",
+    "run_loop",
+    "token_loss_sum",
+    "trainable_state",
+]
 
 MEGABATCH = 50  # batches per length-sorted megabatch (as in transformers' length grouping)
-CE_CHUNK = 4096  # target positions per output-layer chunk (see CausalLMLoss)
 
 
 class NonFiniteLoss(TrainingError):
@@ -153,186 +182,460 @@ def batch_plan(
     return [first, *rest]
 
 
-def collate(examples: list[Example], pad_id: int) -> dict[str, Any]:
-    """Right-padded tensors: input_ids, attention_mask, labels (IGNORE on padding).
+# --- the state a checkpoint carries ----------------------------------------------------------
 
-    Packed rows (examples with `positions`, from `pack_examples`) get position_ids and no
-    attention mask instead: from the restarting positions transformers builds a
-    block-diagonal causal mask, so no token attends across the examples of a row. Padding
-    then continues the positions as a segment of its own.
-    """
+
+@dataclass
+class TrainState:
+    """Where a run is; saved as the checkpoint's state.json, so every field is plain JSON.
+
+    `loss_tokens` counts the objective's normaliser units (target tokens, or pairs); the
+    name is the one checkpoints have always used."""
+
+    step: int = 0
+    tokens: int = 0
+    loss_sum: float = 0.0  # normaliser-weighted, for the run's mean train loss
+    loss_tokens: float = 0.0
+    best_eval_loss: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    train_s: float = 0.0
+    world: int = 1
+    layout: str = "ddp"
+    objective: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: Path) -> TrainState:
+        """The state of checkpoint `where`; unknown keys are ignored (older checkpoints
+        lack `world`, `layout` and `objective`: single-process DDP, no objective state)."""
+        known = {f.name for f in fields(cls)}
+        try:
+            state = cls(**{k: v for k, v in data.items() if k in known})
+            int(state.step), float(state.loss_sum), float(state.loss_tokens), int(state.world)
+        except (TypeError, ValueError) as err:
+            raise TrainingError(f"checkpoint {where}: state.json is malformed ({err})") from None
+        return state
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def record_eval(self, loss: float, step: int, min_delta: float) -> None:
+        """Track the best validation loss and how many evaluations since it improved."""
+        if self.best_eval_loss is None or loss < self.best_eval_loss - min_delta:
+            self.best_eval_loss, self.best_step, self.bad_evals = loss, step, 0
+        else:
+            self.bad_evals += 1
+
+
+@dataclass
+class _Plan:
+    """The run's geometry: which examples each process takes at each step."""
+
+    lengths: list[int]
+    global_batch: int
+    accumulation: int
+    seed: int
+    group_by_length: bool
+    world: int
+    n_batches: int = 0
+    steps_per_epoch: int = 1
+
+    def __post_init__(self) -> None:
+        self.n_batches = len(batch_plan(self.lengths, self.global_batch, self.seed, 0, False))
+        rest = len(self.lengths) % self.global_batch
+        if self.world > 1 and rest and rest < self.world:
+            self.n_batches -= 1  # a last batch too small to give every process an example
+        self.steps_per_epoch = max(1, math.ceil(self.n_batches / self.accumulation))
+
+    def micro_batches(self, step: int, rank: int) -> list[list[int]]:
+        """This process's example indices for each micro-batch of optimizer step `step`."""
+        epoch, in_epoch = divmod(step, self.steps_per_epoch)
+        plan = batch_plan(self.lengths, self.global_batch, self.seed, epoch, self.group_by_length)
+        micro = plan[: self.n_batches][
+            in_epoch * self.accumulation : (in_epoch + 1) * self.accumulation
+        ]
+        out = []
+        for ids in micro:
+            per = math.ceil(len(ids) / self.world)
+            out.append(ids[rank * per : (rank + 1) * per] or ids[:1])
+        return out
+
+
+@dataclass
+class _Step:
+    """One optimizer step's outcome, summed over its micro-batches and every process."""
+
+    loss: float  # loss sum / count
+    count: float  # the normaliser: target tokens or pairs
+    tokens: int  # input tokens (for throughput)
+    stats: dict[str, float]  # sums (divide by count to report)
+
+
+@dataclass
+class _Window:
+    """What the next log line averages over."""
+
+    loss: float = 0.0
+    count: float = 0.0
+    tokens: int = 0
+    stats: dict[str, float] = field(default_factory=dict)
+    start: float = field(default_factory=time.perf_counter)
+
+    def add(self, step: _Step) -> None:
+        self.loss += step.loss * step.count
+        self.count += step.count
+        self.tokens += step.tokens
+        for k, v in step.stats.items():
+            self.stats[k] = self.stats.get(k, 0.0) + v
+
+    def entry(self) -> dict[str, float]:
+        n = max(self.count, 1.0)
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        return {
+            "loss": self.loss / n,
+            **{k: v / n for k, v in sorted(self.stats.items())},
+            "tokens_per_s": self.tokens / elapsed,
+        }
+
+
+def _split(out: Any) -> tuple[Any, dict[str, Any]]:
+    """An objective module's output as (loss sum, statistics)."""
+    return out if isinstance(out, tuple) else (out, {})
+
+
+def _reduce(accelerator: Any, values: list[float]) -> list[float]:
+    """Sum `values` over every process (one collective)."""
     import torch
 
-    width = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    packed = any(e.positions is not None for e in examples)
-    positions = torch.arange(width, dtype=torch.long).repeat(len(examples), 1)
-    for row, e in enumerate(examples):
-        n = len(e.input_ids)
-        ids[row, :n] = torch.tensor(e.input_ids)
-        labels[row, :n] = torch.tensor(e.labels)
-        mask[row, :n] = 1
-        if packed:
-            if e.positions is not None:
-                positions[row, :n] = torch.tensor(e.positions)
-            positions[row, n:] = torch.arange(width - n)
-    if packed:
-        return {"input_ids": ids, "position_ids": positions, "labels": labels}
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    t = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
+    return [float(x) for x in accelerator.reduce(t, "sum")]
 
 
-def token_loss_sum(model: Any, batch: dict[str, Any]) -> Any:
-    """Summed next-token cross-entropy over the batch's target tokens (the plain way: full
-    logits for every position). The loop uses `CausalLMLoss`, which must agree with this."""
-    import torch.nn.functional as F
+def _train_step(
+    layout: Layout, objective: Objective, micro: list[list[Any]], pad_id: int, world: int
+) -> _Step:
+    """Forward and backward over the step's micro-batches; the update is the caller's."""
+    import torch
 
-    out = model(**{k: v for k, v in batch.items() if k != "labels"})
-    logits = out.logits[:, :-1, :].float()
-    targets = batch["labels"][:, 1:]
-    return F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)),
-        targets.reshape(-1),
-        ignore_index=IGNORE,
-        reduction="sum",
+    accelerator = layout.accelerator
+    batches = [objective.collate(examples, pad_id) for examples in micro]
+    tokens = sum(objective.tokens(e) for examples in micro for e in examples)
+    count, all_tokens = _reduce(accelerator, [sum(objective.count(b) for b in batches), tokens])
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    stats: dict[str, Any] = {}
+    for k, batch in enumerate(batches):
+        batch = {key: v.to(accelerator.device) for key, v in batch.items()}
+        with layout.sync(k == len(batches) - 1), layout.autocast():
+            loss, batch_stats = _split(layout.net(**batch))
+        # DDP and ZeRO average gradients over processes, hence the factor `world`
+        layout.backward(loss * world / max(count, 1.0))
+        loss_sum += loss.detach().double().cpu()
+        for name, value in batch_stats.items():
+            stats[name] = stats.get(name, 0.0) + float(value)
+    names = sorted(stats)
+    totals = _reduce(accelerator, [float(loss_sum), *(stats[n] for n in names)])
+    named = dict(zip(names, totals[1:], strict=True))
+    return _Step(totals[0] / max(count, 1.0), count, int(all_tokens), named)
+
+
+def _validate(
+    layout: Layout,
+    objective: Objective,
+    examples: list[Any],
+    batch_size: int,
+    pad_id: int,
+    rank: int,
+    world: int,
+) -> dict[str, float]:
+    """The objective's validation metrics over `examples` (shared out over processes)."""
+    import torch
+
+    accelerator = layout.accelerator
+    layout.net.eval()
+    # sorted by length: batches of similar lengths waste no compute on padding
+    mine = sorted(range(rank, len(examples), world), key=lambda i: objective.length(examples[i]))
+    loss_sum, count, stats = 0.0, 0.0, {}
+    with torch.no_grad(), layout.autocast():
+        for lo in range(0, len(mine), batch_size):
+            batch = objective.collate([examples[i] for i in mine[lo : lo + batch_size]], pad_id)
+            count += objective.count(batch)
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            loss, batch_stats = _split(layout.net(**batch))
+            loss_sum += float(loss.double())
+            for name, value in batch_stats.items():
+                stats[name] = stats.get(name, 0.0) + float(value)
+    names = sorted(stats)
+    totals = _reduce(accelerator, [loss_sum, count, *(stats[n] for n in names)])
+    layout.net.train()
+    n = max(totals[1], 1.0)
+    means = {k: v / n for k, v in zip(names, totals[2:], strict=True)}
+    return objective.eval_entry(totals[0] / n, means)
+
+
+def _save(
+    layout: Layout,
+    scheduler: Any,
+    state: TrainState,
+    objective: Objective,
+    ckpt_dir: Path,
+    keep_last: int,
+) -> Path | None:
+    """Write a checkpoint of the current step (rank 0 writes; every process takes part)."""
+    import torch
+
+    accelerator = layout.accelerator
+    world, main = accelerator.num_processes, accelerator.is_main_process
+    rngs = None
+    if world > 1:  # each process's random state, so a resume continues every stream
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, rng_state())
+        rngs = {"ranks": gathered}
+    weights, optimizer, extra = layout.checkpoint_parts(main)
+    if not main:
+        return None
+    bad = next((n for n, w in weights.items() if not torch.isfinite(w).all()), None)
+    if bad is not None:
+        raise NonFiniteLoss(
+            f"weights became non-finite at step {state.step} ({bad}); no checkpoint "
+            "written, nothing saved"
+        )
+    state.objective = objective.state_dict()
+    path = save_checkpoint(
+        ckpt_dir, state.step, weights, optimizer, scheduler, state.to_dict(), rngs, extra
+    )
+    best = state.best_step
+    rotate(ckpt_dir, keep_last, {ckpt_dir / f"step-{best:06d}"} if best is not None else set())
+    return path
+
+
+def _resume(
+    resume: Path | bool,
+    run_path: Path,
+    layout: Layout,
+    scheduler: Any,
+    objective: Objective,
+    total_steps: int,
+) -> TrainState:
+    """Load a checkpoint into the layout, the scheduler, the objective and the RNGs."""
+    accelerator = layout.accelerator
+    world = accelerator.num_processes
+    path = latest_checkpoint(run_path / "checkpoints") if resume is True else Path(resume)
+    ckpt = load_checkpoint(path)
+    state = TrainState.from_dict(ckpt["state"], path)
+    if state.world != world:
+        raise TrainingError(
+            f"{path} was written by a {state.world}-process run; resume it with the same "
+            f"number of processes (--nproc {state.world}), so the global batch is the same"
+        )
+    if state.layout != layout.name:
+        raise TrainingError(f"{path}: resume with training.distributed {state.layout}, as the run")
+    layout.load(ckpt)
+    scheduler.load_state_dict(ckpt["optimizer"]["scheduler"])
+    objective.load_state_dict(state.objective)
+    rngs = ckpt["rng"]
+    set_rng_state(rngs["ranks"][accelerator.process_index] if "ranks" in rngs else rngs)
+    if accelerator.is_main_process:
+        _truncate_log(run_path / "metrics.jsonl", state.step)
+        print(
+            f"resumed from step {state.step} of {total_steps} ({path})",
+            file=sys.stderr,
+            flush=True,
+        )
+    return state
+
+
+def run_loop(
+    model: Any,
+    train: list[Any],
+    cfg: LoopConfig,
+    run_path: Path,
+    pad_id: int,
+    validation: list[Any] | None = None,
+    resume: Path | bool = False,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+    on_step: Callable[[int, Any], None] | None = None,
+    desc: str = "training",
+    objective: Objective = SFT,
+) -> LoopResult:
+    """Train `model` (its trainable parameters) on `train` for `objective`; see the module
+    docstring.
+
+    resume: False for a fresh run, True for the latest checkpoint in `run_path`, or the
+    path of one checkpoint. on_log receives every metrics entry (after metrics.jsonl);
+    on_step(step, model) runs after each optimizer step (tests use it to inject faults).
+    """
+    import torch
+    from accelerate.state import AcceleratorState
+    from transformers import get_scheduler
+
+    from tuneloop.progress import Progress
+
+    if not train:
+        raise TrainingError("no training examples left after tokenisation")
+    AcceleratorState._reset_state(True)  # one process may run several trainings (sweeps, tests)
+    accelerator = make_accelerator(cfg, launched_world(), _hidden_size(model), run_path)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    main = accelerator.is_main_process
+    lengths = [objective.length(e) for e in train]
+    plan = _Plan(
+        lengths,
+        cfg.batch_size * world,
+        cfg.gradient_accumulation_steps,
+        cfg.seed,
+        cfg.group_by_length,
+        world,
+    )
+    total_steps, eval_every, save_every = _schedule(cfg, plan.steps_per_epoch, bool(validation))
+
+    torch.manual_seed(cfg.seed)
+    attention = choose_attention(cfg.attention, max(lengths), accelerator.device.type)
+    old_attention = _set_attention(model, attention)
+    layout, scheduler = make_layout(
+        layout_name(cfg.distributed, world),
+        accelerator,
+        objective.module(model),
+        lambda: torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate),
+        lambda optimizer: get_scheduler(
+            cfg.lr_scheduler,
+            optimizer,
+            num_warmup_steps=math.ceil(cfg.warmup_ratio * total_steps),
+            num_training_steps=total_steps,
+        ),
+        cfg.bf16,
+    )
+    ckpt_dir, metrics_path = run_path / "checkpoints", run_path / "metrics.jsonl"
+    state = TrainState(world=world, layout=layout.name)
+    if resume:
+        state = _resume(resume, run_path, layout, scheduler, objective, total_steps)
+    resumed_from = state.step if resume else None
+    history = _read_log(metrics_path)
+
+    def log(entry: dict[str, Any]) -> None:
+        history.append(entry)
+        if main:
+            with metrics_path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(entry) + "\n")
+            if cfg.report_to:
+                accelerator.log({k: v for k, v in entry.items() if k != "step"}, entry["step"])
+            if on_log:
+                on_log(entry)
+
+    if cfg.report_to and main:
+        accelerator.init_trackers(run_path.name, config=json.loads(json.dumps(cfg.__dict__)))
+    bar = Progress(total_steps, desc, "step") if main else None
+    if bar:
+        bar.update(state.step)
+    window, stopped_early = _Window(), False
+    with _StopSignal() as stop:
+        while state.step < total_steps and not stopped_early:
+            started = time.perf_counter()
+            micro = [[train[i] for i in ids] for ids in plan.micro_batches(state.step, rank)]
+            step = _train_step(layout, objective, micro, pad_id, world)
+            step_no = state.step + 1
+            if not math.isfinite(step.loss):
+                raise NonFiniteLoss(
+                    f"loss became {step.loss} at step {step_no}; stopped before the update, "
+                    "nothing saved (lower training.learning_rate, or check the data)"
+                )
+            lr = scheduler.get_last_lr()[0]
+            grad_norm = layout.clip(cfg.max_grad_norm)
+            if not math.isfinite(grad_norm):
+                raise NonFiniteLoss(
+                    f"gradient norm became {grad_norm} at step {step_no}; stopped before the "
+                    "update, nothing saved (lower training.learning_rate, or check the data)"
+                )
+            layout.update()
+            scheduler.step()
+            state.step, state.tokens = step_no, state.tokens + step.tokens
+            state.loss_sum += step.loss * step.count
+            state.loss_tokens += step.count
+            state.train_s += time.perf_counter() - started
+            window.add(step)
+            if on_step:
+                on_step(step_no, layout.model)
+            epoch = round(step_no / plan.steps_per_epoch, 4)
+            if bar:
+                bar.update(1)
+            if step_no % cfg.logging_steps == 0 or step_no == total_steps:
+                entry = window.entry()
+                tok_s = entry.pop("tokens_per_s")
+                log(
+                    {
+                        "step": step_no,
+                        "epoch": epoch,
+                        **entry,
+                        "grad_norm": grad_norm,
+                        "learning_rate": lr,
+                        "tokens_seen": state.tokens,
+                        "tokens_per_s": tok_s,
+                        "peak_memory_gb": _peak_memory_gb(accelerator),
+                    }
+                )
+                if bar:
+                    bar.postfix(loss=f"{entry['loss']:.4f}", tok_s=f"{tok_s:.0f}")
+                window = _Window()
+            evaluated = bool(eval_every) and (step_no % eval_every == 0 or step_no == total_steps)
+            if evaluated:
+                assert validation is not None
+                metrics = _validate(
+                    layout, objective, validation, cfg.batch_size * 2, pad_id, rank, world
+                )
+                state.record_eval(metrics["eval_loss"], step_no, cfg.early_stopping_min_delta)
+                log({"step": step_no, "epoch": epoch, **metrics})
+                if bar:
+                    bar.postfix(eval_loss=f"{metrics['eval_loss']:.4f}")
+                patience = cfg.early_stopping_patience
+                stopped_early = bool(patience and state.bad_evals >= patience)
+            if world > 1:  # a signal may reach the processes at different steps: agree
+                stop.received = int(max(_reduce_max(accelerator, stop.received or 0))) or None
+            # the last step needs no checkpoint: the final model is saved by the caller, and
+            # the best one (if not the last) was checkpointed when it was measured
+            due = evaluated or step_no % save_every == 0 or stop.received
+            if due and step_no < total_steps and not stopped_early:
+                _save(layout, scheduler, state, objective, ckpt_dir, cfg.save_total_limit)
+            if stop.received and step_no < total_steps:
+                if bar:
+                    bar.close()
+                name = signal.Signals(stop.received).name
+                raise TrainingInterrupted(
+                    f"{name} received: saved checkpoint at step {step_no} in {ckpt_dir}; "
+                    f"resume with: tuneloop train --resume {run_path}"
+                )
+    if bar:
+        bar.close()
+    if cfg.report_to and main:
+        accelerator.end_training()
+    accelerator.wait_for_everyone()
+    best = ckpt_dir / f"step-{state.best_step:06d}" if state.best_step is not None else None
+    if cfg.load_best_at_end and best and state.best_step != state.step and best.is_dir():
+        layout.load_weights(load_checkpoint(best)["weights"], best)
+    layout.release(main)  # a plain model for the caller (rank 0 saves it)
+    if old_attention is not None:  # the kernel was a training choice; give the model back
+        _set_attention(model, old_attention)
+    losses = [h["loss"] for h in history if "loss" in h]
+    return LoopResult(
+        steps=state.step,
+        epochs=state.step / plan.steps_per_epoch,
+        train_loss=state.loss_sum / max(state.loss_tokens, 1.0),
+        final_loss=losses[-1] if losses else None,
+        tokens=int(state.tokens),
+        train_s=state.train_s,
+        best_step=state.best_step,
+        best_eval_loss=state.best_eval_loss,
+        stopped_early=stopped_early,
+        resumed_from=resumed_from,
+        attention=attention,
+        history=history,
     )
 
 
-def _loss_module() -> Any:
-    import torch
-    import torch.nn.functional as F
-
-    class CausalLMLoss(torch.nn.Module):
-        """The model plus its loss, as one module (so DDP/FSDP wrap the whole forward).
-
-        The output layer runs only on positions that have a target: in SFT most positions
-        are prompt tokens, and with a 49k-token vocabulary the full logits are the largest
-        tensor of the step. Beyond `ce_chunk` target positions (pretraining blocks), the
-        output layer and the loss run fused, chunk by chunk (`fused_linear_cross_entropy`),
-        so those logits are never held whole. Models whose logits are post-processed
-        (soft-capping, scaling) take the plain path.
-        """
-
-        def __init__(self, model: Any) -> None:
-            super().__init__()
-            self.model = model
-            base = model.get_base_model() if hasattr(model, "get_base_model") else model
-            config = getattr(base, "config", None)
-            special = getattr(config, "final_logit_softcapping", None) or getattr(
-                config, "logit_scale", None
-            )
-            decoder = getattr(base, "get_decoder", lambda: None)()
-            head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-            self._parts = None if special or decoder is None or head is None else (decoder, head)
-            self.ce_chunk = CE_CHUNK
-            self._fusable = isinstance(head, torch.nn.Linear) and head.bias is None
-
-        def forward(
-            self,
-            input_ids: Any,
-            labels: Any,
-            attention_mask: Any = None,
-            position_ids: Any = None,
-        ) -> Any:
-            # packed rows (see collate) carry position ids and no attention mask;
-            # transformers builds the per-example mask from them only without a KV cache
-            inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
-            if position_ids is not None:
-                inputs["position_ids"] = position_ids
-            if self._parts is None:
-                return token_loss_sum(self.model, {**inputs, "labels": labels})
-            decoder, head = self._parts
-            hidden = decoder(**inputs)[0]
-            targets = labels[:, 1:]
-            keep = targets != IGNORE
-            hidden, targets = hidden[:, :-1][keep], targets[keep]
-            if hidden.size(0) > self.ce_chunk and self._fusable:
-                # many targets (pretraining): never hold the (targets x vocabulary) logits
-                return fused_linear_cross_entropy(hidden, head.weight, targets, self.ce_chunk)
-            return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
-
-    return CausalLMLoss
-
-
-def fused_linear_cross_entropy(hidden: Any, weight: Any, targets: Any, chunk: int) -> Any:
-    """sum(cross_entropy(hidden @ weight.T, targets)), with the logits one chunk of rows at
-    a time: peak memory holds one (chunk x vocabulary) block instead of all the logits.
-
-    The gradients are computed chunk by chunk in the forward pass (softmax minus one-hot,
-    times the weight / the hidden states) and only scaled in the backward pass, so nothing
-    is recomputed: the same three matrix products as the plain path. Under autocast the
-    products run in the autocast dtype and the softmax in fp32, as the plain path does.
-    """
-    return _fused_ce()(hidden, weight, targets, chunk)
-
-
-_FUSED_CE: Any = None
-
-
-def _fused_ce() -> Any:
-    global _FUSED_CE
-    if _FUSED_CE is not None:
-        return _FUSED_CE.apply
+def _reduce_max(accelerator: Any, value: float) -> list[float]:
     import torch
 
-    class FusedLinearCrossEntropy(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx: Any, hidden: Any, weight: Any, targets: Any, chunk: int) -> Any:
-            device = hidden.device.type
-            ctx.weight_dtype = weight.dtype
-            dtype = (
-                torch.get_autocast_dtype(device)
-                if torch.is_autocast_enabled(device)
-                else weight.dtype
-            )
-            with torch.autocast(device, enabled=False):
-                w = weight.to(dtype)
-                total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-                grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-                grad_weight = (
-                    torch.zeros_like(weight, dtype=torch.float32)
-                    if ctx.needs_input_grad[1]
-                    else None
-                )
-                for lo in range(0, hidden.size(0), chunk):
-                    h = hidden[lo : lo + chunk].to(dtype)
-                    t = targets[lo : lo + chunk]
-                    logits = (h @ w.t()).float()
-                    lse = torch.logsumexp(logits, dim=-1)
-                    total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
-                    if grad_hidden is None and grad_weight is None:
-                        continue
-                    probs = torch.exp(logits - lse[:, None])  # d loss / d logits ...
-                    probs[torch.arange(t.size(0), device=t.device), t] -= 1.0  # ... - one-hot
-                    g = probs.to(dtype)
-                    if grad_hidden is not None:
-                        grad_hidden[lo : lo + chunk] = (g @ w).to(hidden.dtype)
-                    if grad_weight is not None:
-                        grad_weight += (g.t() @ h).float()
-            ctx.save_for_backward(
-                *(x if x is not None else torch.empty(0) for x in (grad_hidden, grad_weight))
-            )
-            return total
-
-        @staticmethod
-        def backward(ctx: Any, grad_out: Any) -> Any:
-            grad_hidden, grad_weight = ctx.saved_tensors
-            gh = grad_hidden * grad_out if ctx.needs_input_grad[0] else None
-            gw = (grad_weight * grad_out).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
-            return gh, gw, None, None
-
-    _FUSED_CE = FusedLinearCrossEntropy
-    return _FUSED_CE.apply
-
-
-def loss_module(model: Any) -> Any:
-    """Wrap `model` in the loss module the loop trains (see CausalLMLoss)."""
-    return _loss_module()(model)
-
-
-def _targets(batch: dict[str, Any]) -> int:
-    return int((batch["labels"][:, 1:] != IGNORE).sum())
+    t = torch.tensor([float(value)], device=accelerator.device)
+    return [float(x) for x in accelerator.reduce(t, "max")]
 
 
 EAGER_MAX_TOKENS = 512  # measured CPU crossover (docs/performance.md)
@@ -362,7 +665,7 @@ def _set_attention(model: Any, name: str) -> str | None:
     return old
 
 
-# --- the loop ------------------------------------------------------------------------------
+# --- pieces of the loop ------------------------------------------------------------------
 
 
 class _StopSignal:
@@ -399,27 +702,6 @@ def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
     return groups
-
-
-def trainable_state(model: Any) -> dict[str, Any]:
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def load_trainable_state(model: Any, weights: dict[str, Any], where: Path) -> None:
-    import torch
-
-    params = dict(model.named_parameters())
-    expected = {n for n, p in params.items() if p.requires_grad}
-    if set(weights) != expected:
-        missing = sorted(expected - set(weights))[:3]
-        extra = sorted(set(weights) - expected)[:3]
-        raise TrainingError(
-            f"checkpoint {where} does not match this model's trainable weights (missing "
-            f"{missing}, unexpected {extra}); was the recipe's adapter changed?"
-        )
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value.to(params[name].device, params[name].dtype))
 
 
 def _peak_memory_gb(accelerator: Any) -> float:
@@ -459,494 +741,6 @@ def _schedule(cfg: LoopConfig, steps_per_epoch: int, has_eval: bool) -> tuple[in
     eval_every = (cfg.eval_steps or default_every) if has_eval else 0
     save_every = cfg.save_steps or eval_every or default_every
     return total, eval_every, save_every
-
-
-def run_loop(
-    model: Any,
-    train: list[Example],
-    cfg: LoopConfig,
-    run_path: Path,
-    pad_id: int,
-    validation: list[Example] | None = None,
-    resume: Path | bool = False,
-    on_log: Callable[[dict[str, Any]], None] | None = None,
-    on_step: Callable[[int, Any], None] | None = None,
-    desc: str = "training",
-) -> LoopResult:
-    """Train `model` (its trainable parameters) on `train`; see the module docstring.
-
-    resume: False for a fresh run, True for the latest checkpoint in `run_path`, or the
-    path of one checkpoint. on_log receives every metrics entry (after metrics.jsonl);
-    on_step(step, model) runs after each optimizer step (tests use it to inject faults).
-    """
-    import torch
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from transformers import get_scheduler
-
-    from tuneloop.progress import Progress
-
-    if not train:
-        raise TrainingError("no training examples left after tokenisation")
-    AcceleratorState._reset_state(True)  # one process may run several trainings (sweeps, tests)
-    launched = launched_world()
-    zero_stage = zero.stage_of(cfg.distributed) if launched > 1 else None
-    if zero_stage:
-        accelerator = zero.make_accelerator(
-            zero_stage,
-            cfg,
-            launched,
-            torch.cuda.is_available(),
-            _hidden_size(model),
-            log_with=cfg.report_to or None,
-            project_dir=str(run_path),
-        )
-    else:
-        accelerator = Accelerator(
-            cpu=not torch.cuda.is_available(),
-            mixed_precision="bf16" if cfg.bf16 else "no",
-            log_with=cfg.report_to or None,
-            project_dir=str(run_path),
-        )
-    world, rank = accelerator.num_processes, accelerator.process_index
-    main = accelerator.is_main_process
-    global_batch = cfg.batch_size * world
-    lengths = [len(e.input_ids) for e in train]
-    n_batches = len(batch_plan(lengths, global_batch, cfg.seed, 0, False))
-    if world > 1 and len(train) % global_batch and len(train) % global_batch < world:
-        n_batches -= 1  # a last batch too small to give every process an example is dropped
-    steps_per_epoch = max(1, math.ceil(n_batches / cfg.gradient_accumulation_steps))
-    total_steps, eval_every, save_every = _schedule(cfg, steps_per_epoch, bool(validation))
-
-    torch.manual_seed(cfg.seed)
-    attention = choose_attention(cfg.attention, max(lengths), accelerator.device.type)
-    old_attention = _set_attention(model, attention)
-    fsdp = cfg.distributed == "fsdp" and world > 1
-    net = loss_module(model)
-    if fsdp:  # shard first: the optimizer must hold the sharded parameters
-        _fsdp_shard(net, world, accelerator.device.type)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
-    scheduler = get_scheduler(
-        cfg.lr_scheduler,
-        optimizer,
-        num_warmup_steps=math.ceil(cfg.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
-    )
-    ds: zero.ZeroEngine | None = None
-    if not fsdp:
-        net, prepared = accelerator.prepare(net, optimizer)
-        if zero_stage:  # keep the client optimizer: the scheduler drives its param groups
-            ds = zero.ZeroEngine(net, zero_stage, cfg.bf16)
-        else:
-            optimizer = prepared
-    net.train()
-    autocast = ds.autocast if ds else accelerator.autocast
-    layout_name = "fsdp" if fsdp else f"zero{zero_stage}" if ds else "ddp"
-
-    def inner() -> Any:
-        if ds:
-            return ds.model
-        return net.model if fsdp else accelerator.unwrap_model(net).model
-
-    ckpt_dir = run_path / "checkpoints"
-    metrics_path = run_path / "metrics.jsonl"
-
-    state: dict[str, Any] = {
-        "step": 0,
-        "tokens": 0,
-        "loss_sum": 0.0,  # token-weighted, for the run's mean train loss
-        "loss_tokens": 0,
-        "best_eval_loss": None,
-        "best_step": None,
-        "bad_evals": 0,
-        "train_s": 0.0,
-    }
-    resumed_from = None
-    if resume:
-        path = latest_checkpoint(ckpt_dir) if resume is True else Path(resume)
-        ckpt = load_checkpoint(path)
-        written_by = ckpt["state"].get("world", 1)
-        if written_by != world:
-            raise TrainingError(
-                f"{path} was written by a {written_by}-process run; resume it with the same "
-                f"number of processes (--nproc {written_by}), so the global batch is the same"
-            )
-        layout = ckpt["state"].get("layout", "ddp")
-        if layout != layout_name:
-            raise TrainingError(f"{path}: resume with training.distributed {layout}, as the run")
-        if fsdp:
-            _fsdp_load_weights(net, ckpt["weights"])
-            _fsdp_load_optimizer(net, optimizer, ckpt["optimizer"]["optimizer"])
-        elif ds:
-            ds.load_weights(ckpt["weights"], load_trainable_state, path)
-            ds.load_optimizer_state(ckpt["extra"]["zero"])
-        else:
-            load_trainable_state(inner(), ckpt["weights"], path)
-            optimizer.load_state_dict(ckpt["optimizer"]["optimizer"])
-        scheduler.load_state_dict(ckpt["optimizer"]["scheduler"])
-        state.update(ckpt["state"])
-        rngs = ckpt["rng"]
-        set_rng_state(rngs["ranks"][rank] if "ranks" in rngs else rngs)
-        resumed_from = state["step"]
-        if main:
-            _truncate_log(metrics_path, resumed_from)
-            print(
-                f"resumed from step {resumed_from} of {total_steps} ({path})",
-                file=sys.stderr,
-                flush=True,
-            )
-    history = _read_log(metrics_path)
-
-    def log(entry: dict[str, Any]) -> None:
-        history.append(entry)
-        if main:
-            with metrics_path.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(entry) + "\n")
-            if cfg.report_to:
-                accelerator.log({k: v for k, v in entry.items() if k != "step"}, entry["step"])
-            if on_log:
-                on_log(entry)
-
-    def checkpoint() -> Path | None:
-        saved_optimizer: Any = optimizer
-        rngs, extra = None, None
-        if world > 1:  # each process's random state, so a resume continues every stream
-            import torch.distributed as dist
-
-            gathered: list[Any] = [None] * world
-            dist.all_gather_object(gathered, rng_state())
-            rngs = {"ranks": gathered}
-            state["world"] = world
-        if fsdp:  # every process takes part in gathering the shards; rank 0 writes
-            weights, full_optimizer = _fsdp_full_state(net, optimizer)
-            saved_optimizer = _StateOnly(full_optimizer)
-        elif ds:  # likewise: full weights, and every process's optimizer partition
-            weights = ds.trainable_weights(main)
-            saved_optimizer, extra = _StateOnly({}), {"zero": ds.optimizer_state()}
-        if world > 1:
-            state["layout"] = layout_name
-        if not main:
-            return None
-        if not (fsdp or ds):
-            weights = trainable_state(inner())
-        bad = next((n for n, w in weights.items() if not torch.isfinite(w).all()), None)
-        if bad is not None:
-            raise NonFiniteLoss(
-                f"weights became non-finite at step {state['step']} ({bad}); no checkpoint "
-                "written, nothing saved"
-            )
-        path = save_checkpoint(
-            ckpt_dir, state["step"], weights, saved_optimizer, scheduler, state, rngs, extra
-        )
-        best = state["best_step"]
-        keep = {ckpt_dir / f"step-{best:06d}"} if best is not None else set()
-        rotate(ckpt_dir, cfg.save_total_limit, keep)
-        return path
-
-    def evaluate() -> float:
-        assert validation is not None
-        net.eval()
-        total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
-        # sorted by length: batches of similar lengths waste no compute on padding
-        mine = sorted(
-            range(rank, len(validation), world), key=lambda i: len(validation[i].input_ids)
-        )
-        size = cfg.batch_size * 2
-        with torch.no_grad(), autocast():
-            for lo in range(0, len(mine), size):
-                batch = collate([validation[i] for i in mine[lo : lo + size]], pad_id)
-                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-                total[0] += net(**batch).double()
-                total[1] += _targets(batch)
-        total = accelerator.reduce(total, "sum")
-        net.train()
-        return float(total[0] / total[1].clamp(min=1))
-
-    if cfg.report_to and main:
-        accelerator.init_trackers(run_path.name, config=json.loads(json.dumps(cfg.__dict__)))
-    bar = Progress(total_steps, desc, "step") if main else None
-    if bar:
-        bar.update(state["step"])
-    window = {"loss": 0.0, "targets": 0, "tokens": 0, "start": time.perf_counter()}
-    stopped_early = False
-    last_entry: dict[str, Any] = {}
-    with _StopSignal() as stop:
-        while state["step"] < total_steps and not stopped_early:
-            step_start = time.perf_counter()
-            epoch, in_epoch = divmod(state["step"], steps_per_epoch)
-            plan = batch_plan(lengths, global_batch, cfg.seed, epoch, cfg.group_by_length)[
-                :n_batches
-            ]
-            ga = cfg.gradient_accumulation_steps
-            micro = plan[in_epoch * ga : (in_epoch + 1) * ga]
-            batches, real_tokens = [], 0
-            for ids in micro:
-                per = math.ceil(len(ids) / world)
-                mine = [train[i] for i in ids[rank * per : (rank + 1) * per] or ids[:1]]
-                real_tokens += sum(len(e.input_ids) for e in mine)
-                batches.append(collate(mine, pad_id))
-            # target tokens (the loss denominator) and input tokens, over every process
-            count = torch.tensor(
-                [float(sum(_targets(b) for b in batches)), float(real_tokens)],
-                device=accelerator.device,
-            )
-            counts = accelerator.reduce(count, "sum")
-            n_targets, step_tokens = float(counts[0]), int(counts[1])
-            step_loss = torch.zeros((), dtype=torch.float64)
-            for k, batch in enumerate(batches):
-                batch = {key: v.to(accelerator.device) for key, v in batch.items()}
-                sync = k == len(batches) - 1
-                if fsdp:  # FSDP2: reduce-scatter gradients only on the last micro-batch
-                    net.set_requires_gradient_sync(sync)
-                    ctx: Any = nullcontext()
-                elif ds:  # DeepSpeed reduces when the loop calls step()
-                    ctx = nullcontext()
-                else:
-                    ctx = nullcontext() if sync else accelerator.no_sync(net)
-                with ctx, autocast():
-                    loss_sum = net(**batch)
-                # DDP and ZeRO average gradients over processes, hence the factor `world`
-                scaled = loss_sum * world / max(n_targets, 1.0)
-                if ds:
-                    ds.backward(scaled)
-                else:
-                    accelerator.backward(scaled)
-                step_loss += loss_sum.detach().double().cpu()
-            total_loss = accelerator.reduce(step_loss.to(accelerator.device), "sum")
-            loss = float(total_loss) / max(n_targets, 1.0)
-            step_no = state["step"] + 1
-            if not math.isfinite(loss):
-                raise NonFiniteLoss(
-                    f"loss became {loss} at step {step_no}; stopped before the update, nothing "
-                    "saved (lower training.learning_rate, or check the data)"
-                )
-            lr = scheduler.get_last_lr()[0]
-            if ds:  # DeepSpeed clips and updates in one call, and skips a non-finite update
-                grad_norm = ds.step()
-            elif fsdp:  # gradients are DTensor shards; the norm is reduced over processes
-                trainable = [p for p in net.parameters() if p.requires_grad]
-                norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
-                grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-            else:
-                grad_norm = float(accelerator.clip_grad_norm_(net.parameters(), cfg.max_grad_norm))
-            if not math.isfinite(grad_norm):
-                raise NonFiniteLoss(
-                    f"gradient norm became {grad_norm} at step {step_no}; stopped before the "
-                    "update, nothing saved (lower training.learning_rate, or check the data)"
-                )
-            if not ds:
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            state["step"] = step_no
-            state["tokens"] += step_tokens
-            state["loss_sum"] += loss * n_targets
-            state["loss_tokens"] += n_targets
-            state["train_s"] += time.perf_counter() - step_start
-            window["loss"] += loss * n_targets
-            window["targets"] += n_targets
-            window["tokens"] += step_tokens
-            if on_step:
-                on_step(step_no, inner())
-            epoch_f = step_no / steps_per_epoch
-            if bar:
-                bar.update(1)
-            if step_no % cfg.logging_steps == 0 or step_no == total_steps:
-                elapsed = max(time.perf_counter() - window["start"], 1e-9)
-                last_entry = {
-                    "step": step_no,
-                    "epoch": round(epoch_f, 4),
-                    "loss": window["loss"] / max(window["targets"], 1.0),
-                    "grad_norm": grad_norm,
-                    "learning_rate": lr,
-                    "tokens_seen": state["tokens"],
-                    "tokens_per_s": window["tokens"] / elapsed,
-                    "peak_memory_gb": _peak_memory_gb(accelerator),
-                }
-                log(last_entry)
-                if bar:
-                    tok_s = window["tokens"] / elapsed
-                    bar.postfix(loss=f"{last_entry['loss']:.4f}", tok_s=f"{tok_s:.0f}")
-                window = {"loss": 0.0, "targets": 0, "tokens": 0, "start": time.perf_counter()}
-            evaluated = False
-            if eval_every and (step_no % eval_every == 0 or step_no == total_steps):
-                eval_loss = evaluate()
-                evaluated = True
-                best = state["best_eval_loss"]
-                if best is None or eval_loss < best - cfg.early_stopping_min_delta:
-                    state["best_eval_loss"], state["best_step"] = eval_loss, step_no
-                    state["bad_evals"] = 0
-                else:
-                    state["bad_evals"] += 1
-                log(
-                    {
-                        "step": step_no,
-                        "epoch": round(epoch_f, 4),
-                        "eval_loss": eval_loss,
-                        "eval_perplexity": math.exp(min(eval_loss, 50.0)),
-                    }
-                )
-                if bar:
-                    bar.postfix(eval_loss=f"{eval_loss:.4f}")
-                patience = cfg.early_stopping_patience
-                if patience and state["bad_evals"] >= patience:
-                    stopped_early = True
-            if world > 1:  # a signal may reach the processes at different steps: agree
-                flag = torch.tensor([float(stop.received or 0)], device=accelerator.device)
-                stop.received = int(accelerator.reduce(flag, "max")) or None
-            # the last step needs no checkpoint: the final model is saved by the caller, and
-            # the best one (if not the last) was checkpointed when it was measured
-            due = evaluated or step_no % save_every == 0 or stop.received
-            if due and step_no < total_steps and not stopped_early:
-                checkpoint()
-            if stop.received and step_no < total_steps:
-                if bar:
-                    bar.close()
-                name = signal.Signals(stop.received).name
-                raise TrainingInterrupted(
-                    f"{name} received: saved checkpoint at step {step_no} in {ckpt_dir}; "
-                    f"resume with: tuneloop train --resume {run_path}"
-                )
-    if bar:
-        bar.close()
-    if cfg.report_to and main:
-        accelerator.end_training()
-    accelerator.wait_for_everyone()
-    best_step = state["best_step"]
-    if (
-        cfg.load_best_at_end
-        and best_step is not None
-        and best_step != state["step"]
-        and (ckpt_dir / f"step-{best_step:06d}").is_dir()
-    ):
-        best = load_checkpoint(ckpt_dir / f"step-{best_step:06d}")
-        if fsdp:
-            _fsdp_load_weights(net, best["weights"])
-        elif ds:
-            ds.load_weights(best["weights"], load_trainable_state, best["path"])
-        else:
-            load_trainable_state(inner(), best["weights"], best["path"])
-    if fsdp:  # hand the caller a plain model (rank 0 saves it): gather, then unshard
-        _fsdp_unshard(net, main)
-    if ds:
-        ds.release(main)
-    if old_attention is not None:  # the kernel was a training choice; give the model back
-        _set_attention(model, old_attention)
-    losses = [h["loss"] for h in history if "loss" in h]
-    return LoopResult(
-        steps=state["step"],
-        epochs=state["step"] / steps_per_epoch,
-        train_loss=state["loss_sum"] / max(state["loss_tokens"], 1.0),
-        final_loss=losses[-1] if losses else None,
-        tokens=int(state["tokens"]),
-        train_s=state["train_s"],
-        best_step=best_step,
-        best_eval_loss=state["best_eval_loss"],
-        stopped_early=stopped_early,
-        resumed_from=resumed_from,
-        attention=attention,
-        history=history,
-    )
-
-
-# --- FSDP2 (training.distributed: fsdp) ----------------------------------------------------
-
-
-class _StateOnly:
-    """Stands in for the optimizer when its (gathered) state is all there is to save."""
-
-    def __init__(self, state: dict[str, Any]) -> None:
-        self._state = state
-
-    def state_dict(self) -> dict[str, Any]:
-        return self._state
-
-
-def _fsdp_shard(net: Any, world: int, device_type: str) -> None:
-    """Shard `net` over `world` processes: one FSDP unit per transformer block (the classes
-    the model names in `_no_split_modules`) plus the root (embeddings, final norm, head)."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
-    model = net.model
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    block_names = set(getattr(base, "_no_split_modules", None) or [])
-    blocks = [m for m in net.modules() if type(m).__name__ in block_names]
-    if not blocks:
-        raise TrainingError(
-            f"training.distributed fsdp: {type(base).__name__} names no transformer block "
-            "class (_no_split_modules); use training.distributed ddp"
-        )
-    mesh = init_device_mesh(device_type, (world,))
-    for block in blocks:
-        fully_shard(block, mesh=mesh)
-    fully_shard(net, mesh=mesh)
-
-
-def _full_options() -> Any:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
-    return StateDictOptions(full_state_dict=True, cpu_offload=True)
-
-
-def _fsdp_full_state(net: Any, optimizer: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(trainable weights by parameter name, full optimizer state), gathered on rank 0
-    (empty elsewhere). A collective: every process must call it."""
-    from torch.distributed.checkpoint.state_dict import (
-        get_model_state_dict,
-        get_optimizer_state_dict,
-    )
-
-    full = get_model_state_dict(net, options=_full_options())
-    opt = get_optimizer_state_dict(net, optimizer, options=_full_options())
-    names = [n for n, p in net.model.named_parameters() if p.requires_grad]
-    weights = {n: full[f"model.{n}"] for n in names} if full else {}
-    return weights, opt
-
-
-def _fsdp_load_weights(net: Any, weights: dict[str, Any]) -> None:
-    """Load full trainable weights (every process passes them) into the sharded model."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-    set_model_state_dict(
-        net,
-        {f"model.{n}": w for n, w in weights.items()},
-        options=StateDictOptions(full_state_dict=True, strict=False),
-    )
-
-
-def _fsdp_load_optimizer(net: Any, optimizer: Any, full: dict[str, Any]) -> None:
-    """Load a gathered (full) optimizer state into the sharded optimizer."""
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        set_optimizer_state_dict,
-    )
-
-    set_optimizer_state_dict(
-        net, optimizer, full, options=StateDictOptions(full_state_dict=True, strict=False)
-    )
-
-
-def _fsdp_unshard(net: Any, main: bool) -> None:
-    """Gather every weight on rank 0 and put plain tensors back in the model there, so the
-    caller saves it like any model (tied weights stay one parameter). A collective."""
-    import torch
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-    full = get_model_state_dict(net, options=_full_options())
-    if not main:
-        return
-    made: dict[int, Any] = {}
-    for prefix, module in net.model.named_modules():
-        for leaf, param in list(module._parameters.items()):
-            if param is None:
-                continue
-            key = f"model.{prefix}.{leaf}" if prefix else f"model.{leaf}"
-            if id(param) not in made:
-                made[id(param)] = torch.nn.Parameter(
-                    full[key].clone(), requires_grad=param.requires_grad
-                )
-            module._parameters[leaf] = made[id(param)]
 
 
 def _read_log(path: Path) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from typing import Any
 from tuneloop.config import Recipe
 from tuneloop.errors import DataError
 from tuneloop.training import common
-from tuneloop.training.loop import LoopConfig, run_loop
+from tuneloop.training.objectives import PRETRAIN
 from tuneloop.training.tokenize import pack_documents
 
 
@@ -35,7 +35,7 @@ def pretrain(
     run_dir: str | Path | None = None,
     resume: str | Path | bool = False,
     on_step: Any = None,
-) -> Any:
+) -> common.TrainResult:
     """Run one continued-pretraining job; returns a `common.TrainResult`."""
     from tuneloop import registry
     from tuneloop.models import load_tokenizer, resolve
@@ -68,7 +68,7 @@ def pretrain(
         run, recipe, resolved.base, datasets=datasets, data_format="text", prompt_format=None
     )
     timings = {"data_s": time.perf_counter() - started}
-    try:
+    with common.recording(run.id, main):
         tokenizer = load_tokenizer(resolved.base, resolved)
         packed = pack_documents(tokenizer, texts, d.max_length)
         if not packed.examples:
@@ -84,30 +84,20 @@ def pretrain(
         meta["learning_rate"] = lr
         if main:
             common.write_json(run_path / "run.json", meta)
-        result = run_loop(
-            model,
-            packed.examples,
-            LoopConfig.from_training(recipe.training, common.use_bf16(recipe), lr),
+        result = common.fit(
+            recipe,
+            run,
             run_path,
-            pad_id=tokenizer.pad_token_id,
-            validation=val.examples if val and val.examples else None,
-            resume=common.resume_arg(resume),
-            on_log=lambda entry: registry.add_run_metrics(run.id, entry),
-            on_step=on_step,
+            model,
+            PRETRAIN,
+            packed.examples,
+            val.examples if val else None,
+            tokenizer.pad_token_id,
+            lr,
+            resume,
+            on_step,
             desc="pretraining",
         )
-        model_dir = run_path / "model"
         if main:
-            common.save_final(model, tokenizer, model_dir, resolved.base)
-    except BaseException as err:
-        if main:
-            common.record_failure(run.id, err)
-        raise
-    metrics = result.metrics()
-    timings["train_s"] = result.train_s
-    timings["total_s"] = time.perf_counter() - started
-    if main:
-        common.finish_run(run, recipe, model_dir, meta, metrics, timings, result.steps)
-    return common.TrainResult(
-        run.id, run_path, model_dir, metrics, result.history, timings["total_s"]
-    )
+            common.save_final(model, tokenizer, run_path / "model", resolved.base)
+    return common.complete(run, recipe, run_path, meta, result, timings, started, main)

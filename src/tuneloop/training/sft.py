@@ -17,7 +17,7 @@ from typing import Any
 from tuneloop.config import Recipe
 from tuneloop.errors import DataError, RecipeError
 from tuneloop.training import common
-from tuneloop.training.loop import LoopConfig, run_loop
+from tuneloop.training.objectives import SFT
 from tuneloop.training.tokenize import (
     pack_examples,
     template_prefix_tokens,
@@ -109,7 +109,7 @@ def sft(
             recipe, conversations, row_labels, validation, run_path, fmt_record, main
         )
     timings = {"data_s": time.perf_counter() - started}
-    try:
+    with common.recording(run.id, main):
         t0 = time.perf_counter()
         tokenizer = load_tokenizer(resolved.base, resolved)
         prefix = template_prefix_tokens(tokenizer, d.system_prompt)
@@ -147,37 +147,24 @@ def sft(
             common.write_json(run_path / "run.json", meta)
         timings["setup_s"] = time.perf_counter() - t0
 
-        result = run_loop(
-            model,
-            train_examples,
-            LoopConfig.from_training(recipe.training, common.use_bf16(recipe), lr),
+        result = common.fit(
+            recipe,
+            run,
             run_path,
-            pad_id=tokenizer.pad_token_id,
-            validation=val_tok.examples if val_tok else None,
-            resume=common.resume_arg(resume),
-            on_log=lambda entry: registry.add_run_metrics(run.id, entry),
-            on_step=on_step,
+            model,
+            SFT,
+            train_examples,
+            val_tok.examples if val_tok else None,
+            tokenizer.pad_token_id,
+            lr,
+            resume,
+            on_step,
         )
-        timings["train_s"] = result.train_s
-        model_dir = run_path / "model"
         if main:
-            common.save_final(model, tokenizer, model_dir, resolved.base)
-    except BaseException as err:
-        if main:
-            common.record_failure(run.id, err)
-        raise
-    metrics = result.metrics()
-    metrics["dropped_rows"] = sum(train_tok.dropped.values())
-    timings["total_s"] = time.perf_counter() - started
-    if main:
-        common.finish_run(run, recipe, model_dir, meta, metrics, timings, result.steps)
-    return common.TrainResult(
-        run_id=run.id,
-        run_dir=run_path,
-        model_dir=model_dir,
-        metrics=metrics,
-        history=result.history,
-        seconds=timings["total_s"],
+            common.save_final(model, tokenizer, run_path / "model", resolved.base)
+    dropped = sum(train_tok.dropped.values())
+    return common.complete(
+        run, recipe, run_path, meta, result, timings, started, main, dropped_rows=dropped
     )
 
 
