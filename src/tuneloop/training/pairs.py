@@ -25,8 +25,8 @@ from typing import Any
 
 from tuneloop.data.records import Row
 from tuneloop.errors import DataError, TrainingError
-from tuneloop.training.loop import collate
-from tuneloop.training.tokenize import IGNORE, Example, _token_labels, assistant_spans
+from tuneloop.training.objectives import collate
+from tuneloop.training.tokenize import IGNORE, Example, assistant_spans, token_labels
 
 Message = dict[str, str]
 
@@ -186,7 +186,7 @@ def _answer_example(
     spans = spans[-len(answer) :]
     cut = spans[0][0]  # where the generation prompt for the first answer message ends
     shifted = [(s - cut, e - cut) for s, e in spans]
-    return text[:cut], _token_labels(tokenizer, text[cut:], shifted)
+    return text[:cut], token_labels(tokenizer, text[cut:], shifted)
 
 
 def _prompt_ids(tokenizer: Any, text: str) -> list[int]:

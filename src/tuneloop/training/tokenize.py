@@ -92,7 +92,8 @@ def template_prefix_tokens(tokenizer: Any, system_prompt: str | None = None) -> 
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _token_labels(tokenizer: Any, text: str, spans: list[tuple[int, int]]) -> Example:
+def token_labels(tokenizer: Any, text: str, spans: list[tuple[int, int]]) -> Example:
+    """`text` tokenised, with a label on every token whose characters overlap a span."""
     if getattr(tokenizer, "is_fast", False):
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids = enc["input_ids"]
@@ -130,7 +131,7 @@ def tokenize_conversations(
     bar = Progress(len(conversations), "tokenizing", "row") if progress else None
     for i, conv in enumerate(conversations):
         text, spans = assistant_spans(tokenizer, conv, last_only)
-        ex = _token_labels(tokenizer, text, spans)
+        ex = token_labels(tokenizer, text, spans)
         cut = len(ex.input_ids) > max_length
         if cut:
             out.truncated += 1
