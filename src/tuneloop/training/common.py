@@ -96,6 +96,69 @@ def stratified_split(
     return sorted(train), sorted(val)
 
 
+@dataclass
+class PreferenceData:
+    """A preference method's rows: training and validation, and their dataset versions."""
+
+    train: list[dict[str, Any]]
+    validation: list[dict[str, Any]]
+    datasets: dict[str, int]
+    path: str
+    format: str
+
+
+def preference_data(recipe: Recipe, main: bool, kinds: tuple[str, ...]) -> PreferenceData:
+    """Read `data.train` (and `data.eval`) strictly as preference rows of `kinds` (paired
+    `preference`, unpaired `kto`), hold out `data.validation_split` when there is no eval
+    file (seeded by `training.seed`, so every method of one recipe family sees the same
+    split), apply `data.fraction`, and register the files as dataset versions (rank 0)."""
+    from tuneloop import registry
+    from tuneloop.data.readers import read_rows
+    from tuneloop.errors import DataError
+
+    d = recipe.data
+    options = row_options(recipe)
+
+    def read(path: str) -> Any:
+        result = read_rows(path, "auto", options=options, strict=True)
+        for i, row in enumerate(result.rows):
+            if row.get("kind") not in kinds:
+                raise DataError(
+                    f"{path}: row {i} ({row.get('source', '?')}) is a {row.get('kind')!r} row; "
+                    f"method {recipe.method} trains on {' or '.join(kinds)} rows"
+                    + (
+                        " (set alignment.pairs_to_unpaired: true to use pairs for kto)"
+                        if recipe.method == "kto" and row.get("kind") == "preference"
+                        else ""
+                    )
+                )
+        return result
+
+    train_path = data_path(d.train)
+    train = read(train_path)
+    rows, validation = list(train.rows), []
+    datasets: dict[str, int] = {}
+    if main:
+        datasets["train"] = registry.register_dataset(
+            Path(train_path).stem, train.rows, train_path, train.format
+        ).id
+    if d.eval:
+        eval_path = data_path(d.eval)
+        held = read(eval_path)
+        validation = list(held.rows)
+        if main:
+            datasets["eval"] = registry.register_dataset(
+                Path(eval_path).stem, held.rows, eval_path, held.format
+            ).id
+    elif d.validation_split > 0:
+        tr, va = stratified_split([None] * len(rows), d.validation_split, recipe.training.seed)
+        rows, validation = [rows[i] for i in tr], [rows[i] for i in va]
+    if d.fraction < 1.0:
+        _, keep = stratified_split([None] * len(rows), d.fraction, recipe.training.seed + 1)
+        rows = [rows[i] for i in keep]
+    return PreferenceData(rows, validation, datasets, train_path, train.format)
+
+
 def limit_per_label(labels: list[str | None], limit: int, seed: int) -> list[int]:
     """Indices of at most `limit` rows per label (seeded choice, kept in file order)."""
     import numpy as np
