@@ -4,6 +4,7 @@ import itertools
 import json
 import re
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -414,3 +415,35 @@ def test_real_hh_degenerate_pairs(hh_raw: list[dict[str, str]]) -> None:
     kept, log = run_step("preference_checks", rows)
     assert len(kept) == 1796
     assert log.dropped == Counter({"empty chosen": 3, "rejected is a prefix of chosen": 1})
+
+
+def test_sft_reads_pairs_as_their_chosen_conversation_and_refuses_kto_rows(
+    tmp_path: Path,
+) -> None:
+    """SFT on the chosen answers (the stage before a reward model or DPO) reads a pairs file
+    directly; unpaired KTO rows, half of them undesirable answers, are refused."""
+    from tuneloop.data.readers import read_conversations
+    from tuneloop.errors import DataError
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        json.dumps(
+            {
+                "chosen": "\n\nHuman: hi\n\nAssistant: hello",
+                "rejected": "\n\nHuman: hi\n\nAssistant: go away",
+            }
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    read = read_conversations(pairs)
+    assert read.conversations == [
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    ]
+    kto = tmp_path / "kto.jsonl"
+    kto.write_text(
+        json.dumps({"prompt": "hi", "completion": "go away", "label": False}) + "\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(DataError, match="holds kto rows"):
+        read_conversations(kto)

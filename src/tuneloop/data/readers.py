@@ -361,21 +361,29 @@ def read_conversations(
     strict: bool = True,
     options: RowOptions | None = None,
 ) -> LoadedData:
-    """Read a file of SFT rows (chat, prompt/response, classification) as conversations."""
+    """Read a file of SFT rows (chat, prompt/response, classification) as conversations.
+
+    Paired preference rows are read as their chosen conversation (prompt + chosen answer):
+    supervised tuning on the chosen answers is the usual first stage before a reward model
+    or DPO, and evaluating on pairs scores answers against the chosen one. Unpaired (KTO)
+    rows are refused: half of them are answers marked undesirable."""
     base = options or RowOptions()
     if system_prompt is not None:
         base = dataclasses.replace(base, system_prompt=system_prompt)
     result = read_rows(path, fmt, base, strict=strict)
-    other = sorted({r["kind"] for r in result.rows} - {"sft"})
+    other = sorted({r["kind"] for r in result.rows} - {"sft", "preference"})
     if other:
         raise DataError(
             f"{path}: holds {', '.join(other)} rows; supervised fine-tuning and evaluation "
-            "need chat, prompt/response or classification rows"
+            "need chat, prompt/response, classification or paired preference rows"
         )
     return LoadedData(
         path=result.path,
         format=result.format,
-        conversations=[r["messages"] for r in result.rows],
+        conversations=[
+            r["prompt"] + r["chosen"] if r["kind"] == "preference" else r["messages"]
+            for r in result.rows
+        ],
         errors=result.errors,
         labels=[r.get("label") for r in result.rows],
     )
