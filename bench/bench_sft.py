@@ -36,13 +36,11 @@ import csv
 import json
 import os
 import random
-import resource
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from head_to_head import alternate, default_model, peak_mb, run_worker, summarise
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77" / "train.csv"
 SYSTEM = "Banking intent classifier: answer with the intent label."
@@ -53,10 +51,6 @@ def _rows(n: int, seed: int) -> list[dict[str, str]]:
         rows = list(csv.DictReader(fh))
     random.Random(seed).shuffle(rows)
     return rows[:n]
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _worker_tuneloop(args: argparse.Namespace, rows: list[dict[str, str]], tmp: Path) -> dict:
@@ -192,36 +186,10 @@ def _lr(args: argparse.Namespace) -> float:
     return 1e-3 if args.adapter == "lora" else 1e-4
 
 
-def _run_worker(tool: str, args: argparse.Namespace) -> dict:
-    cmd = [
-        sys.executable,
-        __file__,
-        "--worker",
-        tool,
-        "--adapter",
-        args.adapter,
-        "--steps",
-        str(args.steps),
-        "--batch-size",
-        str(args.batch_size),
-        "--rows-seed",
-        str(args.rows_seed),
-        "--model",
-        args.model,
-    ]
-    if args.lr is not None:
-        cmd += ["--lr", str(args.lr)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.stderr.write(out.stderr[-4000:])
-        raise SystemExit(f"{tool} worker failed (exit {out.returncode})")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _default_model() -> str:
-    from tuneloop.models.bundled import cached_path
-
-    return str(cached_path("smollm2-135m-instruct"))
+def _argv(args: argparse.Namespace) -> list[str]:
+    argv = ["--adapter", args.adapter, "--steps", str(args.steps), "--batch-size"]
+    argv += [str(args.batch_size), "--rows-seed", str(args.rows_seed), "--model", args.model]
+    return argv + (["--lr", str(args.lr)] if args.lr is not None else [])
 
 
 def main() -> None:
@@ -240,7 +208,7 @@ def main() -> None:
     if not DATA.exists():
         print(f"skipped: data not found ({DATA})")
         return
-    args.model = args.model or _default_model()
+    args.model = args.model or default_model()
     if not Path(args.model, "config.json").exists():
         print(f"skipped: model not found ({args.model}); run `tuneloop models pull` first")
         return
@@ -249,7 +217,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             work = _worker_tuneloop if args.worker == "tuneloop" else _worker_trl
             res = work(args, rows, Path(tmp))
-        res["peak_mb"] = _peak_mb()
+        res["peak_mb"] = peak_mb()
         print(json.dumps(res))
         return
 
@@ -259,43 +227,13 @@ def main() -> None:
         f"SFT benchmark: {args.adapter}, {args.steps} steps x batch {args.batch_size}, "
         f"torch {torch.__version__}, {os.cpu_count()} CPUs, model {args.model}"
     )
-    results: dict[str, list[dict]] = {"tuneloop": [], "trl": []}
-    for rep in range(args.repeats):
-        order = ["tuneloop", "trl"] if rep % 2 == 0 else ["trl", "tuneloop"]
-        for tool in order:
-            res = _run_worker(tool, args)
-            res["tok_s"] = res["tokens"] / res["seconds"]
-            results[tool].append(res)
-            first = statistics.mean(res["losses"][:5])
-            last = statistics.mean(res["losses"][-5:])
-            mean = statistics.mean(res["losses"])
-            print(
-                f"  run {rep + 1} {tool:>8}: {res['tok_s']:7.1f} tokens/s "
-                f"({res['tokens']} tokens in {res['seconds']:.1f} s), peak "
-                f"{res['peak_mb']:.0f} MB, loss first5 {first:.4f} last5 {last:.4f} "
-                f"mean {mean:.4f}",
-                flush=True,
-            )
-    summary = {}
-    for tool, runs in results.items():
-        summary[tool] = {
-            "tok_s": statistics.median(r["tok_s"] for r in runs),
-            "peak_mb": max(r["peak_mb"] for r in runs),
-            "loss_first5": statistics.mean(statistics.mean(r["losses"][:5]) for r in runs),
-            "loss_last5": statistics.mean(statistics.mean(r["losses"][-5:]) for r in runs),
-        }
-    t, r = summary["tuneloop"], summary["trl"]
-    print(f"{'':10}{'tokens/s':>10}{'peak MB':>10}{'loss 1-5':>10}{'loss last5':>11}")
-    for tool in ("tuneloop", "trl"):
-        s = summary[tool]
-        print(
-            f"{tool:10}{s['tok_s']:10.1f}{s['peak_mb']:10.0f}{s['loss_first5']:10.4f}"
-            f"{s['loss_last5']:11.4f}"
-        )
-    print(
-        f"ratio tuneloop/trl: {t['tok_s'] / r['tok_s']:.2f}x tokens/s, "
-        f"{t['peak_mb'] / r['peak_mb']:.2f}x peak memory"
+    results = alternate(
+        args.repeats,
+        lambda tool: run_worker(__file__, tool, _argv(args)),
+        lambda res: res["tokens"] / res["seconds"],
+        "tokens/s",
     )
+    summarise(results, "tokens/s")
 
 
 if __name__ == "__main__":
