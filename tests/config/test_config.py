@@ -131,9 +131,17 @@ def test_resolved_recipe_round_trips(tmp_path: Path) -> None:
     assert again == recipe
 
 
-@pytest.mark.parametrize(
-    "path", sorted(REPO.glob("examples/**/recipe.yaml")), ids=lambda p: p.parent.name
-)
+def _shipped_recipes() -> list[Path]:
+    """Every training recipe under examples/ (curation configs have `steps`, suites `tasks`)."""
+    found = []
+    for path in sorted(REPO.glob("examples/**/*.yaml")):
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if isinstance(raw, dict) and "data" in raw and not {"steps", "tasks"} & set(raw):
+            found.append(path)
+    return found
+
+
+@pytest.mark.parametrize("path", _shipped_recipes(), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_shipped_recipe_parses(path: Path, tmp_path: Path) -> None:
     if yaml.safe_load(path.read_text())["data"]["train"] is None:
         # recipes for data outside the repository take the path on the command line
