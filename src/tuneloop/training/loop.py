@@ -288,12 +288,20 @@ class _Window:
         for k, v in step.stats.items():
             self.stats[k] = self.stats.get(k, 0.0) + v
 
-    def entry(self) -> dict[str, float]:
+    def entry(
+        self, step: int, epoch: float, grad_norm: float, lr: float, seen: int
+    ) -> dict[str, Any]:
+        """The metrics line of `step`: means over the window, then the step's state."""
         n = max(self.count, 1.0)
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         return {
+            "step": step,
+            "epoch": epoch,
             "loss": self.loss / n,
             **{k: v / n for k, v in sorted(self.stats.items())},
+            "grad_norm": grad_norm,
+            "learning_rate": lr,
+            "tokens_seen": seen,
             "tokens_per_s": self.tokens / elapsed,
         }
 
@@ -309,6 +317,13 @@ def _reduce(accelerator: Any, values: list[float]) -> list[float]:
 
     t = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
     return [float(x) for x in accelerator.reduce(t, "sum")]
+
+
+def _reduce_max(accelerator: Any, value: float) -> list[float]:
+    import torch
+
+    t = torch.tensor([float(value)], device=accelerator.device)
+    return [float(x) for x in accelerator.reduce(t, "max")]
 
 
 def _train_step(
@@ -559,22 +574,11 @@ def run_loop(
             if bar:
                 bar.update(1)
             if step_no % cfg.logging_steps == 0 or step_no == total_steps:
-                entry = window.entry()
-                tok_s = entry.pop("tokens_per_s")
-                log(
-                    {
-                        "step": step_no,
-                        "epoch": epoch,
-                        **entry,
-                        "grad_norm": grad_norm,
-                        "learning_rate": lr,
-                        "tokens_seen": state.tokens,
-                        "tokens_per_s": tok_s,
-                        "peak_memory_gb": _peak_memory_gb(accelerator),
-                    }
-                )
+                entry = window.entry(step_no, epoch, grad_norm, lr, state.tokens)
+                entry["peak_memory_gb"] = _peak_memory_gb(accelerator)
+                log(entry)
                 if bar:
-                    bar.postfix(loss=f"{entry['loss']:.4f}", tok_s=f"{tok_s:.0f}")
+                    bar.postfix(loss=f"{entry['loss']:.4f}", tok_s=f"{entry['tokens_per_s']:.0f}")
                 window = _Window()
             evaluated = bool(eval_every) and (step_no % eval_every == 0 or step_no == total_steps)
             if evaluated:
@@ -629,13 +633,6 @@ def run_loop(
         attention=attention,
         history=history,
     )
-
-
-def _reduce_max(accelerator: Any, value: float) -> list[float]:
-    import torch
-
-    t = torch.tensor([float(value)], device=accelerator.device)
-    return [float(x) for x in accelerator.reduce(t, "max")]
 
 
 EAGER_MAX_TOKENS = 512  # measured CPU crossover (docs/performance.md)
