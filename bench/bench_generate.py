@@ -9,7 +9,7 @@ for a helpful reply, so answers run to tens of tokens. Model: the bundled
 SmolLM2-135M-Instruct, loaded as `tuneloop eval` loads it.
 
 Both sides decode greedily with the KV cache and stop at the end-of-turn token:
-- tuneloop: `tuneloop.evaluation.generate.generate` (prompts sorted by length, batches of
+- tuneloop: `tuneloop.models.generate.generate` (prompts sorted by length, batches of
   `--batch-size` left-padded);
 - reference: one `model.generate` call per prompt (no padding), the plain loop.
 
@@ -42,7 +42,7 @@ def main() -> None:
         return
     import torch
 
-    from tuneloop.evaluation.generate import encode_prompt, generate
+    from tuneloop.models.generate import encode_prompt, generate
     from tuneloop.models import load
     from tuneloop.models.bundled import cached_path
 

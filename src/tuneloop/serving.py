@@ -88,7 +88,7 @@ class ModelWorker:
     def _generate(
         self, raw: list[list[dict[str, str]]], prompts: list[Any], max_tokens: int
     ) -> list[Any]:
-        from tuneloop.evaluation.generate import generate
+        from tuneloop.models.generate import generate
 
         if self.rerank is not None:
             return self._rerank(raw, prompts)
@@ -107,7 +107,7 @@ class ModelWorker:
             self._thread.join(timeout=30)
 
     def _loop(self) -> None:
-        from tuneloop.evaluation.generate import encode_prompt
+        from tuneloop.models.generate import encode_prompt
 
         while True:
             first = self._queue.get()
@@ -143,7 +143,7 @@ class ModelWorker:
         """A run trained with label_rerank answers with its best candidate label, exactly as
         its evaluation does (the lookup reads the request's own last user message)."""
         from tuneloop.data.hints import query_text
-        from tuneloop.evaluation.generate import Generation
+        from tuneloop.models.generate import Generation
         from tuneloop.evaluation.rerank import rerank_answers
 
         assert self.rerank is not None

@@ -49,7 +49,7 @@ def test_train_evaluate_and_a_runs_model_from_python(tiny_model: Path, tmp_path:
     assert stored["metrics"] == result.metrics
 
     # the run's model answers new questions prompted as in training: its system prompt
-    from tuneloop.evaluation.generate import generate
+    from tuneloop.models.generate import generate
     from tuneloop.models import load
 
     model, tokenizer, _ = load(run.ref)

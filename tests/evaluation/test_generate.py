@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tuneloop.evaluation.generate import answer_tokens, generate
+from tuneloop.models.generate import answer_tokens, generate
 
 LABELS = ["card_arrival", "lost_or_stolen_card", "card_not_working", "refund_not_showing_up"]
 
@@ -22,7 +22,7 @@ def _masked_greedy(model, tokenizer, prompt, labels) -> str:  # type: ignore[no-
     continue some label's answer tokens (computed from the label list, not a trie)."""
     import torch
 
-    from tuneloop.evaluation.generate import encode_prompt
+    from tuneloop.models.generate import encode_prompt
 
     seqs = [answer_tokens(tokenizer, prompt, lab) for lab in labels]
     ids = encode_prompt(tokenizer, prompt)

@@ -12,7 +12,7 @@ from tuneloop import registry
 from tuneloop.config import recipe_from_dict
 from tuneloop.data.hints import HintIndex
 from tuneloop.evaluation import evaluate_file
-from tuneloop.evaluation.generate import answer_tokens, encode_prompt
+from tuneloop.models.generate import answer_tokens, encode_prompt
 from tuneloop.evaluation.rerank import LabelRerank, rerank_answers
 from tuneloop.models import load
 from tuneloop.training import train
@@ -133,7 +133,7 @@ def test_a_run_with_label_rerank_answers_new_data_with_labels(
 def test_candidate_scores_do_not_depend_on_batching(tiny_model: Path) -> None:
     # prompts of different lengths share a batch (left padding, shared KV cache): each
     # score must equal the one it gets alone, and a plain forward pass's
-    from tuneloop.evaluation.generate import score_candidates
+    from tuneloop.models.generate import score_candidates
 
     model, tokenizer, _ = load(str(tiny_model))
     prompts = [

@@ -218,7 +218,7 @@ class Judge:
     ) -> list[str]:
         if self.remote:
             return [self._remote(c, max_new_tokens) for c in conversations]
-        from tuneloop.evaluation.generate import generate
+        from tuneloop.models.generate import generate
 
         if self._local is None:
             from tuneloop.models import load

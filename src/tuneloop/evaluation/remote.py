@@ -20,7 +20,7 @@ from typing import Any
 
 from tuneloop.data.formats import Conversation
 from tuneloop.errors import TuneloopError
-from tuneloop.evaluation.generate import Generation
+from tuneloop.models.generate import Generation
 
 PREFIX = "openai:"
 

@@ -65,7 +65,7 @@ def rerank_answers(
     """
     import numpy as np
 
-    from tuneloop.evaluation.generate import score_candidates
+    from tuneloop.models.generate import score_candidates
 
     if len(prompts) != len(queries):
         raise ValueError(f"{len(prompts)} prompts but {len(queries)} queries")

@@ -1,4 +1,5 @@
-"""Batched greedy generation with left padding and the KV cache.
+"""Batched generation with left padding and the KV cache, for every layer that prompts a
+model: evaluation, serving, and the alignment methods' rollouts.
 
 Prompts are sorted by length before batching so each batch pads little; results come back in
 the caller's order. Greedy decoding is deterministic, so base-vs-tuned comparisons are fair.
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tuneloop.data.formats import Conversation
+Conversation = list[dict[str, str]]  # chat messages (data.formats.Conversation)
 
 
 @dataclass
@@ -147,6 +148,77 @@ def generate(
         "tokens_per_s": total_new / max(seconds, 1e-9),
     }
     return [r for r in results if r is not None], stats
+
+
+@dataclass
+class Sample:
+    """One sampled answer: its tokens (for log-probabilities in RL) and its text."""
+
+    prompt_ids: list[int]
+    ids: list[int]  # generated tokens, ending with the end-of-turn token when `stopped`
+    text: str
+    stopped: bool
+
+
+def sample(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[Conversation],
+    n: int = 1,
+    max_new_tokens: int = 128,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> list[list[Sample]]:
+    """`n` answers per prompt, sampled at `temperature` with nucleus `top_p` (temperature 0:
+    greedy), stopping at the end-of-turn token: the rollout engine of PPO, GRPO, RLAIF and
+    best-of-n.
+
+    Seeded per batch of prompts (the seed and the batch's first prompt index), so the same
+    call gives the same samples; prompts are batched in the caller's order so the seeds do
+    not depend on the other prompts' lengths.
+    """
+    import torch
+
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    greedy = temperature <= 0
+    out: list[list[Sample]] = []
+    for b in range(0, len(encoded), batch_size):
+        batch = encoded[b : b + batch_size]
+        input_ids, attention = left_pad(batch, pad_id)
+        width = input_ids.shape[1]
+        torch.manual_seed(seed * 1_000_003 + b)
+        # greedy answers are all the same: decode once, repeat
+        options: dict[str, Any] = {"do_sample": False, "num_return_sequences": 1}
+        if not greedy:
+            options = {"do_sample": True, "temperature": temperature, "top_p": top_p}
+            options.update(top_k=0, num_return_sequences=n)
+        per = options["num_return_sequences"]
+        with torch.inference_mode():
+            ids = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad_id,
+                eos_token_id=eos_id,
+                **options,
+            )
+        for row, prompt_ids in enumerate(batch):
+            answers = []
+            for j in range(n):
+                new = ids[row * per + j % per, width:].tolist()
+                stopped = eos_id in new
+                if stopped:  # what follows the end is padding
+                    new = new[: new.index(eos_id) + 1]
+                text = tokenizer.decode(new, skip_special_tokens=True).strip()
+                answers.append(Sample(list(prompt_ids), new, text, stopped))
+            out.append(answers)
+    return out
 
 
 def _trie_constraint(trie: dict[int, Any], width: int, eos_id: int) -> Callable[..., list[int]]:
