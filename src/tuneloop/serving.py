@@ -143,8 +143,8 @@ class ModelWorker:
         """A run trained with label_rerank answers with its best candidate label, exactly as
         its evaluation does (the lookup reads the request's own last user message)."""
         from tuneloop.data.hints import query_text
-        from tuneloop.models.generate import Generation
         from tuneloop.evaluation.rerank import rerank_answers
+        from tuneloop.models.generate import Generation
 
         assert self.rerank is not None
         queries = [query_text(m) for m in raw]  # type: ignore[arg-type]

@@ -49,8 +49,8 @@ def test_train_evaluate_and_a_runs_model_from_python(tiny_model: Path, tmp_path:
     assert stored["metrics"] == result.metrics
 
     # the run's model answers new questions prompted as in training: its system prompt
-    from tuneloop.models.generate import generate
     from tuneloop.models import load
+    from tuneloop.models.generate import generate
 
     model, tokenizer, _ = load(run.ref)
     question = [{"role": "user", "content": "printer 7 is jammed again"}]

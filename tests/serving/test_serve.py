@@ -75,8 +75,8 @@ def test_models_and_a_chat_completion(server: str, tiny_model: Path) -> None:
     (choice,) = reply["choices"]
     assert choice["message"]["role"] == "assistant"
     # the endpoint answers exactly what batched greedy generation answers in-process
-    from tuneloop.models.generate import encode_prompt, generate
     from tuneloop.models import load
+    from tuneloop.models.generate import encode_prompt, generate
 
     model, tokenizer, _ = load(str(tiny_model))
     prompt = [{"role": "user", "content": "Hello"}]

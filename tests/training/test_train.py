@@ -123,8 +123,8 @@ def _tiny_recipe(tiny_model: Path, tmp_path: Path, train_file: Path, **extra: ob
 
 def test_tuned_model_emits_end_of_turn_and_stops(tiny_model: Path, tmp_path: Path) -> None:
     """The end-of-turn token is trained, so generation ends by itself, not at the budget."""
-    from tuneloop.models.generate import generate
     from tuneloop.models import load
+    from tuneloop.models.generate import generate
 
     rows = [chat(f"What is the status of order {i}?", "It has shipped.") for i in range(24)]
     data = write_jsonl(tmp_path / "orders.jsonl", rows)

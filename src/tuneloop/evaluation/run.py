@@ -16,8 +16,8 @@ from tuneloop.data.formats import Conversation, RowOptions
 from tuneloop.data.readers import read_conversations, with_system_prompt
 from tuneloop.errors import TuneloopError
 from tuneloop.evaluation import metrics as M
-from tuneloop.models.generate import answer_nll, generate
 from tuneloop.evaluation.rerank import LabelRerank
+from tuneloop.models.generate import answer_nll, generate
 from tuneloop.progress import Progress
 from tuneloop.results import Serializable
 
@@ -110,8 +110,8 @@ def evaluate_conversations(
         with Progress(total=len(prompts), desc=f"{label}: generating", unit="ex") as bar:
             if rerank is not None:
                 from tuneloop.data.hints import query_text
-                from tuneloop.models.generate import Generation
                 from tuneloop.evaluation.rerank import rerank_answers
+                from tuneloop.models.generate import Generation
 
                 texts = queries if queries is not None else [query_text(p) for p in prompts]
                 t0 = time.perf_counter()
