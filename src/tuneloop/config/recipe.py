@@ -387,6 +387,119 @@ class AlignmentConfig(_Section):
     )
 
 
+class RewardSpec(_Section):
+    """One reward term of `rl.rewards`: a reward model or a Python function, with a weight."""
+
+    model: str | None = Field(
+        default=None,
+        description="A reward model: `run:ID` of a `method: reward` run, or its model folder. "
+        "It scores the prompt plus the sampled answer.",
+    )
+    function: str | None = Field(
+        default=None,
+        description="A Python reward function `path/to/file.py:name`, called as "
+        "`name(prompt_messages, answer_text) -> float`. The file is loaded and the function "
+        "checked when the run starts. Relative paths are relative to the working directory.",
+    )
+    weight: float = Field(
+        default=1.0, description="Multiplier of this term; the reward is the weighted sum."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RewardSpec:
+        if (self.model is None) == (self.function is None):
+            raise ValueError("each rl.rewards entry needs exactly one of `model` or `function`")
+        return self
+
+
+class RLConfig(_Section):
+    """Reinforcement learning from rewards: `ppo`, `grpo` and `rloo` (docs/alignment.md)."""
+
+    rewards: list[RewardSpec] = Field(
+        default_factory=list,
+        description="What the policy maximises: reward models (`model: run:ID`) and/or "
+        "Python functions (`function: file.py:name`), each with a `weight`; the reward of an "
+        "answer is the weighted sum. Required for `ppo`, `grpo` and `rloo`.",
+    )
+    samples_per_prompt: int | None = Field(
+        default=None,
+        gt=0,
+        description="Answers sampled per prompt in each rollout. Default 1 for `ppo` (each "
+        "answer is its own episode) and 4 for `grpo`/`rloo`, whose baseline is the other "
+        "answers to the same prompt (at least 2).",
+    )
+    max_new_tokens: int = Field(
+        default=64, gt=0, description="Length budget of a sampled answer, in tokens."
+    )
+    temperature: float = Field(
+        default=1.0,
+        gt=0,
+        description="Sampling temperature of the rollouts. 1.0 samples the policy itself, "
+        "which the policy-gradient estimate assumes.",
+    )
+    top_p: float = Field(default=1.0, gt=0, le=1.0, description="Nucleus sampling of rollouts.")
+    kl_coef: float = Field(
+        default=0.05,
+        gt=0,
+        description="β: the pull toward the reference (the model with the adapter "
+        "disabled). `ppo`: the per-token penalty β·(log π − log π_ref) in the reward (the "
+        "initial β with `kl_controller: adaptive`); `grpo`/`rloo`: the weight of the k3 KL "
+        "term in the loss.",
+    )
+    kl_controller: Literal["fixed", "adaptive"] = Field(
+        default="fixed",
+        description="`fixed` keeps β; `adaptive` steers the measured KL toward `kl_target` "
+        "(Ziegler et al. 2019). Its β is saved in every checkpoint.",
+    )
+    kl_target: float = Field(
+        default=6.0,
+        gt=0,
+        description="`adaptive`: the KL (nats per answer, summed over its tokens) to steer "
+        "toward (6 as in Ziegler et al.).",
+    )
+    kl_horizon: float = Field(
+        default=10000.0,
+        gt=0,
+        description="`adaptive`: how many answers it takes β to move by at most 20%.",
+    )
+    gamma: float = Field(
+        default=1.0, gt=0, le=1.0, description="`ppo`: discount of GAE (1: no discount)."
+    )
+    lam: float = Field(
+        default=0.95, ge=0, le=1.0, description="`ppo`: GAE λ (bias-variance trade-off)."
+    )
+    clip: float = Field(
+        default=0.2, gt=0, description="ε of the clipped surrogate: the ratio π/π_old range."
+    )
+    value_clip: float = Field(
+        default=0.2,
+        gt=0,
+        description="`ppo`: how far (in reward units) one update may move the value "
+        "prediction from its rollout-time value.",
+    )
+    value_coef: float = Field(
+        default=0.1, gt=0, description="`ppo`: weight of the value loss beside the policy loss."
+    )
+    ppo_epochs: int = Field(
+        default=2,
+        gt=0,
+        description="Passes over each rollout batch (each a fresh shuffle into `minibatches`).",
+    )
+    minibatches: int = Field(
+        default=2,
+        gt=0,
+        description="Optimizer steps per pass: the rollout batch is split into this many.",
+    )
+    scale_advantages: bool | None = Field(
+        default=None,
+        description="`grpo`/`rloo`: divide each group's advantages by its reward std. None "
+        "follows each paper (GRPO scales, RLOO does not); false with `grpo` is Dr. GRPO.",
+    )
+    generation_batch_size: int = Field(
+        default=16, gt=0, description="Prompts generated together in a rollout."
+    )
+
+
 class ModelLoadingConfig(_Section):
     """How the `model`'s files may be loaded. Both opt-ins run code or data from the model's
     source with your permissions, so they are off unless you trust that source."""
@@ -452,13 +565,16 @@ class Recipe(_Section):
         description="How the model's files may be loaded (safetensors only, no shipped code, "
         "unless opted in).",
     )
-    method: Literal["sft", "pretrain", "reward", "dpo", "simpo", "orpo", "kto"] = Field(
+    method: Literal[
+        "sft", "pretrain", "reward", "dpo", "simpo", "orpo", "kto", "ppo", "grpo", "rloo"
+    ] = Field(
         default="sft",
         description="`sft`: supervised fine-tuning on conversations, loss on assistant turns. "
         "`pretrain`: continued pretraining on raw documents packed into `data.max_length` "
         "blocks, loss on every token. `reward`: a reward model (a scalar score) from "
         "preference pairs. `dpo`, `simpo`, `orpo`: preference tuning from pairs; `kto`: "
-        "from answers marked desirable or not (docs/alignment.md).",
+        "from answers marked desirable or not. `ppo`, `grpo`, `rloo`: reinforcement learning "
+        "from the rewards in `rl` (docs/alignment.md).",
     )
     data: DataConfig = Field(description="Training and evaluation data.")
     adapter: AdapterConfig = Field(default_factory=AdapterConfig, description="Adapter.")
@@ -468,6 +584,11 @@ class Recipe(_Section):
     alignment: AlignmentConfig = Field(
         default_factory=AlignmentConfig,
         description="Preference methods' settings (`reward`, `dpo`, `simpo`, `orpo`, `kto`).",
+    )
+    rl: RLConfig = Field(
+        default_factory=RLConfig,
+        description="Reinforcement learning settings (`ppo`, `grpo`, `rloo`): rewards, "
+        "rollouts, the KL leash and the PPO update.",
     )
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation settings.")
     output_dir: str | None = Field(
@@ -479,4 +600,15 @@ class Recipe(_Section):
     def _steps_or_epochs(self) -> Recipe:
         if self.training.max_steps == 0 or self.training.max_steps < -1:
             raise ValueError("training.max_steps must be -1 (use epochs) or a positive number")
+        if self.method in ("ppo", "grpo", "rloo"):
+            if not self.rl.rewards:
+                raise ValueError(
+                    f"method {self.method} needs a reward: add rl.rewards with a reward model "
+                    "(model: run:ID) or a Python function (function: path/to/file.py:name)"
+                )
+            if self.method != "ppo" and (self.rl.samples_per_prompt or 4) < 2:
+                raise ValueError(
+                    f"method {self.method} compares answers to the same prompt: "
+                    "rl.samples_per_prompt must be at least 2"
+                )
         return self

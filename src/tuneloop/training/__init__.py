@@ -1,5 +1,6 @@
-"""Training methods, one module each (`sft`, `pretrain`, `reward`, `dpo`), sharing the loop
-in `loop.py` (with its objectives and parallel layouts) and small helpers in `common.py`.
+"""Training methods, one module each (`sft`, `pretrain`, `reward`, `dpo`, `ppo`, `grpo`),
+sharing the loop in `loop.py` (with its objectives and parallel layouts; the RL methods share
+the rollout loop in `rl.py`) and small helpers in `common.py`.
 `train` picks the module from the recipe's `method`."""
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from typing import Any
 
 from tuneloop.errors import RecipeError
 
-# method -> (module, function); `simpo`, `orpo` and `kto` are DPO's relatives in dpo.py
+# method -> (module, function); `simpo`, `orpo` and `kto` are DPO's relatives in dpo.py,
+# `rloo` is GRPO's sibling in grpo.py; `ppo` and `grpo` share the rollout loop in rl.py
 METHODS = {
     "sft": ("sft", "sft"),
     "pretrain": ("pretrain", "pretrain"),
@@ -19,6 +21,9 @@ METHODS = {
     "simpo": ("dpo", "train_preference"),
     "orpo": ("dpo", "train_preference"),
     "kto": ("dpo", "train_preference"),
+    "ppo": ("ppo", "ppo"),
+    "grpo": ("grpo", "grpo"),
+    "rloo": ("grpo", "grpo"),
 }
 
 
