@@ -172,6 +172,11 @@ def test_a_nan_reward_stops_the_run_and_saves_nothing(stopping_model: Path, tmp_
     assert registry.get_run(run_id).status == "failed"
 
 
+def _rename_function(raw: dict[str, Any], name: str) -> None:
+    term = raw["rl"]["rewards"][0]
+    term["function"] = term["function"].rpartition(":")[0] + ":" + name
+
+
 @pytest.mark.parametrize(
     ("change", "fragment"),
     [
@@ -187,11 +192,6 @@ def test_a_nan_reward_stops_the_run_and_saves_nothing(stopping_model: Path, tmp_
         (lambda r: r["rl"]["rewards"].append({"weight": 2.0}), "exactly one of `model`"),
     ],
 )
-def _rename_function(raw: dict[str, Any], name: str) -> None:
-    term = raw["rl"]["rewards"][0]
-    term["function"] = term["function"].rpartition(":")[0] + ":" + name
-
-
 def test_bad_recipes_fail_with_one_clear_line(
     stopping_model: Path, tmp_path: Path, change: Any, fragment: str
 ) -> None:
