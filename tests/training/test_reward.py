@@ -175,6 +175,8 @@ def test_reward_model_learns_the_marker_and_is_a_scorer(tiny_model: Path, tmp_pa
     meta = json.loads((result.run_dir / "run.json").read_text())
     val = meta["validation"]
     assert val["pairs"] == 15 and val["pair_accuracy"] == result.metrics["eval_pair_accuracy"]
+    held = [json.loads(line) for line in Path(meta["validation_file"]).read_text().splitlines()]
+    assert len(held) == 15 and {"prompt", "chosen", "rejected"} <= set(held[0])
     ci = val["pair_accuracy_ci"]
     assert ci["level"] == 0.95 and ci["low"] <= val["pair_accuracy"] <= ci["high"]
     q = val["reward_gap_quantiles"]

@@ -149,6 +149,15 @@ def train_reward(
         margin=recipe.alignment.margin,
     )
     meta["train_pairs"] = len(data.train)
+    if main and data.validation and not d.eval:
+        # the held-out pairs, so `tuneloop eval --model run:ID --data` can score them later
+        from tuneloop.files import atomic_write_jsonl
+
+        atomic_write_jsonl(
+            run_path / "validation.jsonl",
+            ({k: r[k] for k in ("prompt", "chosen", "rejected")} for r in data.validation),
+        )
+        meta["validation_file"] = str(run_path / "validation.jsonl")
     timings = {"data_s": time.perf_counter() - started}
     report: dict[str, Any] | None = None
     with common.recording(run.id, main):
