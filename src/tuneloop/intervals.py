@@ -8,7 +8,7 @@ interval. Resampling is seeded, so a report is reproducible.
 
 A foundation module (importable from every layer) rather than part of `evaluation`: a
 training method reports intervals too (a reward model's validation pair accuracy in its
-run record), and `training` must not import `evaluation`. `evaluation.stats` re-exports it.
+run record), and `training` must not import `evaluation`.
 """
 
 from __future__ import annotations

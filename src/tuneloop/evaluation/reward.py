@@ -158,8 +158,8 @@ def win_rate(outcomes: Sequence[float], seed: int = 0) -> dict[str, Any]:
 def _answers(
     ref: str, prompts: list[list[dict[str, str]]], max_new_tokens: int, batch_size: int
 ) -> list[str]:
-    from tuneloop.evaluation.generate import generate
     from tuneloop.models import load
+    from tuneloop.models.generate import generate
 
     model, tokenizer, resolved = load(ref)
     system = ((resolved.recipe or {}).get("data") or {}).get("system_prompt")
