@@ -158,6 +158,21 @@ def test_dpo_loss_is_ln2_when_policy_equals_reference(
         assert abs(float(loss) / n - math.log(2)) > 1e-4
 
 
+def test_kl_partners_pair_each_prompt_with_another_prompts_completion() -> None:
+    from tuneloop.training.dpo import with_kl_partners
+    from tuneloop.training.pairs import UnpairedExample
+    from tuneloop.training.tokenize import IGNORE, Example
+
+    def ex(prompt: list[int], answer: list[int], good: bool) -> UnpairedExample:
+        return UnpairedExample(Example(prompt + answer, [IGNORE] * len(prompt) + answer), good, 2)
+
+    # as pairs_to_unpaired makes them: two examples per prompt
+    examples = [ex([1, 2], [10], True), ex([1, 2], [11], False), ex([3, 4], [12, 13], True)]
+    kl = [e.kl for e in with_kl_partners(examples)]
+    assert [k.input_ids for k in kl] == [[1, 2, 12, 13], [1, 2, 12, 13], [3, 4, 10]]
+    assert [k.labels for k in kl] == [[IGNORE, IGNORE, 12, 13]] * 2 + [[IGNORE, IGNORE, 10]]
+
+
 @pytest.mark.parametrize(
     ("alignment", "expected"),
     [
