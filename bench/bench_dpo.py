@@ -31,10 +31,16 @@ import json
 import os
 import random
 import tempfile
-import time
 from pathlib import Path
 
-from head_to_head import alternate, default_model, peak_mb, run_worker, summarise
+from head_to_head import (
+    alternate,
+    default_model,
+    peak_mb,
+    run_worker,
+    summarise,
+    trl_recorder,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless" / "pairs.jsonl"
 
@@ -91,7 +97,7 @@ def _worker_trl(args: argparse.Namespace, pairs: list[dict], tmp: Path) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     from tuneloop.data.readers import read_rows
@@ -105,19 +111,7 @@ def _worker_trl(args: argparse.Namespace, pairs: list[dict], tmp: Path) -> dict:
     )
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-    losses: list[float] = []
-    timer: dict[str, float] = {}
-
-    class Record(TrainerCallback):
-        def on_train_begin(self, *a, **k):  # after dataset preparation and model wrapping
-            timer["start"] = time.perf_counter()
-
-        def on_train_end(self, *a, **k):
-            timer["end"] = time.perf_counter()
-
-        def on_log(self, a, state, control, logs=None, **k):
-            if logs and "loss" in logs:
-                losses.append(float(logs["loss"]))
+    record, losses, timer = trl_recorder()
 
     config = DPOConfig(
         output_dir=str(tmp / "trl"),
@@ -146,7 +140,7 @@ def _worker_trl(args: argparse.Namespace, pairs: list[dict], tmp: Path) -> dict:
             target_modules="all-linear",
             task_type="CAUSAL_LM",
         ),
-        callbacks=[Record()],
+        callbacks=[record],
     )
     trainer.train()
     return {

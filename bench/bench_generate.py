@@ -42,9 +42,9 @@ def main() -> None:
         return
     import torch
 
-    from tuneloop.models.generate import encode_prompt, generate
     from tuneloop.models import load
     from tuneloop.models.bundled import cached_path
+    from tuneloop.models.generate import encode_prompt, generate
 
     path = cached_path("smollm2-135m-instruct")
     if not (path / "config.json").exists():

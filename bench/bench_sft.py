@@ -37,10 +37,16 @@ import json
 import os
 import random
 import tempfile
-import time
 from pathlib import Path
 
-from head_to_head import alternate, default_model, peak_mb, run_worker, summarise
+from head_to_head import (
+    alternate,
+    default_model,
+    peak_mb,
+    run_worker,
+    summarise,
+    trl_recorder,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77" / "train.csv"
 SYSTEM = "Banking intent classifier: answer with the intent label."
@@ -102,7 +108,7 @@ def _worker_tuneloop(args: argparse.Namespace, rows: list[dict[str, str]], tmp: 
 def _worker_trl(args: argparse.Namespace, rows: list[dict[str, str]], tmp: Path) -> dict:
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     torch.manual_seed(0)
@@ -131,19 +137,7 @@ def _worker_trl(args: argparse.Namespace, rows: list[dict[str, str]], tmp: Path)
             target_modules="all-linear",
             task_type="CAUSAL_LM",
         )
-    losses: list[float] = []
-    timer: dict[str, float] = {}
-
-    class Record(TrainerCallback):
-        def on_train_begin(self, *a, **k):  # after dataset preparation and model wrapping
-            timer["start"] = time.perf_counter()
-
-        def on_train_end(self, *a, **k):
-            timer["end"] = time.perf_counter()
-
-        def on_log(self, a, state, control, logs=None, **k):
-            if logs and "loss" in logs:
-                losses.append(float(logs["loss"]))
+    record, losses, timer = trl_recorder()
 
     config = SFTConfig(
         output_dir=str(tmp / "trl"),
@@ -165,7 +159,7 @@ def _worker_trl(args: argparse.Namespace, rows: list[dict[str, str]], tmp: Path)
         train_dataset=ds,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[Record()],
+        callbacks=[record],
     )
     trainer.train()
     return {

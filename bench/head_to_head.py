@@ -25,6 +25,31 @@ def default_model() -> str:
     return str(cached_path("smollm2-135m-instruct"))
 
 
+def trl_recorder() -> tuple[object, list[float], dict[str, float]]:
+    """A transformers callback that records the logged losses and the seconds of the
+    training steps (from after dataset preparation and model wrapping to the end), and the
+    list and dict it fills."""
+    import time
+
+    from transformers import TrainerCallback
+
+    losses: list[float] = []
+    timer: dict[str, float] = {}
+
+    class Record(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            timer["start"] = time.perf_counter()
+
+        def on_train_end(self, *a, **k):
+            timer["end"] = time.perf_counter()
+
+        def on_log(self, a, state, control, logs=None, **k):
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+
+    return Record(), losses, timer
+
+
 def run_worker(script: str, tool: str, argv: list[str]) -> dict:
     """Run `script --worker TOOL ARGV...` and return the JSON of its last line."""
     out = subprocess.run(

@@ -23,6 +23,7 @@ API = (
     "Run",
     "StepCount",
     "SuiteReport",
+    "WinRate",
     "compare",
     "curate",
     "curation_steps",

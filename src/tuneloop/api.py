@@ -189,6 +189,26 @@ class SuiteReport(Serializable):
         return self.result.get("tasks", {})
 
 
+@dataclasses.dataclass
+class WinRate(Serializable):
+    """The result of `compare(base, tuned, data=..., judge=...)`: how often `tuned`'s answer
+    beat `base`'s on the prompts of `data`, a tie counting half, with its 95% bootstrap
+    interval; `per_prompt` holds both answers and the judge's scores or verdicts."""
+
+    base: str
+    tuned: str
+    judge: str
+    judge_kind: str  # "reward model" or "llm judge"
+    win_rate: float
+    win_rate_ci: dict[str, float]
+    wins: int
+    ties: int
+    losses: int
+    prompts: int
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    per_prompt: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
 # --- data ----------------------------------------------------------------------------------
 
 
@@ -583,10 +603,22 @@ def evaluate(
 
     Returns the metrics, per-example rows (`examples`), the classification report for
     labelled data, and the registry id of the stored evaluation.
+
+    A reward model (`run:ID` of a `reward` run) is scored on preference pairs instead:
+    `pair_accuracy` with its bootstrap interval (`pair_accuracy_low`/`_high`) and the
+    reward gap's mean and quantiles; generation settings and `metrics` do not apply.
     """
     from tuneloop.config.recipe import METRICS
     from tuneloop.evaluation import evaluate_file
+    from tuneloop.evaluation.reward import evaluate_pairs, is_reward_ref
 
+    if is_reward_ref(model):
+        if metrics:
+            raise TuneloopError(
+                f"{model} is a reward model: it is evaluated by pair accuracy on preference "
+                "pairs; leave out --metric"
+            )
+        return evaluate_pairs(model, str(data), batch_size=batch_size, limit=limit)
     return evaluate_file(
         model,
         str(data),
@@ -642,19 +674,51 @@ def run_suite(
 def compare(
     base: str,
     tuned: str,
-    suite: str | Path,
+    suite: str | Path | None = None,
     *,
     gate: str | None = None,
     out: str | Path | None = None,
-) -> SuiteReport:
-    """Compare two models per example on a suite, with the forgetting check.
+    data: str | Path | None = None,
+    judge: str | None = None,
+    max_new_tokens: int = 128,
+    batch_size: int = 16,
+    limit: int | None = None,
+) -> SuiteReport | WinRate:
+    """Compare two models: per example on a suite (with the forgetting check), or by a
+    judge's win rate on the prompts of a data file.
 
-    `gate` ("accuracy>=0.9,forgetting.drop<=0.05") is checked against `tuned`; what fails
-    is in `gate_failed` (the report is written either way).
+    With `suite`: `gate` ("accuracy>=0.9,forgetting.drop<=0.05") is checked against
+    `tuned`; what fails is in `gate_failed` (the report is written either way).
+    With `data` and `judge`: both models answer every prompt (greedy); the judge, a reward
+    model (`run:ID` of a `reward` run: the higher score wins) or any other model as an LLM
+    judge (pairwise, both orders), picks; returns the `WinRate` of `tuned` over `base`.
     """
     from tuneloop.evaluation.suite import check_gate, load_suite, parse_gate, write_report
     from tuneloop.evaluation.suite import compare as run_compare
 
+    if (suite is None) == (data is None):
+        raise TuneloopError("compare takes a suite, or data with a judge: give exactly one")
+    if data is not None:
+        if judge is None:
+            raise TuneloopError(
+                "compare with data needs a judge (a reward model run:ID or a model)"
+            )
+        if gate:
+            raise TuneloopError("a gate applies to suite comparisons; leave it out with data")
+        from tuneloop.evaluation.reward import reward_compare
+
+        found = reward_compare(base, tuned, str(data), judge, max_new_tokens, batch_size, limit)
+        keys = {f.name for f in dataclasses.fields(WinRate)} - {"details"}
+        result = WinRate(
+            **{k: found[k] for k in keys},
+            details={k: v for k, v in found.items() if k not in keys},
+        )
+        if out:
+            write_json(Path(out) / "win_rate.json", result.to_dict())
+        return result
+    if judge is not None:
+        raise TuneloopError("a judge applies to data comparisons; a suite names its own judge")
+    assert suite is not None
     loaded = load_suite(suite)
     if gate:
         parse_gate(gate)  # a malformed gate fails now, not after the models ran

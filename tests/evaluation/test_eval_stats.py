@@ -8,7 +8,7 @@ import random
 import pytest
 
 from tuneloop.evaluation.classification import OUTSIDE, classification_report, label_outcomes
-from tuneloop.evaluation.stats import bootstrap, mean_interval
+from tuneloop.intervals import bootstrap, mean_interval
 
 
 def _random_case(seed: int) -> tuple[list[str], list[str], list[str]]:

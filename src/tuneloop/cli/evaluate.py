@@ -100,6 +100,14 @@ def eval_cmd(
     )
     for name, value in result.metrics.items():
         click.echo(f"{name:12s} {value:.4f}")
+    if "pair_accuracy" in result.metrics:
+        m = result.metrics
+        click.echo(
+            f"pair accuracy {m['pair_accuracy']:.4f} [{m['pair_accuracy_low']:.4f}, "
+            f"{m['pair_accuracy_high']:.4f}] (95% bootstrap) on {len(result.examples)} pairs; "
+            f"reward gap median {m['reward_gap_q50']:.3f} "
+            f"(5-95%: {m['reward_gap_q05']:.3f} .. {m['reward_gap_q95']:.3f})"
+        )
     if result.classification:
         echo_classification(result.classification)
     click.echo(
@@ -112,16 +120,75 @@ def eval_cmd(
 @click.command()
 @click.argument("base")
 @click.argument("tuned")
-@click.option("--suite", "suite_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--suite", "suite_path", type=click.Path(dir_okay=False), help="Suite YAML.")
+@click.option(
+    "--data",
+    type=click.Path(),
+    help="Instead of a suite: prompts (chat, prompt/response or preference rows) both "
+    "models answer; needs --judge.",
+)
+@click.option(
+    "--judge",
+    "judge_ref",
+    help="With --data: a reward model (run:ID of a reward run; the higher score wins) or a "
+    "model to judge pairwise (both orders).",
+)
+@click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--limit", type=click.IntRange(min=1), help="With --data: the first N prompts.")
+@click.option(
+    "--json", "json_out", type=click.Path(dir_okay=False), help="With --data: write here."
+)
 @click.option(
     "--gate",
     help='Fail (exit 1) unless these hold for TUNED, e.g. "accuracy>=0.9,forgetting.drop<=0.05".',
 )
 @click.option("--out", type=click.Path(file_okay=False), help="Report folder.")
-def compare(base: str, tuned: str, suite_path: str, gate: str | None, out: str | None) -> None:
-    """Compare BASE and TUNED per example on a suite, with the forgetting check."""
+def compare(
+    base: str,
+    tuned: str,
+    suite_path: str | None,
+    data: str | None,
+    judge_ref: str | None,
+    max_new_tokens: int,
+    batch_size: int,
+    limit: int | None,
+    json_out: str | None,
+    gate: str | None,
+    out: str | None,
+) -> None:
+    """Compare BASE and TUNED per example on a --suite (with the forgetting check), or by
+    the win rate of TUNED over BASE on --data prompts as --judge picks."""
+    if (suite_path is None) == (data is None):
+        raise click.UsageError("give --suite FILE, or --data PROMPTS with --judge (not both)")
+    if data is not None and judge_ref is None:
+        raise click.UsageError("--data needs --judge (a reward model run:ID, or a judge model)")
+    if suite_path is not None and (judge_ref or json_out or limit):
+        raise click.UsageError("--judge, --json and --limit go with --data, not --suite")
     quiet_libraries()
+    if data is not None:
+        won = api.compare(
+            base,
+            tuned,
+            data=data,
+            judge=judge_ref,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            limit=limit,
+            out=out,
+        )
+        assert isinstance(won, api.WinRate)
+        ci = won.win_rate_ci
+        click.echo(
+            f"win rate of {tuned} over {base} by {judge_ref} ({won.judge_kind}): "
+            f"{won.win_rate:.4f} [{ci['low']:.4f}, {ci['high']:.4f}] (95% bootstrap; ties "
+            f"count half) on {won.prompts} prompts: W {won.wins} / T {won.ties} / L {won.losses}"
+        )
+        if json_out:
+            api.write_json(json_out, won.to_dict())
+        return
     report = api.compare(base, tuned, suite_path, gate=gate, out=out)
+    assert isinstance(report, api.SuiteReport)
     for name, task in report.tasks.items():
         b, t = task["base"]["metrics"], task["tuned"]["metrics"]
         shown = ", ".join(f"{k} {b[k]:.4f} -> {t[k]:.4f}" for k in t if k in b)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tuneloop.evaluation.metrics import normalize
-from tuneloop.evaluation.stats import bootstrap
+from tuneloop.intervals import bootstrap
 
 OUTSIDE = "(not in label set)"
 

@@ -399,7 +399,7 @@ def human_agreement(
     import numpy as np
 
     from tuneloop.data.readers import read_rows
-    from tuneloop.evaluation.stats import bootstrap
+    from tuneloop.intervals import bootstrap
 
     read = read_rows(pairs, fmt="preference", strict=True)
     rows = read.rows[:limit] if limit else read.rows

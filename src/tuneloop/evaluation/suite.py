@@ -340,7 +340,7 @@ def forgetting_summary(
 ) -> dict[str, Any]:
     """Probe score of base and tuned, the drop with a paired bootstrap interval, whether
     it is flagged, and the drop by probe category."""
-    from tuneloop.evaluation.stats import bootstrap
+    from tuneloop.intervals import bootstrap
 
     sb = [e["scores"][FORGETTING_METRIC] for e in base]
     st = [e["scores"][FORGETTING_METRIC] for e in tuned]

@@ -119,7 +119,7 @@ def _resolve_run(ref: str) -> ResolvedModel:
     except ValueError:
         raise ModelError(f"bad run reference {ref!r}; expected run:<id>") from None
     run = get_run(run_id)
-    finals = [m for m in models_for_run(run_id) if m.kind in ("adapter", "full")]
+    finals = [m for m in models_for_run(run_id) if m.kind in ("adapter", "full", "reward")]
     if not finals:
         raise ModelError(f"run {run_id} ({run.status}) has no saved model")
     resolved = _resolve_dir(ref, Path(finals[-1].path))
@@ -160,7 +160,14 @@ def load_model(resolved: ResolvedModel, dtype: Any = None, merge: bool = True) -
     import torch
     from transformers import AutoModelForCausalLM
 
+    from tuneloop.models.reward import is_reward_dir
+
     dtype = dtype or torch.float32
+    if not resolved.adapter and is_reward_dir(resolved.base):
+        raise ModelError(
+            f"{resolved.ref} is a reward model (a score head, no language-model head): it "
+            "scores answers (tuneloop eval --data PAIRS, compare --judge) but cannot generate"
+        )
     check_weights_format(resolved)
     try:
         model = AutoModelForCausalLM.from_pretrained(

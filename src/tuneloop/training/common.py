@@ -322,6 +322,14 @@ def record_failure(run_id: int, err: BaseException) -> None:
     registry.update_run(run_id, status=status, error=f"{type(err).__name__}: {err}")
 
 
+def model_kind(recipe: Recipe) -> str:
+    """The registry kind of a run's final model: `reward` (a merged sequence-classification
+    model, whatever the adapter), `adapter` (PEFT) or `full`."""
+    if recipe.method == "reward":
+        return "reward"
+    return "adapter" if recipe.adapter.type in ("lora", "qlora") else "full"
+
+
 def finish_run(
     run: Any,
     recipe: Recipe,
@@ -338,7 +346,7 @@ def finish_run(
     write_model_card(model_dir, recipe, meta, metrics)
     registry.add_model(
         name=f"{recipe.name}-{run.id}",
-        kind="adapter" if recipe.adapter.type in ("lora", "qlora") else "full",
+        kind=model_kind(recipe),
         path=str(model_dir),
         base_model=recipe.model,
         run_id=run.id,
@@ -529,8 +537,15 @@ def run_for(
 # --- model -------------------------------------------------------------------------------
 
 
-def prepare_model(recipe: Recipe, resolved: Any) -> tuple[Any, dict[str, Any]]:
-    """The base model with the recipe's trainable parameters; returns (model, summary)."""
+def prepare_model(
+    recipe: Recipe, resolved: Any, convert: Any = None, task_type: str = "CAUSAL_LM"
+) -> tuple[Any, dict[str, Any]]:
+    """The base model with the recipe's trainable parameters; returns (model, summary).
+
+    convert: a function applied to the loaded (merged) causal model before adapters are
+    added (a reward model replaces the output layer by a score head); task_type is then the
+    PEFT task of the converted model (`SEQ_CLS` trains the head fully beside the adapters).
+    """
     import torch
 
     from tuneloop.models.resolve import load_model
@@ -541,6 +556,8 @@ def prepare_model(recipe: Recipe, resolved: Any) -> tuple[Any, dict[str, Any]]:
         model = _load_4bit(resolved)
     else:
         model = load_model(resolved, dtype=torch.float32, merge=True)
+    if convert is not None:
+        model = convert(model)
     model.config.use_cache = False
     if a.type in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model
@@ -552,7 +569,7 @@ def prepare_model(recipe: Recipe, resolved: Any) -> tuple[Any, dict[str, Any]]:
             target_modules=a.target_modules,
             use_rslora=a.rslora,
             use_dora=a.dora,
-            task_type="CAUSAL_LM",
+            task_type=task_type,
         )
         try:
             model = get_peft_model(model, config)

@@ -136,6 +136,20 @@ def token_loss_sum(model: Any, batch: dict[str, Any]) -> Any:
     )
 
 
+def output_parts(model: Any) -> tuple[Any, Any] | None:
+    """(decoder, output layer) of a causal LM (through a peft wrapper), so a loss can run
+    the output layer only on the positions it needs; None for models whose logits are
+    post-processed (soft-capping, scaling), which must take the plain `model(...)` path."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    special = getattr(config, "final_logit_softcapping", None) or getattr(
+        config, "logit_scale", None
+    )
+    decoder = getattr(base, "get_decoder", lambda: None)()
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    return None if special or decoder is None or head is None else (decoder, head)
+
+
 def _loss_module() -> Any:
     import torch
     import torch.nn.functional as F
@@ -154,14 +168,8 @@ def _loss_module() -> Any:
         def __init__(self, model: Any) -> None:
             super().__init__()
             self.model = model
-            base = model.get_base_model() if hasattr(model, "get_base_model") else model
-            config = getattr(base, "config", None)
-            special = getattr(config, "final_logit_softcapping", None) or getattr(
-                config, "logit_scale", None
-            )
-            decoder = getattr(base, "get_decoder", lambda: None)()
-            head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-            self._parts = None if special or decoder is None or head is None else (decoder, head)
+            self._parts = output_parts(model)
+            head = self._parts[1] if self._parts else None
             self.ce_chunk = CE_CHUNK
             self._fusable = isinstance(head, torch.nn.Linear) and head.bias is None
 

@@ -52,7 +52,6 @@ def run_quickstart(
     from tuneloop.data import read_conversations
     from tuneloop.evaluation import evaluate_file
     from tuneloop.evaluation.report import loss_curve_png, render_html
-    from tuneloop.evaluation.stats import mean_interval
     from tuneloop.evaluation.suite import (
         categories,
         diff_examples,
@@ -61,6 +60,7 @@ def run_quickstart(
         probe_task,
     )
     from tuneloop.files import atomic_write_json, atomic_write_text
+    from tuneloop.intervals import mean_interval
     from tuneloop.models import resolve
     from tuneloop.training import train
 

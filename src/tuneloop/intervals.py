@@ -5,6 +5,10 @@ difference between two checkpoints is often inside the noise. A percentile boots
 over examples works the same for a mean (accuracy), a corpus statistic (BLEU, macro-F1)
 and a rating fitted from games (Elo), so every number in a report gets the same kind of
 interval. Resampling is seeded, so a report is reproducible.
+
+A foundation module (importable from every layer) rather than part of `evaluation`: a
+training method reports intervals too (a reward model's validation pair accuracy in its
+run record), and `training` must not import `evaluation`.
 """
 
 from __future__ import annotations
