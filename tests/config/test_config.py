@@ -197,3 +197,17 @@ def test_model_loading_is_safe_by_default_and_remote_code_needs_a_pinned_commit(
         {"data": {"train": "a"}, "model_loading": {"trust_remote_code": True, "revision": commit}}
     )
     assert pinned.model_loading.trust_remote_code and pinned.model_loading.revision == commit
+
+
+def test_a_reward_function_file_is_relative_to_the_recipe(tmp_path: Path) -> None:
+    """Like data paths, `rl.rewards[].function: file.py:name` resolves against the recipe's
+    folder, so a recipe and its reward file can be run from anywhere."""
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    (folder / "data.jsonl").write_text("{}\n")
+    (folder / "r.yaml").write_text(
+        "method: ppo\ndata:\n  train: data.jsonl\nrl:\n  rewards:\n"
+        "    - {function: rewards.py:brevity, weight: 1.0}\n"
+    )
+    recipe = load_recipe(folder / "r.yaml")
+    assert recipe.rl.rewards[0].function == f"{(folder / 'rewards.py').resolve()}:brevity"

@@ -185,6 +185,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
             value = Path(value_text).expanduser()
             if not value.is_absolute():
                 node[field_path[-1]] = str((base / value).resolve())
+    _resolve_reward_functions(raw, base)
     apply_overrides(raw, list(overrides or []))
     data = raw.get("data")
     if isinstance(data, dict) and data.get("train") is None:
@@ -193,6 +194,21 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
             "as data.train=PATH"
         )
     return recipe_from_dict(raw, source=str(path))
+
+
+def _resolve_reward_functions(raw: dict[str, Any], base: Path) -> None:
+    """`rl.rewards[].function: file.py:name` with a relative file is relative to the recipe,
+    like the data paths (a recipe and its reward file travel together)."""
+    rl = raw.get("rl")
+    rewards = rl.get("rewards") if isinstance(rl, dict) else None
+    for entry in rewards if isinstance(rewards, list) else []:
+        spec = entry.get("function") if isinstance(entry, dict) else None
+        if not isinstance(spec, str) or ":" not in spec:
+            continue
+        file_text, _, name = spec.rpartition(":")
+        file = Path(file_text).expanduser()
+        if file_text and not file.is_absolute():
+            entry["function"] = f"{(base / file).resolve()}:{name}"
 
 
 def dump_recipe(recipe: Recipe, path: str | Path) -> None:
