@@ -399,7 +399,7 @@ class RewardSpec(_Section):
         default=None,
         description="A Python reward function `path/to/file.py:name`, called as "
         "`name(prompt_messages, answer_text) -> float`. The file is loaded and the function "
-        "checked when the run starts. Relative paths are relative to the working directory.",
+        "checked when the run starts. In a recipe file a relative path is relative to the recipe.",
     )
     weight: float = Field(
         default=1.0, description="Multiplier of this term; the reward is the weighted sum."
