@@ -246,6 +246,17 @@ def learning_rate(recipe: Recipe, total_params: int) -> float:
     return 1e-4 if small else 2e-5
 
 
+def record_setup(recipe: Recipe, run_path: Path, meta: dict[str, Any], main: bool) -> float:
+    """The run's learning rate (from `meta["model"]`'s parameter count when the recipe
+    leaves it unset), recorded in `meta`, and `run.json` written (rank 0): the last step
+    of every method's setup before training starts."""
+    lr = learning_rate(recipe, meta["model"]["total_params"])
+    meta["learning_rate"] = lr
+    if main:
+        write_json(run_path / "run.json", meta)
+    return lr
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX).
 

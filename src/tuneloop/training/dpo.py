@@ -134,10 +134,7 @@ def train_preference(
                 common.use_bf16(recipe),
             )
             timings["reference_s"] = time.perf_counter() - t_ref
-        lr = common.learning_rate(recipe, model_info["total_params"])
-        meta["learning_rate"] = lr
-        if main:
-            common.write_json(run_path / "run.json", meta)
+        lr = common.record_setup(recipe, run_path, meta, main)
         timings["setup_s"] = time.perf_counter() - t0
 
         result = common.fit(
@@ -340,12 +337,6 @@ class PairObjective(Objective):
     def module(self, model: Any) -> Any:
         return PairLossModule(model, self)
 
-    def length(self, example: PairExample) -> int:
-        return example.length
-
-    def tokens(self, example: PairExample) -> int:
-        return example.tokens
-
     def sides(self, example: PairExample) -> tuple[Example, Example]:
         return example.chosen, example.rejected
 
@@ -422,12 +413,6 @@ class KTOObjective(Objective):
 
     def module(self, model: Any) -> Any:
         return KTOLossModule(model, self)
-
-    def length(self, example: KTOExample) -> int:
-        return example.length
-
-    def tokens(self, example: KTOExample) -> int:
-        return example.tokens
 
     def sides(self, example: KTOExample) -> tuple[Example, Example]:
         return example.example, example.kl

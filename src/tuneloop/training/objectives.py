@@ -49,10 +49,12 @@ class Objective:
         raise NotImplementedError
 
     def length(self, example: Any) -> int:
-        return len(example.input_ids)
+        """For length-grouped batching: every example type has `length` (the longest
+        sequence it puts in a batch) and `tokens` (all it puts in)."""
+        return example.length
 
     def tokens(self, example: Any) -> int:
-        return len(example.input_ids)
+        return example.tokens
 
     def eval_entry(self, loss: float, stats: dict[str, float]) -> dict[str, float]:
         return {"eval_loss": loss, **{f"eval_{k}": v for k, v in stats.items()}}

@@ -80,10 +80,7 @@ def pretrain(
         meta["tokenization"] = {"train": packed.summary(), "documents": len(texts)}
         model, info = common.prepare_model(recipe, resolved)
         meta["model"] = info
-        lr = common.learning_rate(recipe, info["total_params"])
-        meta["learning_rate"] = lr
-        if main:
-            common.write_json(run_path / "run.json", meta)
+        lr = common.record_setup(recipe, run_path, meta, main)
         result = common.fit(
             recipe,
             run,

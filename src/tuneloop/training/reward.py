@@ -51,12 +51,6 @@ class RewardObjective(Objective):
     def module(self, model: Any) -> Any:
         return _loss_module()(model, self.margin)
 
-    def length(self, example: PairExample) -> int:
-        return example.length
-
-    def tokens(self, example: PairExample) -> int:
-        return example.tokens
-
 
 def _loss_module() -> Any:
     import torch
@@ -189,10 +183,7 @@ def train_reward(
                 p.numel() for p in model.parameters() if p.requires_grad
             )
         meta["model"] = {**model_info, "head": "score (1 output)"}
-        lr = common.learning_rate(recipe, model_info["total_params"])
-        meta["learning_rate"] = lr
-        if main:
-            common.write_json(run_path / "run.json", meta)
+        lr = common.record_setup(recipe, run_path, meta, main)
         timings["setup_s"] = time.perf_counter() - t0
 
         result = common.fit(

@@ -431,10 +431,8 @@ def train_rl(
             head = value_head(model.config.hidden_size, init)
             meta["value_head_init"] = "reward model" if init is not None else "zeros"
         policy = policy_module(model, head)
-        lr = common.learning_rate(recipe, model_info["total_params"])
-        meta.update(model=model_info, learning_rate=lr, rewards=[t.name for t in terms])
-        if main:
-            common.write_json(run_path / "run.json", meta)
+        meta.update(model=model_info, rewards=[t.name for t in terms])
+        lr = common.record_setup(recipe, run_path, meta, main)
         timings["setup_s"] = time.perf_counter() - t0
         result = _rollout_loop(
             recipe, method, policy, tokenizer, terms, train_prompts, val_prompts, lr,

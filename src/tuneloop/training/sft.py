@@ -141,10 +141,7 @@ def sft(
             meta["tokenization"]["validation"] = val_tok.summary()
         model, model_info = common.prepare_model(recipe, resolved)
         meta["model"] = model_info
-        lr = common.learning_rate(recipe, model_info["total_params"])
-        meta["learning_rate"] = lr
-        if main:
-            common.write_json(run_path / "run.json", meta)
+        lr = common.record_setup(recipe, run_path, meta, main)
         timings["setup_s"] = time.perf_counter() - t0
 
         result = common.fit(

@@ -30,6 +30,14 @@ class Example:
     positions: list[int] | None = None  # packed rows only: restart at 0 per example
 
     @property
+    def length(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def tokens(self) -> int:
+        return len(self.input_ids)
+
+    @property
     def num_targets(self) -> int:
         return sum(1 for x in self.labels if x != IGNORE)
 
