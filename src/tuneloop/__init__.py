@@ -40,6 +40,7 @@ API = (
     "pull_model",
     "quickstart",
     "recipe_schema",
+    "rlaif",
     "run_directory",
     "run_suite",
     "runs",

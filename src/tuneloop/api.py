@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from tuneloop.config.recipe import Recipe
     from tuneloop.data.curate import CurateResult
     from tuneloop.evaluation.run import EvalOutput
+    from tuneloop.workflows.rlaif import RlaifResult
     from tuneloop.workflows.sweep import SweepResult
 
 BUNDLED_MODEL = "smollm2-135m-instruct"
@@ -507,6 +508,30 @@ def sweep(
     return run_sweep(base, axes, fractions, folder, metric=metric)
 
 
+def rlaif(
+    recipe: str | Path | Recipe,
+    *overrides: str,
+    out: str | Path | None = None,
+    compare_tokens: int | None = None,
+) -> RlaifResult:
+    """One RLAIF round: the policy's own answers to the recipe's prompts, labelled by the
+    recipe's `rlaif.judge`, become a pairs dataset version; the recipe's preference method
+    trains on them; the judge's win rate of the new policy over the old on held-out prompts
+    is reported (docs/alignment.md)."""
+    from tuneloop.config import load_recipe as load
+    from tuneloop.workflows.rlaif import rlaif as run_rlaif
+
+    if isinstance(recipe, str | Path):
+        parsed = load(str(recipe), list(overrides))
+    else:
+        parsed = recipe
+        if overrides:
+            from tuneloop.config.load import apply_overrides, recipe_from_dict
+
+            parsed = recipe_from_dict(apply_overrides(recipe.model_dump(mode="json"), overrides))
+    return run_rlaif(parsed, out, compare_tokens=compare_tokens)
+
+
 def export(
     run: str,
     out: str | Path,
@@ -742,10 +767,11 @@ def judge_agreement(
     pairs: str | Path,
     *,
     limit: int | None = None,
-    criteria: str = "helpfulness, correctness and clarity",
+    criteria: str | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Agreement and Cohen's kappa between a judge model and human preference labels."""
+    """Agreement and Cohen's kappa between a judge model and human preference labels.
+    criteria: what the judge compares for (default: a tuned judge's own, else generic)."""
     from tuneloop.evaluation.judge import Judge, human_agreement
 
     return human_agreement(Judge(judge), str(pairs), limit=limit, seed=seed, criteria=criteria)

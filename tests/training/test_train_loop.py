@@ -405,6 +405,37 @@ def test_attention_auto_picks_eager_for_short_cpu_sequences(
     assert result.metrics["attention"] == "eager"
 
 
+def test_attention_auto_falls_back_to_sdpa_when_eager_would_not_fit() -> None:
+    """Eager keeps rows x heads x length^2 floats per layer for the backward: a large
+    micro-batch of 512-token pairs picks sdpa when that passes a quarter of free memory."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tuneloop.training.loop import choose_attention, eager_attention_bytes
+
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+    )
+    model = LlamaForCausalLM(config)
+    # a pair batch: 2 x 8 rows of 512 tokens; KTO's mismatched rows count too
+    batch = {
+        "input_ids": torch.zeros(16, 512, dtype=torch.long),
+        "kl_input_ids": torch.zeros(8, 512, dtype=torch.long),
+        "labels": torch.zeros(16, 512, dtype=torch.long),
+    }
+    estimate = eager_attention_bytes(batch, model)
+    assert estimate == (16 + 8) * 512**2 * 3 * 4 * 4 * 2
+    assert choose_attention("auto", 512, "cpu", estimate, free_bytes=4 * estimate) == "eager"
+    assert choose_attention("auto", 512, "cpu", estimate, free_bytes=4 * estimate - 1) == "sdpa"
+    assert choose_attention("auto", 512, "cpu", estimate, free_bytes=None) == "eager"
+    assert choose_attention("eager", 512, "cpu", estimate, free_bytes=1) == "eager"
+
+
 def _tiny_examples(tiny_model: Path, n: int) -> tuple[Any, list[Any]]:
     from tuneloop.models import load_tokenizer
     from tuneloop.training.tokenize import tokenize_conversations

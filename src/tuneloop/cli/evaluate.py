@@ -249,14 +249,18 @@ def judge() -> None:
     help="Human preference labels: prompt/chosen/rejected rows or HH transcripts.",
 )
 @click.option("--limit", type=click.IntRange(min=1), help="Judge only the first N pairs.")
-@click.option("--criteria", default="helpfulness, correctness and clarity", show_default=True)
+@click.option(
+    "--criteria",
+    help="What the judge compares for (default: a tuned judge's own criteria, else "
+    "'helpfulness, correctness and clarity').",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the A/B coin flips.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write results here.")
 def judge_agreement(
     judge_ref: str,
     pairs: str,
     limit: int | None,
-    criteria: str,
+    criteria: str | None,
     seed: int,
     json_out: str | None,
 ) -> None:

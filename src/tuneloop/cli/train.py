@@ -141,4 +141,47 @@ def export(run: str, out: str, merged: bool, force: bool, base_model: str | None
         click.echo(f"{kind}: {path}")
 
 
-COMMANDS = [train, sweep, export]
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--out", type=click.Path(file_okay=False), help="Folder (default rlaif-NAME).")
+@click.option(
+    "--compare-tokens",
+    type=click.IntRange(min=1),
+    help="Answer length for the held-out win rate (default rlaif.max_new_tokens).",
+)
+def rlaif(
+    recipe: str, overrides: tuple[str, ...], out: str | None, compare_tokens: int | None
+) -> None:
+    """RLAIF: sample answers from the policy, have rlaif.judge label pairs, train the
+    recipe's dpo/simpo/orpo on them, report the judge's win rate on held-out prompts.
+
+    \b
+    tuneloop rlaif examples/hh-harmless/rlaif.yaml model=run:SFT rlaif.judge=run:RM \\
+        data.train=../shared/data/hh-rlhf-harmless/pairs.jsonl
+    """
+    quiet_libraries()
+    result = api.rlaif(recipe, *overrides, out=out, compare_tokens=compare_tokens)
+    c = result.counts
+    skipped = ", ".join(
+        f"{k.replace('_', ' ')} {c[k]}"
+        for k in ("identical_answers", "ties", "order_dependent", "equal_scores")
+        if k in c
+    )
+    click.echo(
+        f"{c['pairs']} pairs from {c['comparisons']} comparisons over {c['prompts']} prompts "
+        f"({skipped}); dataset version {result.pairs_dataset_id}"
+    )
+    click.echo(f"run {result.run_id} trained on them")
+    w = result.win_rate
+    if w:
+        ci = w["win_rate_ci"]
+        click.echo(
+            f"win rate over the policy by {w['judge']}: {w['win_rate']:.4f} "
+            f"[{ci['low']:.4f}, {ci['high']:.4f}] on {w['prompts']} held-out prompts: "
+            f"W {w['wins']} / T {w['ties']} / L {w['losses']}"
+        )
+    click.echo(f"report: {result.directory / 'rlaif.json'}")
+
+
+COMMANDS = [train, sweep, export, rlaif]

@@ -339,8 +339,12 @@ class TrainingConfig(_Section):
     )
 
 
+DEFAULT_JUDGE_CRITERIA = "helpfulness, correctness and clarity"  # the judge prompt's default
+
+
 class AlignmentConfig(_Section):
-    """Preference methods: `reward`, `dpo`, `simpo`, `orpo` and `kto` (docs/alignment.md)."""
+    """Preference methods: `reward`, `judge`, `dpo`, `simpo`, `orpo` and `kto`
+    (docs/alignment.md)."""
 
     beta: float = Field(
         default=0.1,
@@ -372,6 +376,13 @@ class AlignmentConfig(_Section):
         ge=0.0,
         description="`reward`: the Bradley-Terry margin: the chosen answer must out-score "
         "the rejected one by this much before the loss stops pushing.",
+    )
+    judge_criteria: str = Field(
+        default=DEFAULT_JUDGE_CRITERIA,
+        min_length=1,
+        description="`judge`: what the judge is asked to compare answers for (the words of "
+        "its prompt, e.g. `harmlessness`); give `tuneloop judge agreement --criteria` and "
+        "`compare` the same words (a tuned run's own criteria are used when not given).",
     )
     desirable_weight: float = Field(
         default=1.0, gt=0, description="`kto`: loss weight of desirable examples."
@@ -410,6 +421,45 @@ class RewardSpec(_Section):
         if (self.model is None) == (self.function is None):
             raise ValueError("each rl.rewards entry needs exactly one of `model` or `function`")
         return self
+
+
+class RLAIFConfig(_Section):
+    """`tuneloop rlaif RECIPE`: preference pairs from the policy's own answers, labelled by
+    a judge, then the recipe's preference method on them (docs/alignment.md)."""
+
+    judge: str | None = Field(
+        default=None,
+        description="Who labels: a model asked pairwise in both orders (a bundled name, a "
+        "folder, `run:ID` of a `method: judge` run, or `openai:MODEL`), or `run:ID` of a "
+        "`method: reward` run (the higher score wins). Required.",
+    )
+    samples_per_prompt: int = Field(
+        default=4,
+        ge=2,
+        le=16,
+        description="Answers sampled per prompt. Every two distinct answers are compared, "
+        "so an LLM judge makes k(k-1) calls per prompt (both orders).",
+    )
+    max_new_tokens: int = Field(default=128, gt=0, description="Length budget of an answer.")
+    temperature: float = Field(
+        default=1.0, gt=0, description="Sampling temperature (diverse answers to compare)."
+    )
+    top_p: float = Field(default=1.0, gt=0, le=1.0, description="Nucleus sampling.")
+    criteria: str | None = Field(
+        default=None,
+        description="What an LLM judge compares for (default: a tuned judge's own criteria, "
+        "else helpfulness, correctness and clarity).",
+    )
+    heldout: float = Field(
+        default=0.1,
+        ge=0.0,
+        lt=1.0,
+        description="Share of the prompts held out (seed `training.seed`): never sampled for "
+        "pairs, answered by the old and new policy for the judge's win rate.",
+    )
+    max_prompts: int | None = Field(
+        default=None, gt=0, description="Use only the first N training prompts."
+    )
 
 
 class RLConfig(_Section):
@@ -566,15 +616,16 @@ class Recipe(_Section):
         "unless opted in).",
     )
     method: Literal[
-        "sft", "pretrain", "reward", "dpo", "simpo", "orpo", "kto", "ppo", "grpo", "rloo"
+        "sft", "pretrain", "reward", "judge", "dpo", "simpo", "orpo", "kto", "ppo", "grpo", "rloo"
     ] = Field(
         default="sft",
         description="`sft`: supervised fine-tuning on conversations, loss on assistant turns. "
         "`pretrain`: continued pretraining on raw documents packed into `data.max_length` "
         "blocks, loss on every token. `reward`: a reward model (a scalar score) from "
-        "preference pairs. `dpo`, `simpo`, `orpo`: preference tuning from pairs; `kto`: "
-        "from answers marked desirable or not. `ppo`, `grpo`, `rloo`: reinforcement learning "
-        "from the rewards in `rl` (docs/alignment.md).",
+        "preference pairs. `judge`: a pairwise judge (verdict A or B) from preference "
+        "pairs, for `compare --judge` and RLAIF. `dpo`, `simpo`, `orpo`: preference tuning "
+        "from pairs; `kto`: from answers marked desirable or not. `ppo`, `grpo`, `rloo`: "
+        "reinforcement learning from the rewards in `rl` (docs/alignment.md).",
     )
     data: DataConfig = Field(description="Training and evaluation data.")
     adapter: AdapterConfig = Field(default_factory=AdapterConfig, description="Adapter.")
@@ -589,6 +640,10 @@ class Recipe(_Section):
         default_factory=RLConfig,
         description="Reinforcement learning settings (`ppo`, `grpo`, `rloo`): rewards, "
         "rollouts, the KL leash and the PPO update.",
+    )
+    rlaif: RLAIFConfig = Field(
+        default_factory=RLAIFConfig,
+        description="`tuneloop rlaif`: judge-labelled pairs from the policy's own answers.",
     )
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation settings.")
     output_dir: str | None = Field(

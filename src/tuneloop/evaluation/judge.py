@@ -27,10 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneloop.data.judging import (
+    DEFAULT_CRITERIA,
+    JUDGE_SYSTEM,
+    conversation_text,
+    pair_messages,
+)
 from tuneloop.errors import TuneloopError
 from tuneloop.progress import Progress
-
-JUDGE_SYSTEM = "You are a careful, strict evaluator of answers. Follow the output format."
 
 
 @dataclass(frozen=True)
@@ -87,17 +91,6 @@ def _grade_messages(
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": text}]
 
 
-def _pair_messages(question: str, first: str, second: str, criteria: str) -> list[dict[str, str]]:
-    text = (
-        f"Which answer to the question is better for {criteria}? Judge the content, not "
-        "the order or the length.\n\n"
-        f"Question:\n{question}\n\nAnswer A:\n{first}\n\nAnswer B:\n{second}\n\n"
-        "Reply with 'Verdict: A', 'Verdict: B' or 'Verdict: tie', then one sentence with "
-        "the reason."
-    )
-    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": text}]
-
-
 _SCORE = re.compile(r"score\s*[:=]?\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE)
 _VERDICT = re.compile(r"verdict\s*[:=]?\s*(a|b|tie)\b", re.IGNORECASE)
 
@@ -147,6 +140,28 @@ class Judge:
                 f"judge {ref}: set OPENAI_BASE_URL (and OPENAI_API_KEY if the endpoint "
                 "needs one) to the OpenAI-compatible server"
             )
+
+    def tuned_recipe(self) -> dict[str, Any] | None:
+        """The recipe of a judge tuned with `method: judge` (None for any other judge)."""
+        if self.remote:
+            return None
+        if not hasattr(self, "_tuned"):
+            try:
+                from tuneloop.models import resolve
+
+                recipe = resolve(self.ref, pull_missing=False).recipe or {}
+            except Exception:  # an unresolvable model fails later, when it loads
+                recipe = {}
+            self._tuned = recipe if recipe.get("method") == "judge" else None
+        return self._tuned
+
+    def default_criteria(self) -> str:
+        """What this judge compares for: a tuned judge's own `alignment.judge_criteria`
+        (the words it was trained with), else the generic criteria."""
+        tuned = self.tuned_recipe()
+        if tuned is not None:
+            return str((tuned.get("alignment") or {}).get("judge_criteria") or DEFAULT_CRITERIA)
+        return DEFAULT_CRITERIA
 
     # --- completions, cached -------------------------------------------------------------
 
@@ -268,6 +283,10 @@ class Judge:
         ]
 
     def _reasons(self, prompts: list[list[dict[str, str]]], verdicts: list[str]) -> list[str]:
+        if self.reason_tokens == 0 or self.tuned_recipe() is not None:
+            # verdicts only (bulk labelling such as RLAIF); a tuned judge learnt the verdict
+            # letter alone and has no reasons to give
+            return [""] * len(prompts)
         follow = [
             [
                 *p,
@@ -285,17 +304,19 @@ class Judge:
         questions: Sequence[str],
         answers_a: Sequence[str],
         answers_b: Sequence[str],
-        criteria: str = "helpfulness, correctness and clarity",
+        criteria: str | None = None,
     ) -> list[PairVerdict]:
-        """Judge every pair in both orders; disagreement between the orders is a tie."""
+        """Judge every pair in both orders; disagreement between the orders is a tie.
+        criteria: what to compare for (default: `default_criteria()`)."""
+        criteria = criteria or self.default_criteria()
         if not len(questions) == len(answers_a) == len(answers_b):
             raise ValueError("questions and both answer lists must have the same length")
         forward = [
-            _pair_messages(q, a, b, criteria)
+            pair_messages(q, a, b, criteria)
             for q, a, b in zip(questions, answers_a, answers_b, strict=True)
         ]
         backward = [
-            _pair_messages(q, b, a, criteria)
+            pair_messages(q, b, a, criteria)
             for q, a, b in zip(questions, answers_a, answers_b, strict=True)
         ]
         prompts = forward + backward
@@ -380,7 +401,7 @@ def human_agreement(
     pairs: str | Path,
     limit: int | None = None,
     seed: int = 0,
-    criteria: str = "helpfulness, correctness and clarity",
+    criteria: str | None = None,
 ) -> dict[str, Any]:
     """How far a judge agrees with human preference labels, so users know how far to trust it.
 
@@ -411,6 +432,7 @@ def human_agreement(
         answers_a.append(rejected if flip else chosen)
         answers_b.append(chosen if flip else rejected)
         human.append("b" if flip else "a")
+    criteria = criteria or judge.default_criteria()
     verdicts = judge.compare(questions, answers_a, answers_b, criteria)
     said = [v.winner for v in verdicts]
     hits = [float(s == h) for s, h in zip(said, human, strict=True)]
@@ -420,6 +442,7 @@ def human_agreement(
         "judge": judge.ref,
         "pairs_file": str(pairs),
         "pairs": len(rows),
+        "criteria": criteria,
         "agreement": agreement.as_dict(),
         "kappa": cohen_kappa(said, human),
         "decisive": len(decisive),
@@ -433,11 +456,3 @@ def human_agreement(
             for h, v in zip(human, verdicts, strict=True)
         ],
     }
-
-
-def conversation_text(prompt: Sequence[dict[str, str]]) -> str:
-    """The conversation before the answer as the text a judge sees (one turn: just it)."""
-    turns = [m for m in prompt if m["role"] != "system"]
-    if len(turns) == 1:
-        return turns[0]["content"]
-    return "\n".join(f"{m['role']}: {m['content']}" for m in turns)

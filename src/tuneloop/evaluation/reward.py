@@ -177,19 +177,20 @@ def _answers(
 def reward_compare(
     base: str,
     tuned: str,
-    data: str | Path,
+    data: str | Path | list[list[dict[str, str]]],
     judge: str,
     max_new_tokens: int = 128,
     batch_size: int = 16,
     limit: int | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Win rate of `tuned` over `base` on the prompts of `data`, judged by `judge`: a reward
-    model (higher score wins; equal scores tie) or an LLM judge (pairwise, both orders)."""
+    """Win rate of `tuned` over `base` on the prompts of `data` (a file, or the prompts
+    themselves), judged by `judge`: a reward model (higher score wins; equal scores tie) or
+    an LLM judge (pairwise, both orders)."""
     from tuneloop.models.reward import load_reward_model
 
     started = time.perf_counter()
-    prompts = _prompts(data, limit)
+    prompts = _prompts(data, limit) if isinstance(data, str | Path) else list(data)[:limit]
     reward = is_reward_ref(judge)
     rm = load_reward_model(judge) if reward else None  # a bad judge fails before generating
     base_answers = _answers(base, prompts, max_new_tokens, batch_size)
@@ -230,7 +231,7 @@ def reward_compare(
     else:
         from tuneloop.evaluation.judge import Judge, conversation_text, position_bias
 
-        verdicts = Judge(judge, batch_size=batch_size).compare(
+        verdicts = Judge(judge, batch_size=batch_size, reason_tokens=0).compare(
             [conversation_text(p) for p in prompts], tuned_answers, base_answers
         )
         outcomes = [{"a": 1.0, "b": 0.0, "tie": 0.5}[v.winner] for v in verdicts]
@@ -245,7 +246,7 @@ def reward_compare(
         "base": base,
         "tuned": tuned,
         "judge": judge,
-        "data": str(data),
+        "data": str(data) if isinstance(data, str | Path) else f"{len(prompts)} prompts",
         **win_rate(outcomes, seed),
         **extra,
         "max_new_tokens": max_new_tokens,

@@ -17,6 +17,7 @@ METHODS = {
     "sft": ("sft", "sft"),
     "pretrain": ("pretrain", "pretrain"),
     "reward": ("reward", "train_reward"),
+    "judge": ("judge", "train_judge"),
     "dpo": ("dpo", "train_preference"),
     "simpo": ("dpo", "train_preference"),
     "orpo": ("dpo", "train_preference"),

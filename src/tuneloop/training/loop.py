@@ -505,7 +505,13 @@ def run_loop(
     total_steps, eval_every, save_every = _schedule(cfg, plan.steps_per_epoch, bool(validation))
 
     torch.manual_seed(cfg.seed)
-    attention = choose_attention(cfg.attention, max(lengths), accelerator.device.type)
+    attention = choose_attention(
+        cfg.attention,
+        max(lengths),
+        accelerator.device.type,
+        _largest_batch_attention(objective, train, lengths, cfg.batch_size, model, pad_id),
+        free_memory_bytes(),
+    )
     old_attention = _set_attention(model, attention)
     layout, scheduler = make_layout(
         layout_name(cfg.distributed, world),
@@ -636,19 +642,64 @@ def run_loop(
 
 
 EAGER_MAX_TOKENS = 512  # measured CPU crossover (docs/performance.md)
+EAGER_MEMORY_SHARE = 0.25  # eager's attention maps may take this share of free memory
 
 
-def choose_attention(setting: str, longest: int, device_type: str) -> str:
-    """The attention kernel to train with: the setting, or for `auto` the measured faster.
+def choose_attention(
+    setting: str,
+    longest: int,
+    device_type: str,
+    attention_bytes: int = 0,
+    free_bytes: int | None = None,
+) -> str:
+    """The attention kernel to train with: the setting, or for `auto` the measured faster
+    one that fits in memory.
 
     On a CPU, PyTorch's flash-attention kernel (what `sdpa` runs) has a slow backward for
     short sequences: plain matmul + softmax ("eager") trained SmolLM2-135M 20-35% faster up
-    to 512 tokens, and sdpa won from 1,024 (its memory also grows linearly, not
-    quadratically). On a GPU, sdpa (flash / memory-efficient kernels) is the better choice.
+    to 512 tokens, and sdpa won from 1,024. Eager keeps every layer's attention
+    probabilities for the backward pass (rows x heads x length^2 floats per layer), so a
+    large micro-batch of 512-token pairs held 5 GB more than sdpa (docs/performance.md).
+    `attention_bytes` is that estimate for the largest micro-batch (`eager_attention_bytes`);
+    eager is chosen only when it is at most EAGER_MEMORY_SHARE of `free_bytes` (the memory
+    available now; unknown means no limit). On a GPU, sdpa (flash / memory-efficient
+    kernels) is the better choice.
     """
     if setting != "auto":
         return setting
-    return "eager" if device_type == "cpu" and longest <= EAGER_MAX_TOKENS else "sdpa"
+    if device_type != "cpu" or longest > EAGER_MAX_TOKENS:
+        return "sdpa"
+    if free_bytes is not None and attention_bytes > EAGER_MEMORY_SHARE * free_bytes:
+        return "sdpa"
+    return "eager"
+
+
+def eager_attention_bytes(batch: dict[str, Any], model: Any) -> int:
+    """Bytes eager attention keeps for the backward of one micro-batch: per layer, the
+    float32 probabilities (and the scores they came from) of every head over every
+    sequence that has gradients (each `*input_ids` tensor of the batch)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    layers = int(getattr(config, "num_hidden_layers", 0) or 0)
+    heads = int(getattr(config, "num_attention_heads", 0) or 0)
+    squares = sum(
+        int(v.shape[0]) * int(v.shape[1]) ** 2
+        for k, v in batch.items()
+        if k.endswith("input_ids") and getattr(v, "dim", lambda: 0)() == 2
+    )
+    return squares * layers * heads * 4 * 2
+
+
+def free_memory_bytes() -> int | None:
+    """Memory the system can give now (Linux MemAvailable); None where it cannot say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 def _set_attention(model: Any, name: str) -> str | None:
@@ -716,6 +767,14 @@ def _peak_memory_gb(accelerator: Any) -> float:
     if accelerator.num_processes > 1:
         peak = float(accelerator.reduce(torch.tensor([peak], device=accelerator.device), "max"))
     return round(peak, 3)
+
+
+def _largest_batch_attention(
+    objective: Any, train: list[Any], lengths: list[int], batch_size: int, model: Any, pad_id: int
+) -> int:
+    """Eager attention's memory for a micro-batch of the longest examples (the worst case)."""
+    longest = sorted(range(len(train)), key=lengths.__getitem__, reverse=True)[:batch_size]
+    return eager_attention_bytes(objective.collate([train[i] for i in longest], pad_id), model)
 
 
 def _hidden_size(model: Any) -> int:
