@@ -38,12 +38,12 @@ stage reward_eval tuneloop eval --model "run:$RM" --data "$VAL" --json "$OUT/rew
 stage dpo tuneloop train "$HERE/dpo.yaml" "model=run:$SFT" "data.train=$DATA" ${DPO_ARGS:-}
 DPO=$(run_id dpo)
 # shellcheck disable=SC2086
+stage win_dpo tuneloop compare "run:$SFT" "run:$DPO" --data "$VAL" --judge "run:$RM" \
+    --json "$OUT/win_dpo.json" ${COMPARE_ARGS:-}
+# shellcheck disable=SC2086
 stage ppo tuneloop train "$HERE/ppo.yaml" "model=run:$SFT" "rl.rewards=[{model: run:$RM}]" \
     "data.train=$DATA" ${PPO_ARGS:-}
 PPO=$(run_id ppo)
-# shellcheck disable=SC2086
-stage win_dpo tuneloop compare "run:$SFT" "run:$DPO" --data "$VAL" --judge "run:$RM" \
-    --json "$OUT/win_dpo.json" ${COMPARE_ARGS:-}
 # shellcheck disable=SC2086
 stage win_ppo tuneloop compare "run:$SFT" "run:$PPO" --data "$VAL" --judge "run:$RM" \
     --json "$OUT/win_ppo.json" ${COMPARE_ARGS:-}
