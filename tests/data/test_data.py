@@ -91,7 +91,7 @@ def test_an_unterminated_json_string_says_where_it_starts_once(tmp_path: Path) -
             {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]},
             "message 1: expected role 'assistant'",
         ),
-        ({"prompt": "p"}, "cannot tell the row format from its keys (prompt)"),
+        ({"prompt": "p"}, "no answer field (response, completion, answer or output)"),
         ([1, 2], "expected a JSON object, got list"),
     ],
 )

@@ -447,3 +447,67 @@ def test_sft_reads_pairs_as_their_chosen_conversation_and_refuses_kto_rows(
     )
     with pytest.raises(DataError, match="holds kto rows"):
         read_conversations(kto)
+
+
+# --- prompt-only rows ------------------------------------------------------------------
+
+
+def test_prompt_only_rows_are_read_and_refused_where_an_answer_is_needed(
+    tmp_path: Path,
+) -> None:
+    """`{"prompt": ...}` alone is a question for the methods that sample their own answers
+    (PPO, GRPO, RLAIF, compare --data); SFT and evaluation refuse it, naming the row."""
+    from tuneloop.data.readers import read_conversations, read_rows
+    from tuneloop.data.records import prompt_of
+    from tuneloop.errors import DataError
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"prompt": "how do I reset it?"},
+                {"prompt": [user("hi"), bot("hello"), user("and now?")], "system": "be brief"},
+                {"prompt": ""},
+                {"prompt": [user("q"), bot("an answer at the end")]},
+                {"prompt": 3},
+            ]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    read = read_rows(path)
+    assert read.format == "prompt" and [r["kind"] for r in read.rows] == ["prompt", "prompt"]
+    assert prompt_of(read.rows[0]) == [user("how do I reset it?")]
+    assert read.rows[1]["prompt"] == [
+        system("be brief"),
+        user("hi"),
+        bot("hello"),
+        user("and now?"),
+    ]
+    problems = {e.where: e.problem for e in read.errors}
+    assert problems == {
+        "line 3": "'prompt' message 0 is empty",
+        "line 4": "'prompt' must end with a user message, not 'assistant'",
+        "line 5": "'prompt' must be a string or a list of messages, got int",
+    }
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"prompt": "q"}) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"holds prompt rows \(first: line 1\).*for ppo, grpo"):
+        read_conversations(good)
+    # a prompt with an answer field is still a prompt/response row
+    both = tmp_path / "both.jsonl"
+    both.write_text(json.dumps({"prompt": "q", "response": "a"}) + "\n", encoding="utf-8")
+    assert read_rows(both).rows[0]["kind"] == "sft"
+
+
+def test_curation_keeps_prompt_only_rows(tmp_path: Path) -> None:
+    """The answer checks (length, repetition, conflicts) do not apply to a row without one."""
+    rows = [
+        {"kind": "prompt", "prompt": [user(f"question number {i}")], "source": f"line {i}"}
+        for i in range(3)
+    ]
+    kept, log = run_step("score", rows)
+    assert kept == rows and not log.dropped
+    kept, log = run_step("validate", rows, model=None)
+    assert kept == rows and not log.dropped

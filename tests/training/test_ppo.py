@@ -63,8 +63,8 @@ def _prompts(n: int) -> list[list[dict[str, str]]]:
 
 
 def rl_recipe(model: Path, tmp_path: Path, method: str = "ppo", **rl: Any) -> dict[str, Any]:
-    """A tiny RL recipe over 16 chat prompts, rewarded by `short` unless `rl` says."""
-    rows = [{"messages": [*p, {"role": "assistant", "content": "ok"}]} for p in _prompts(16)]
+    """A tiny RL recipe over 16 prompt-only rows, rewarded by `short` unless `rl` says."""
+    rows = [{"prompt": p} for p in _prompts(16)]
     data = write_jsonl(tmp_path / "prompts.jsonl", rows)
     rewards = tmp_path / "rewards.py"
     rewards.write_text(REWARDS, encoding="utf-8")

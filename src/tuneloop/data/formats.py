@@ -27,7 +27,7 @@ from tuneloop.data.records import KINDS, Row, sft_row
 
 FORMATS = (
     "messages", "sharegpt", "alpaca", "prompt_response", "classification", "preference", "kto",
-    "text", "tuneloop",
+    "prompt", "text", "tuneloop",
 )  # fmt: skip
 ROLES = ("system", "user", "assistant")
 _SHAREGPT_ROLES = {
@@ -92,6 +92,8 @@ def detect_format(row: Any) -> str | None:
         return "alpaca"
     if any(k in row for k in _PROMPT_KEYS) and any(k in row for k in _ANSWER_KEYS):
         return "prompt_response"
+    if "prompt" in row and not any(k in row for k in _ANSWER_KEYS) and "label" not in row:
+        return "prompt"  # a question alone: for methods that sample their own answers
     if any(k in row for k in _TEXT_KEYS) and any(k in row for k in _LABEL_KEYS):
         return "classification"
     if isinstance(row.get("text"), str):
@@ -200,6 +202,10 @@ def to_row(raw: Any, fmt: str, source: str, options: RowOptions = RowOptions()) 
         from tuneloop.data.preference import to_kto_row
 
         row = to_kto_row(raw, source)
+    elif fmt == "prompt":
+        from tuneloop.data.preference import to_prompt_row
+
+        row = to_prompt_row(raw, source)
     elif fmt == "text":
         row = {"kind": "text", "text": _text(raw.get("text"), "'text'"), "source": source}
     elif fmt == "tuneloop":

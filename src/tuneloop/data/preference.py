@@ -315,3 +315,16 @@ def preference_checks(rows: list[Row], log: StepLog, drop: bool = True) -> list[
         else:
             kept.append(row)
     return kept
+
+
+def to_prompt_row(raw: dict[str, Any], source: str) -> Row:
+    """A `prompt` row from `{"prompt"}` alone: a question with no answer, for the methods
+    that sample their own answers (PPO, GRPO, RLOO, RLAIF) and for `compare --data`.
+
+    `prompt` is a string or a list of messages ending with a user message; an optional
+    `system` string becomes the first message. Methods that need an answer refuse the row.
+    """
+    raw = _require(raw, "prompt")
+    prompt = _messages(raw["prompt"], "prompt", "user")
+    _check_prompt(prompt)
+    return {"kind": "prompt", "prompt": _with_system(prompt, raw), "source": source}

@@ -354,6 +354,9 @@ def _read_document_dir(path: Path, options: RowOptions) -> ReadResult:
     return out
 
 
+_NO_ANSWER = "no answer field (response, completion, answer or output)"
+
+
 def read_conversations(
     path: str | Path,
     fmt: str = "auto",
@@ -371,11 +374,33 @@ def read_conversations(
     if system_prompt is not None:
         base = dataclasses.replace(base, system_prompt=system_prompt)
     result = read_rows(path, fmt, base, strict=strict)
+    if any(r["kind"] == "prompt" for r in result.rows) and any(
+        r["kind"] != "prompt" for r in result.rows
+    ):
+        # a question without its answer among answered rows: a malformed row of this file,
+        # named and skipped like any other (or, strict, the error)
+        result.errors += [
+            RowError(r["source"], f"{_NO_ANSWER}; only a prompt")
+            for r in result.rows
+            if r["kind"] == "prompt"
+        ]
+        result.errors.sort(key=lambda e: _order(e.where))
+        result.rows = [r for r in result.rows if r["kind"] != "prompt"]
+        if strict:
+            result.raise_if_errors()
     other = sorted({r["kind"] for r in result.rows} - {"sft", "preference"})
     if other:
+        first = next(r for r in result.rows if r["kind"] in other)
+        hint = (
+            " (prompt-only rows have no answer: they are for ppo, grpo, rloo, rlaif and "
+            "compare --data)"
+            if "prompt" in other
+            else ""
+        )
         raise DataError(
-            f"{path}: holds {', '.join(other)} rows; supervised fine-tuning and evaluation "
-            "need chat, prompt/response, classification or paired preference rows"
+            f"{path}: holds {', '.join(other)} rows (first: {first['source']}); supervised "
+            "fine-tuning and evaluation need chat, prompt/response, classification or paired "
+            f"preference rows{hint}"
         )
     return LoadedData(
         path=result.path,

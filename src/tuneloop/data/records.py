@@ -7,6 +7,7 @@ A row is a plain dict with a `kind` and the fields of that kind:
 | `sft` | `messages` (system?, user, assistant, ... ending with assistant), optional `label` |
 | `preference` | `prompt` (messages), `chosen` and `rejected` (assistant messages) |
 | `kto` | `prompt` (messages), `completion` (assistant messages), `desirable` (bool) |
+| `prompt` | `prompt` (messages ending with a user message), no answer: for sampling methods |
 | `text` | `text` (a raw document for continued pretraining) |
 
 Every row also has `source` (where it came from, e.g. `line 7`) so any drop or change can be
@@ -19,7 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 Row = dict[str, Any]
-KINDS = ("sft", "preference", "kto", "text")
+KINDS = ("sft", "preference", "kto", "prompt", "text")
 MESSAGE_FIELDS = ("messages", "prompt", "chosen", "rejected", "completion")
 
 
@@ -80,6 +81,8 @@ def answer_of(row: Row) -> str:
         return row["chosen"][-1]["content"]
     if kind == "kto":
         return row["completion"][-1]["content"]
+    if kind == "prompt":
+        return ""  # a prompt-only row has no answer
     return row["text"]
 
 

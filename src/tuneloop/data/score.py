@@ -144,7 +144,10 @@ def score(
 
     # conflicting answers: the same prompt (normalised) with different answers; by digests
     # of both, since holding every prompt and answer as text doubled the rows' memory
-    prompt_keys = [None if r["kind"] == "text" else _digest(_prompt_key(r)) for r in rows]
+    # (documents and prompt-only rows have no answer to conflict)
+    prompt_keys = [
+        None if r["kind"] in ("text", "prompt") else _digest(_prompt_key(r)) for r in rows
+    ]
     first_answer: dict[bytes, bytes] = {}
     conflicts: set[bytes] = set()
     for r, key in zip(rows, prompt_keys, strict=True):
@@ -162,7 +165,11 @@ def score(
     log.details["flagged"] = {}
     for i, r in enumerate(rows):
         reason = None
-        if answer_words[i] < min_answer_words:
+        if r["kind"] == "prompt":  # no answer to measure: only relevance applies
+            low = relevance is not None and min_relevance is not None
+            if low and relevance[i] < min_relevance:  # type: ignore[index,operator]
+                reason = f"relevance below {min_relevance}"
+        elif answer_words[i] < min_answer_words:
             reason = f"answer shorter than {min_answer_words} words"
         elif max_answer_words is not None and answer_words[i] > max_answer_words:
             reason = f"answer longer than {max_answer_words} words"

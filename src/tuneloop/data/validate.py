@@ -40,10 +40,11 @@ def _structure_problem(row: Row) -> str | None:
     try:
         if kind == "sft":
             check_conversation(row["messages"])
-        elif kind in ("preference", "kto"):
+        elif kind in ("preference", "kto", "prompt"):
             if not row.get("prompt") or row["prompt"][-1]["role"] != "user":
                 return "prompt must end with a user message"
-            for key in ("chosen", "rejected") if kind == "preference" else ("completion",):
+            answers = {"preference": ("chosen", "rejected"), "kto": ("completion",)}
+            for key in answers.get(kind, ()):
                 msgs = row.get(key) or []
                 if not msgs or msgs[-1]["role"] != "assistant":
                     return f"{key} must end with an assistant message"
@@ -92,10 +93,13 @@ def validate(
             p_len, t_len = token_lengths(tokenizer, row)
             prompt_tokens.append(p_len)
             total_tokens.append(t_len)
-            if row["kind"] != "text" and p_len >= max_length:
+            if row["kind"] == "prompt" and p_len >= max_length:
+                log.drop(row, f"prompt leaves no room to answer at max_length {max_length}")
+                continue
+            if row["kind"] not in ("text", "prompt") and p_len >= max_length:
                 log.drop(row, f"answer cut off entirely at max_length {max_length}")
                 continue
-            if t_len > max_length and row["kind"] != "text":
+            if t_len > max_length and row["kind"] not in ("text", "prompt"):
                 truncated += 1
                 if drop_truncated:
                     log.drop(row, f"longer than max_length {max_length}")

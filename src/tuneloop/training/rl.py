@@ -401,7 +401,7 @@ def train_rl(
         )
     main = common.is_main_process()
     reward_terms(recipe, with_models=False)  # a bad reward function fails before anything loads
-    data = common.preference_data(recipe, main, ("sft", "preference", "kto"))
+    data = common.preference_data(recipe, main, ("sft", "preference", "kto", "prompt"))
     train_prompts = [p for p in map(prompt_of, data.train) if _has_question(p)]
     val_prompts = [p for p in map(prompt_of, data.validation) if _has_question(p)]
     if recipe.eval.limit:
