@@ -708,6 +708,8 @@ def compare(
     max_new_tokens: int = 128,
     batch_size: int = 16,
     limit: int | None = None,
+    best_of: int = 1,
+    picker: str | None = None,
 ) -> SuiteReport | WinRate:
     """Compare two models: per example on a suite (with the forgetting check), or by a
     judge's win rate on the prompts of a data file.
@@ -717,6 +719,8 @@ def compare(
     With `data` and `judge`: both models answer every prompt (greedy); the judge, a reward
     model (`run:ID` of a `reward` run: the higher score wins) or any other model as an LLM
     judge (pairwise, both orders), picks; returns the `WinRate` of `tuned` over `base`.
+    `best_of` > 1 makes `tuned` answer best-of-n: of that many samples, the one the reward
+    model `picker` (default: the judge, if it is one) scores highest.
     """
     from tuneloop.evaluation.suite import check_gate, load_suite, parse_gate, write_report
     from tuneloop.evaluation.suite import compare as run_compare
@@ -732,7 +736,10 @@ def compare(
             raise TuneloopError("a gate applies to suite comparisons; leave it out with data")
         from tuneloop.evaluation.reward import reward_compare
 
-        found = reward_compare(base, tuned, str(data), judge, max_new_tokens, batch_size, limit)
+        found = reward_compare(
+            base, tuned, str(data), judge, max_new_tokens, batch_size, limit,
+            best_of=best_of, picker=picker,
+        )  # fmt: skip
         keys = {f.name for f in dataclasses.fields(WinRate)} - {"details"}
         result = WinRate(
             **{k: found[k] for k in keys},
@@ -741,8 +748,10 @@ def compare(
         if out:
             write_json(Path(out) / "win_rate.json", result.to_dict())
         return result
-    if judge is not None:
-        raise TuneloopError("a judge applies to data comparisons; a suite names its own judge")
+    if judge is not None or best_of > 1:
+        raise TuneloopError(
+            "a judge and best-of-n apply to data comparisons; a suite names its own judge"
+        )
     assert suite is not None
     loaded = load_suite(suite)
     if gate:

@@ -92,3 +92,46 @@ def test_compare_needs_a_suite_or_data_with_a_judge(tiny_model: Path, tmp_path: 
         proc = run_cli("compare", "a", "b", *args)
         assert proc.returncode != 0 and fragment in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_best_of_n_answers_the_sample_the_picker_scores_highest(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    from tuneloop.evaluation.reward import _answers
+    from tuneloop.models import load
+    from tuneloop.models.generate import sample
+    from tuneloop.models.reward import load_reward_model
+
+    judge = f"run:{_reward_run(tiny_model, tmp_path, steps=4)}"
+    rm = load_reward_model(judge)
+    prompts = [[{"role": "user", "content": r["prompt"]}] for r in marker_pairs(5, seed=3)]
+    best = _answers(str(tiny_model), prompts, 6, 4, best_of=4, picker=rm, seed=1)
+    # every sample, drawn again with the same seeds, scored by the same reward model
+    model, tokenizer, _ = load(str(tiny_model))
+    groups = []
+    for lo in range(0, len(prompts), 4):
+        groups += sample(
+            model, tokenizer, prompts[lo : lo + 4], n=4, max_new_tokens=6, seed=1 + lo,
+            batch_size=4,
+        )  # fmt: skip
+    for prompt, group, picked in zip(prompts, groups, best, strict=True):
+        scores = rm.score([[*prompt, {"role": "assistant", "content": s.text}] for s in group])
+        assert picked == group[max(range(4), key=scores.__getitem__)].text
+
+    # through the CLI: recorded in the JSON, named in the line; an LLM judge needs a picker
+    data = write_jsonl(tmp_path / "prompts.jsonl", marker_pairs(3, seed=4))
+    out = tmp_path / "bon.json"
+    proc = run_cli(
+        "compare", str(tiny_model), str(tiny_model), "--data", str(data), "--judge", judge,
+        "--best-of", "2", "--max-new-tokens", "4", "--json", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "(best of 2)" in proc.stdout
+    won = json.loads(out.read_text())
+    assert won["details"]["best_of"] == 2 and won["details"]["picker"] == judge
+    assert won["prompts"] == 3
+    proc = run_cli(
+        "compare", "a", "b", "--data", str(data), "--judge", str(tiny_model), "--best-of", "2"
+    )
+    assert proc.returncode != 0 and "best-of-n needs a reward model" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -137,6 +137,17 @@ def eval_cmd(
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--limit", type=click.IntRange(min=1), help="With --data: the first N prompts.")
 @click.option(
+    "--best-of",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1, max=64),
+    help="With --data: TUNED answers best-of-n, the sample --picker scores highest.",
+)
+@click.option(
+    "--picker",
+    help="With --best-of: the reward model (run:ID) that picks (default: the judge).",
+)
+@click.option(
     "--json", "json_out", type=click.Path(dir_okay=False), help="With --data: write here."
 )
 @click.option(
@@ -153,6 +164,8 @@ def compare(
     max_new_tokens: int,
     batch_size: int,
     limit: int | None,
+    best_of: int,
+    picker: str | None,
     json_out: str | None,
     gate: str | None,
     out: str | None,
@@ -163,8 +176,10 @@ def compare(
         raise click.UsageError("give --suite FILE, or --data PROMPTS with --judge (not both)")
     if data is not None and judge_ref is None:
         raise click.UsageError("--data needs --judge (a reward model run:ID, or a judge model)")
-    if suite_path is not None and (judge_ref or json_out or limit):
-        raise click.UsageError("--judge, --json and --limit go with --data, not --suite")
+    if suite_path is not None and (judge_ref or json_out or limit or best_of > 1 or picker):
+        raise click.UsageError(
+            "--judge, --json, --limit, --best-of and --picker go with --data, not --suite"
+        )
     quiet_libraries()
     if data is not None:
         won = api.compare(
@@ -176,11 +191,14 @@ def compare(
             batch_size=batch_size,
             limit=limit,
             out=out,
+            best_of=best_of,
+            picker=picker,
         )
         assert isinstance(won, api.WinRate)
         ci = won.win_rate_ci
+        shown = f"{tuned} (best of {best_of})" if best_of > 1 else tuned
         click.echo(
-            f"win rate of {tuned} over {base} by {judge_ref} ({won.judge_kind}): "
+            f"win rate of {shown} over {base} by {judge_ref} ({won.judge_kind}): "
             f"{won.win_rate:.4f} [{ci['low']:.4f}, {ci['high']:.4f}] (95% bootstrap; ties "
             f"count half) on {won.prompts} prompts: W {won.wins} / T {won.ties} / L {won.losses}"
         )

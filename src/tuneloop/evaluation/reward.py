@@ -156,10 +156,18 @@ def win_rate(outcomes: Sequence[float], seed: int = 0) -> dict[str, Any]:
 
 
 def _answers(
-    ref: str, prompts: list[list[dict[str, str]]], max_new_tokens: int, batch_size: int
+    ref: str,
+    prompts: list[list[dict[str, str]]],
+    max_new_tokens: int,
+    batch_size: int,
+    best_of: int = 1,
+    picker: Any = None,
+    seed: int = 0,
 ) -> list[str]:
+    """Each prompt's answer from `ref`: greedy, or with `best_of` > 1 the one of that many
+    samples (temperature 1, seeded) that the reward model `picker` scores highest."""
     from tuneloop.models import load
-    from tuneloop.models.generate import generate
+    from tuneloop.models.generate import generate, sample
 
     model, tokenizer, resolved = load(ref)
     system = ((resolved.recipe or {}).get("data") or {}).get("system_prompt")
@@ -168,10 +176,34 @@ def _answers(
         from tuneloop.data.readers import with_system_prompt
 
         asked = with_system_prompt(prompts, system)
-    with Progress(total=len(prompts), desc=f"{ref}: generating", unit="prompt") as bar:
-        gens, _ = generate(model, tokenizer, asked, max_new_tokens, batch_size, progress=bar.update)
+    if best_of <= 1:
+        with Progress(total=len(prompts), desc=f"{ref}: generating", unit="prompt") as bar:
+            gens, _ = generate(
+                model, tokenizer, asked, max_new_tokens, batch_size, progress=bar.update
+            )
+        del model
+        return [g.text for g in gens]
+    texts: list[list[str]] = []
+    with Progress(total=len(prompts), desc=f"{ref}: best of {best_of}", unit="prompt") as bar:
+        for lo in range(0, len(asked), batch_size):
+            groups = sample(
+                model, tokenizer, asked[lo : lo + batch_size], n=best_of,
+                max_new_tokens=max_new_tokens, seed=seed + lo, batch_size=batch_size,
+            )  # fmt: skip
+            texts += [[s.text for s in g] for g in groups]
+            bar.update(len(groups))
     del model
-    return [g.text for g in gens]
+    convs = [
+        [*p, {"role": "assistant", "content": t}]
+        for p, options in zip(prompts, texts, strict=True)
+        for t in options
+    ]
+    scores = picker.score(convs, batch_size)
+    out = []
+    for i, options in enumerate(texts):
+        mine = scores[i * best_of : (i + 1) * best_of]
+        out.append(options[max(range(best_of), key=mine.__getitem__)])
+    return out
 
 
 def reward_compare(
@@ -183,18 +215,34 @@ def reward_compare(
     batch_size: int = 16,
     limit: int | None = None,
     seed: int = 0,
+    best_of: int = 1,
+    picker: str | None = None,
 ) -> dict[str, Any]:
     """Win rate of `tuned` over `base` on the prompts of `data` (a file, or the prompts
     themselves), judged by `judge`: a reward model (higher score wins; equal scores tie) or
-    an LLM judge (pairwise, both orders)."""
+    an LLM judge (pairwise, both orders).
+
+    best_of > 1: `tuned` answers best-of-n, the sample that the reward model `picker`
+    (default: the judge, when it is a reward model) scores highest, the classic baseline
+    for RLHF policies. With the judge as its own picker the win rate is optimistic: the
+    answers are chosen by the model that then grades them."""
     from tuneloop.models.reward import load_reward_model
+
+    if best_of > 1 and picker is None and not is_reward_ref(judge):
+        raise TuneloopError(
+            "best-of-n needs a reward model to pick the best sample: give a picker "
+            "(run:ID of a reward run), or judge with a reward model"
+        )
 
     started = time.perf_counter()
     prompts = _prompts(data, limit) if isinstance(data, str | Path) else list(data)[:limit]
     reward = is_reward_ref(judge)
     rm = load_reward_model(judge) if reward else None  # a bad judge fails before generating
     base_answers = _answers(base, prompts, max_new_tokens, batch_size)
-    tuned_answers = _answers(tuned, prompts, max_new_tokens, batch_size)
+    chooser = None
+    if best_of > 1:
+        chooser = load_reward_model(picker) if picker else rm
+    tuned_answers = _answers(tuned, prompts, max_new_tokens, batch_size, best_of, chooser, seed)
     per_prompt: list[dict[str, Any]] = []
     if rm is not None:
         convs = [
@@ -250,6 +298,8 @@ def reward_compare(
         **win_rate(outcomes, seed),
         **extra,
         "max_new_tokens": max_new_tokens,
+        "best_of": best_of,
+        "picker": (picker or judge) if best_of > 1 else None,
         "seconds": time.perf_counter() - started,
         "per_prompt": per_prompt,
     }
