@@ -159,6 +159,41 @@ def preference_data(recipe: Recipe, main: bool, kinds: tuple[str, ...]) -> Prefe
     return PreferenceData(rows, validation, datasets, train_path, train.format)
 
 
+def preference_run(
+    recipe: Recipe,
+    data: PreferenceData,
+    resolved: Any,
+    run_dir: str | Path | None,
+    resume: str | Path | bool,
+    main: bool,
+    keep_validation: bool = False,
+    **extra: Any,
+) -> tuple[Any, Path, dict[str, Any]]:
+    """The run record, directory and `run.json` fields every preference method starts
+    from. keep_validation: write the held-out pairs to the run's `validation.jsonl`, so
+    `tuneloop eval --data` or `judge agreement --pairs` can score them later."""
+    run, run_path = run_for(recipe, data.datasets, resolved.base, run_dir, resume)
+    d = recipe.data
+    meta = run_meta(
+        run,
+        recipe,
+        resolved.base,
+        datasets=data.datasets,
+        data_format=data.format,
+        validation_split=d.validation_split if not d.eval else None,
+        **extra,
+    )
+    if keep_validation and main and data.validation and not d.eval:
+        from tuneloop.files import atomic_write_jsonl
+
+        atomic_write_jsonl(
+            run_path / "validation.jsonl",
+            ({k: r[k] for k in ("prompt", "chosen", "rejected")} for r in data.validation),
+        )
+        meta["validation_file"] = str(run_path / "validation.jsonl")
+    return run, run_path, meta
+
+
 def limit_per_label(labels: list[str | None], limit: int, seed: int) -> list[int]:
     """Indices of at most `limit` rows per label (seeded choice, kept in file order)."""
     import numpy as np

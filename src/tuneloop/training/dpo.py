@@ -79,18 +79,12 @@ def train_preference(
 
     # --- run record and directory
     resolved = resolve(recipe.model, loading=recipe.model_loading)
-    run, run_path = common.run_for(recipe, data.datasets, resolved.base, run_dir, resume)
-    meta = common.run_meta(
-        run,
-        recipe,
-        resolved.base,
-        datasets=data.datasets,
-        data_format=data.format,
+    run, run_path, meta = common.preference_run(
+        recipe, data, resolved, run_dir, resume, main,
         system_prompt=d.system_prompt,
         prompt_format=common.prompt_format(recipe, data.format, None),
-        validation_split=d.validation_split if not d.eval else None,
         alignment=a.model_dump(mode="json"),
-    )
+    )  # fmt: skip
     timings = {"data_s": time.perf_counter() - started}
     with common.recording(run.id, main):
         t0 = time.perf_counter()

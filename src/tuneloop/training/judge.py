@@ -35,7 +35,6 @@ def train_judge(
 ) -> common.TrainResult:
     """Tune a pairwise judge as `recipe` says; returns where the model went and its metrics."""
     from tuneloop.data.judging import judge_rows
-    from tuneloop.files import atomic_write_jsonl
     from tuneloop.models import load_tokenizer, resolve
     from tuneloop.training.tokenize import tokenize_conversations
 
@@ -47,24 +46,11 @@ def train_judge(
 
     data = common.preference_data(recipe, main, ("preference",))
     resolved = resolve(recipe.model, loading=recipe.model_loading)
-    run, run_path = common.run_for(recipe, data.datasets, resolved.base, run_dir, resume)
-    meta = common.run_meta(
-        run,
-        recipe,
-        resolved.base,
-        datasets=data.datasets,
-        data_format=data.format,
-        validation_split=d.validation_split if not d.eval else None,
+    run, run_path, meta = common.preference_run(
+        recipe, data, resolved, run_dir, resume, main, keep_validation=True,
         judge_criteria=criteria,
-    )
+    )  # fmt: skip
     meta["train_pairs"] = len(data.train)
-    if main and data.validation:
-        # the held-out pairs, for `tuneloop judge agreement --judge run:ID --pairs FILE`
-        atomic_write_jsonl(
-            run_path / "validation.jsonl",
-            ({k: r[k] for k in ("prompt", "chosen", "rejected")} for r in data.validation),
-        )
-        meta["validation_file"] = str(run_path / "validation.jsonl")
     train_convs = [r["messages"] for r in judge_rows(data.train, criteria)]
     val_convs = [r["messages"] for r in judge_rows(data.validation, criteria)]
     timings = {"data_s": time.perf_counter() - started}

@@ -131,27 +131,11 @@ def train_reward(
 
     # --- run record and directory
     resolved = resolve(recipe.model, loading=recipe.model_loading)
-    run, run_path = common.run_for(recipe, data.datasets, resolved.base, run_dir, resume)
-    meta = common.run_meta(
-        run,
-        recipe,
-        resolved.base,
-        datasets=data.datasets,
-        data_format=data.format,
-        system_prompt=d.system_prompt,
-        validation_split=d.validation_split if not d.eval else None,
-        margin=recipe.alignment.margin,
-    )
+    run, run_path, meta = common.preference_run(
+        recipe, data, resolved, run_dir, resume, main, keep_validation=True,
+        system_prompt=d.system_prompt, margin=recipe.alignment.margin,
+    )  # fmt: skip
     meta["train_pairs"] = len(data.train)
-    if main and data.validation and not d.eval:
-        # the held-out pairs, so `tuneloop eval --model run:ID --data` can score them later
-        from tuneloop.files import atomic_write_jsonl
-
-        atomic_write_jsonl(
-            run_path / "validation.jsonl",
-            ({k: r[k] for k in ("prompt", "chosen", "rejected")} for r in data.validation),
-        )
-        meta["validation_file"] = str(run_path / "validation.jsonl")
     timings = {"data_s": time.perf_counter() - started}
     report: dict[str, Any] | None = None
     with common.recording(run.id, main):
