@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,10 +11,7 @@ import pytest
 from tuneloop import registry
 from tuneloop.training import train
 
-from conftest import run_cli, write_jsonl
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
-from test_reward import marker_pairs, reward_recipe
+from conftest import marker_pairs, reward_recipe, run_cli, write_jsonl
 
 
 def _reward_run(tiny_model: Path, tmp_path: Path, steps: int = 15) -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import signal
 from pathlib import Path
 from typing import Any
@@ -14,81 +13,17 @@ from typing import Any
 import pytest
 
 from tuneloop import registry
-from tuneloop.config import recipe_from_dict
 from tuneloop.errors import DataError, ModelError, RecipeError, TrainingInterrupted
 from tuneloop.training import train
 from tuneloop.training.reward import RewardObjective
 
-from conftest import assert_one_line_error, run_cli, write_jsonl
-
-WORDS = [
-    "apple",
-    "river",
-    "stone",
-    "cloud",
-    "paper",
-    "green",
-    "window",
-    "music",
-    "table",
-    "light",
-    "chair",
-    "road",
-]
-MARKER = "kindly"
-
-
-def marker_pairs(n: int, seed: int = 0) -> list[dict[str, Any]]:
-    """Pairs whose chosen answer holds MARKER at a random place and whose rejected does not."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        words = rng.sample(WORDS, 4)
-        chosen = list(words)
-        chosen.insert(rng.randrange(5), MARKER)
-        rejected = rng.sample(WORDS, 5)
-        rows.append(
-            {
-                "prompt": f"say something about {' '.join(rng.sample(WORDS, 2))}",
-                "chosen": " ".join(chosen),
-                "rejected": " ".join(rejected),
-            }
-        )
-    return rows
-
-
-def reward_recipe(
-    tiny_model: Path, tmp_path: Path, data: dict | None = None, **sections: Any
-) -> Any:
-    training = {
-        "precision": "fp32",
-        "max_steps": 6,
-        "batch_size": 8,
-        "logging_steps": 1,
-        "learning_rate": 1e-2,
-        "warmup_ratio": 0.0,
-        **sections.pop("training", {}),
-    }
-    if "train" not in (data or {}):
-        write_jsonl(tmp_path / "pairs.jsonl", marker_pairs(60))
-    return recipe_from_dict(
-        {
-            "name": "rm",
-            "method": "reward",
-            "model": str(tiny_model),
-            "data": {
-                "train": str(tmp_path / "pairs.jsonl"),
-                "max_length": 64,
-                "validation_split": 0.25,
-                **(data or {}),
-            },
-            "adapter": {"type": "lora", "r": 4, "alpha": 8, "dropout": 0.0}
-            | sections.pop("adapter", {}),
-            "training": training,
-            "output_dir": str(tmp_path / "runs"),
-            **sections,
-        }
-    )
+from conftest import (
+    assert_one_line_error,
+    marker_pairs,
+    reward_recipe,
+    run_cli,
+    write_jsonl,
+)
 
 
 def _fixed(values: list[float]) -> Any:

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import yaml
-from test_reward import reward_recipe
 
 from tuneloop import registry
 from tuneloop.config import recipe_from_dict
@@ -19,7 +18,7 @@ from tuneloop.errors import RecipeError
 from tuneloop.training import train
 from tuneloop.workflows.rlaif import check_recipe, label_pairs
 
-from conftest import assert_one_line_error, run_cli, write_jsonl
+from conftest import assert_one_line_error, reward_recipe, run_cli, write_jsonl
 
 
 def _prompts(n: int) -> list[dict[str, Any]]:

@@ -658,8 +658,9 @@ def choose_attention(
     On a CPU, PyTorch's flash-attention kernel (what `sdpa` runs) has a slow backward for
     short sequences: plain matmul + softmax ("eager") trained SmolLM2-135M 20-35% faster up
     to 512 tokens, and sdpa won from 1,024. Eager keeps every layer's attention
-    probabilities for the backward pass (rows x heads x length^2 floats per layer), so a
-    large micro-batch of 512-token pairs held 5 GB more than sdpa (docs/performance.md).
+    probabilities for the backward pass (rows x heads x length^2 floats per layer: about
+    9 GB for 16 rows of 512 tokens on SmolLM2-135M; an HH SFT run at 8 x 512 peaked at
+    14 GB with eager, 2026-12-02).
     `attention_bytes` is that estimate for the largest micro-batch (`eager_attention_bytes`);
     eager is chosen only when it is at most EAGER_MEMORY_SHARE of `free_bytes` (the memory
     available now; unknown means no limit). On a GPU, sdpa (flash / memory-efficient
