@@ -443,15 +443,9 @@ def train(
         run_dir = run_directory(resume)
         recipe_path = str(Path(run_dir) / "recipe.yaml")
         parsed = load(recipe_path, list(overrides))
-    elif isinstance(recipe, str | Path):
-        recipe_path = str(recipe)
-        parsed = load(recipe_path, list(overrides))
     else:
-        parsed = recipe
-        if overrides:
-            from tuneloop.config.load import apply_overrides, recipe_from_dict
-
-            parsed = recipe_from_dict(apply_overrides(recipe.model_dump(mode="json"), overrides))
+        recipe_path = str(recipe) if isinstance(recipe, str | Path) else None
+        parsed = _parsed_recipe(recipe, overrides)
     if nproc > 1:
         from tuneloop.training.launch import launch
 
@@ -466,6 +460,19 @@ def train(
     run = get_run(result.run_id)
     run.timings.setdefault("seconds", result.seconds)
     return run
+
+
+def _parsed_recipe(recipe: str | Path | Recipe, overrides: Sequence[str]) -> Recipe:
+    """A recipe from a YAML path or a loaded `Recipe`, with `key=value` overrides applied."""
+    if isinstance(recipe, str | Path):
+        from tuneloop.config import load_recipe
+
+        return load_recipe(str(recipe), list(overrides))
+    if not overrides:
+        return recipe
+    from tuneloop.config.load import apply_overrides, recipe_from_dict
+
+    return recipe_from_dict(apply_overrides(recipe.model_dump(mode="json"), list(overrides)))
 
 
 def run_directory(ref: str | Path) -> str:
@@ -518,18 +525,9 @@ def rlaif(
     recipe's `rlaif.judge`, become a pairs dataset version; the recipe's preference method
     trains on them; the judge's win rate of the new policy over the old on held-out prompts
     is reported (docs/alignment.md)."""
-    from tuneloop.config import load_recipe as load
     from tuneloop.workflows.rlaif import rlaif as run_rlaif
 
-    if isinstance(recipe, str | Path):
-        parsed = load(str(recipe), list(overrides))
-    else:
-        parsed = recipe
-        if overrides:
-            from tuneloop.config.load import apply_overrides, recipe_from_dict
-
-            parsed = recipe_from_dict(apply_overrides(recipe.model_dump(mode="json"), overrides))
-    return run_rlaif(parsed, out, compare_tokens=compare_tokens)
+    return run_rlaif(_parsed_recipe(recipe, overrides), out, compare_tokens=compare_tokens)
 
 
 def export(

@@ -134,6 +134,7 @@ class Judge:
         self.calls = 0  # completions actually computed (not answered by the cache)
         self._local: tuple[Any, Any] | None = None
         self._identity: str | None = None
+        self._tuned: dict[str, Any] | bool | None = False  # False: not looked up yet
         self.remote = ref.startswith("openai:")
         if self.remote and not os.environ.get("OPENAI_BASE_URL"):
             raise TuneloopError(
@@ -145,7 +146,7 @@ class Judge:
         """The recipe of a judge tuned with `method: judge` (None for any other judge)."""
         if self.remote:
             return None
-        if not hasattr(self, "_tuned"):
+        if self._tuned is False:
             try:
                 from tuneloop.models import resolve
 
@@ -153,7 +154,7 @@ class Judge:
             except Exception:  # an unresolvable model fails later, when it loads
                 recipe = {}
             self._tuned = recipe if recipe.get("method") == "judge" else None
-        return self._tuned
+        return self._tuned  # type: ignore[return-value]
 
     def default_criteria(self) -> str:
         """What this judge compares for: a tuned judge's own `alignment.judge_criteria`

@@ -65,7 +65,7 @@ def check_recipe(recipe: Recipe) -> None:
 
 
 def _policy_answers(
-    ref: str, prompts: list[list[dict[str, str]]], recipe: Recipe
+    ref: str, prompts: list[list[dict[str, str]]], recipe: Recipe, batch_size: int
 ) -> list[list[str]]:
     """k sampled answers per prompt from the policy, with the system prompt it was trained
     with (a run's), seeded by `training.seed`."""
@@ -79,7 +79,7 @@ def _policy_answers(
     system = ((resolved.recipe or {}).get("data") or {}).get("system_prompt")
     asked = with_system_prompt(prompts, system) if system else prompts
     out: list[list[str]] = []
-    step = 8
+    step = batch_size
     with Progress(total=len(prompts), desc=f"{ref}: sampling", unit="prompt") as bar:
         for lo in range(0, len(asked), step):
             batch = sample(
@@ -115,24 +115,24 @@ def label_pairs(
         from tuneloop.models.reward import load_reward_model
 
         rm = load_reward_model(judge)
-        convs, owner = [], []
-        for i, (p, options) in enumerate(zip(prompts, answers, strict=True)):
-            for a in options:
-                convs.append([*p, {"role": "assistant", "content": a}])
-                owner.append(i)
+        convs = [
+            [*p, {"role": "assistant", "content": a}]
+            for p, options in zip(prompts, answers, strict=True)
+            for a in options
+        ]
         scores = rm.score(convs, batch_size)
-        by_prompt: dict[int, list[tuple[float, str]]] = {}
-        for i, conv, s in zip(owner, convs, scores, strict=True):
-            by_prompt.setdefault(i, []).append((s, conv[-1]["content"]))
         counts |= {"comparisons": len(prompts), "equal_scores": 0, "identical_answers": 0}
-        for i, scored in sorted(by_prompt.items()):
+        start = 0
+        for p, options in zip(prompts, answers, strict=True):
+            scored = list(zip(scores[start : start + len(options)], options, strict=True))
+            start += len(options)
             best, worst = max(scored), min(scored)
             if best[1] == worst[1]:
                 counts["identical_answers"] += 1
             elif best[0] == worst[0]:
                 counts["equal_scores"] += 1
             else:
-                rows.append(_pair_row(prompts[i], best[1], worst[1], best[0] - worst[0]))
+                rows.append(_pair_row(p, best[1], worst[1], best[0] - worst[0]))
         return rows, counts
 
     from tuneloop.data.judging import conversation_text
@@ -218,7 +218,7 @@ def rlaif(
 
     # --- sample, label, version
     t0 = time.perf_counter()
-    answers = _policy_answers(recipe.model, train_prompts, recipe)
+    answers = _policy_answers(recipe.model, train_prompts, recipe, batch_size)
     sample_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     rows, counts = label_pairs(cfg.judge, train_prompts, answers, cfg.criteria, batch_size)
