@@ -391,9 +391,11 @@ class Model:
 
     def _worker(self) -> Any:
         if self._loaded is None:
-            from tuneloop.serving import ModelWorker
+            from tuneloop.data.prompting import Prompting
+            from tuneloop.models import load
 
-            self._loaded = ModelWorker(self.ref)
+            model, tokenizer, resolved = load(self.ref)
+            self._loaded = (model, tokenizer, Prompting.of(resolved))
         return self._loaded
 
     def generate(
@@ -411,7 +413,8 @@ class Model:
         single = isinstance(messages, str) or (bool(messages) and isinstance(messages[0], dict))
         items = [messages] if single else list(messages)
         batch = [conversation(m) for m in items]  # type: ignore[arg-type]
-        answers = [g.text for g in self._worker().answer(batch, max_new_tokens)]
+        model, tokenizer, prompting = self._worker()
+        answers = [g.text for g in prompting.answer(model, tokenizer, batch, max_new_tokens)]
         return answers[0] if single else answers
 
     def __repr__(self) -> str:
@@ -794,11 +797,53 @@ def serve(
     port: int = 8000,
     name: str | None = None,
     max_batch: int = 16,
+    max_queue: int = 64,
+    keys: str | Path | None = None,
+    max_tokens_limit: int | None = None,
+    allow_no_keys: bool = False,
+    drain_seconds: float = 5.0,
 ) -> None:
-    """Serve a model as an OpenAI-compatible endpoint (blocks until stopped)."""
+    """Serve a model as an OpenAI-compatible endpoint (blocks until stopped).
+
+    keys: a keys file made by `create_api_key`; then every route but /health needs a key.
+    A host other than loopback is refused without keys unless allow_no_keys."""
     from tuneloop.serving import serve as run_server
 
-    run_server(model, host=host, port=port, name=name, max_batch=max_batch)
+    run_server(
+        model,
+        host=host,
+        port=port,
+        name=name,
+        max_batch=max_batch,
+        max_queue=max_queue,
+        keys=str(keys) if keys else None,
+        max_tokens_limit=max_tokens_limit,
+        allow_no_keys=allow_no_keys,
+        drain_seconds=drain_seconds,
+    )
+
+
+def create_api_key(keys: str | Path, name: str, admin: bool = False) -> tuple[str, dict[str, str]]:
+    """A new API key in the keys file (created if absent): (the key, shown only now; its
+    record without the hash). The file stores only an argon2 hash of it."""
+    from tuneloop.serving.auth import create_key
+
+    key, record = create_key(keys, name, "admin" if admin else "user")
+    return key, record.public()
+
+
+def list_api_keys(keys: str | Path) -> list[dict[str, str]]:
+    """The keys in a keys file (id, name, scope, created; never the hash)."""
+    from tuneloop.serving.auth import read_keys
+
+    return [r.public() for r in read_keys(keys)]
+
+
+def revoke_api_key(keys: str | Path, which: str) -> dict[str, str]:
+    """Remove a key by id or name; a running server stops accepting it within a second."""
+    from tuneloop.serving.auth import revoke_key
+
+    return revoke_key(keys, which).public()
 
 
 def quickstart(

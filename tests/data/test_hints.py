@@ -118,13 +118,11 @@ def test_a_run_with_label_hints_prompts_new_data_with_the_same_hints(
     assert stored.settings["label_hints"]["k"] == 2
 
     # `tuneloop serve` prepares requests the same way: the run's system prompt, then hints
-    from tuneloop.serving import ModelWorker
+    from tuneloop.data.prompting import Prompting
+    from tuneloop.models import resolve
 
-    worker = ModelWorker(f"run:{result.run_id}")
-    try:
-        (served,) = worker.prepare([[{"role": "user", "content": "the printer is jammed"}]])
-    finally:
-        worker.close()
+    prompting = Prompting.of(resolve(f"run:{result.run_id}"))
+    (served,) = prompting.prepare([[{"role": "user", "content": "the printer is jammed"}]])
     assert served == prompt
 
 

@@ -12,7 +12,7 @@ from tuneloop import registry
 from tuneloop.config import recipe_from_dict
 from tuneloop.data.hints import HintIndex
 from tuneloop.evaluation import evaluate_file
-from tuneloop.evaluation.rerank import LabelRerank, rerank_answers
+from tuneloop.data.rerank import LabelRerank, rerank_answers
 from tuneloop.models import load
 from tuneloop.models.generate import answer_tokens, encode_prompt
 from tuneloop.training import train
@@ -118,15 +118,15 @@ def test_a_run_with_label_rerank_answers_new_data_with_labels(
     # which candidate won is stored with each example (0 = the lookup's first choice)
     assert all(e.scores["candidate_rank"] in (0.0, 1.0) for e in examples)
 
-    # `tuneloop serve` answers the same requests with the same labels
-    from tuneloop.serving import ModelWorker
+    # `tuneloop serve` (and `tuneloop.Model`) answer the same requests with the same labels,
+    # through the same prompting object
+    from tuneloop.data.prompting import Prompting
+    from tuneloop.models import resolve
 
-    worker = ModelWorker(f"run:{result.run_id}")
-    try:
-        raw = [[{"role": "user", "content": e.prompt[-1]["content"]}] for e in examples]
-        served = worker._rerank(raw, worker.prepare(raw))
-    finally:
-        worker.close()
+    prompting = Prompting.of(resolve(f"run:{result.run_id}"))
+    model, tokenizer, _ = load(f"run:{result.run_id}")
+    raw = [[{"role": "user", "content": e.prompt[-1]["content"]}] for e in examples]
+    served = prompting.answer(model, tokenizer, raw)
     assert [g.text for g in served] == ["hardware", "billing"]
 
 

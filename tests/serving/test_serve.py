@@ -16,7 +16,7 @@ import pytest
 
 from tuneloop.errors import TuneloopError
 from tuneloop.evaluation import evaluate_file
-from tuneloop.evaluation.remote import chat_completion
+from tuneloop.models.remote import chat_completion
 
 from conftest import chat, write_jsonl
 
@@ -95,14 +95,34 @@ def test_models_and_a_chat_completion(server: str, tiny_model: Path) -> None:
     [
         ({"model": "other", "messages": [{"role": "user", "content": "x"}]}, 404, "not served"),
         (
-            {"model": NAME, "messages": [{"role": "user", "content": "x"}], "stream": True},
+            {"model": NAME, "messages": [{"role": "user", "content": "x"}], "temperature": 3},
             400,
-            "stream",
+            "temperature",
         ),
         (
-            {"model": NAME, "messages": [{"role": "user", "content": "x"}], "temperature": 0.7},
+            {"model": NAME, "messages": [{"role": "user", "content": "x"}], "max_tokens": True},
             400,
-            "greedy",
+            "max_tokens",
+        ),
+        (
+            {"model": NAME, "messages": [{"role": "user", "content": "x"}], "n": 0},
+            400,
+            "n:",
+        ),
+        (
+            {"model": NAME, "messages": [{"role": "user", "content": "x " * 3000}]},
+            400,
+            "context is 2048 tokens",
+        ),
+        (
+            {"model": NAME, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2047},
+            400,
+            "past this model's context of 2048",
+        ),
+        (
+            {"model": NAME, "messages": [{"role": "tool", "content": "x"}]},
+            400,
+            "role",
         ),
         ({"model": NAME, "messages": []}, 400, "messages"),
         ({"model": NAME}, 400, "messages: Field required"),
@@ -114,7 +134,7 @@ def test_models_and_a_chat_completion(server: str, tiny_model: Path) -> None:
         (
             {"model": NAME, "messages": [{"role": "assistant", "content": "x"}]},
             400,
-            "end with user",
+            "end with a user message",
         ),
     ],
 )
@@ -184,3 +204,77 @@ def test_serve_with_a_bad_model_fails_before_starting(tmp_path: Path) -> None:
     proc = run_cli("serve", str(tmp_path / "no-such-model"), "--port", str(_free_port()))
     assert proc.returncode != 0
     assert_one_line_error(proc, "no-such-model")
+
+
+def test_text_parts_and_the_developer_role_are_read_as_plain_messages(server: str) -> None:
+    """What the openai client sends for multi-part messages: content as a list of parts."""
+    parts = {
+        "model": NAME,
+        "messages": [
+            {"role": "developer", "content": "Be brief."},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "Hel"}, {"type": "text", "text": "lo"}],
+            },
+        ],
+        "max_tokens": 4,
+    }
+    plain = {
+        "model": NAME,
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hello"},
+        ],
+        "max_tokens": 4,
+    }
+    got, a = _post(f"{server}/chat/completions", parts)
+    assert got == 200
+    assert _post(f"{server}/chat/completions", plain)[1]["choices"] == a["choices"]
+    image = {
+        **parts,
+        "messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
+        ],
+    }
+    got, reply = _post(f"{server}/chat/completions", image)
+    assert got == 400 and "content" in reply["error"]["message"]
+
+
+def test_rows_joining_and_leaving_a_running_batch_decode_as_if_alone(tiny_model: Path) -> None:
+    """Continuous batching: requests that join a batch mid-decode, at different prompt
+    lengths, get the tokens greedy `model.generate` gives each of them alone."""
+    import torch
+
+    from tuneloop.models import load
+    from tuneloop.models.decode import Decoder, Row
+    from tuneloop.models.generate import encode_prompt
+
+    model, tokenizer, _ = load(str(tiny_model))
+    texts = ["Hello", "A much longer question about order 12345 and its delivery", "Hi there"]
+    encoded = [encode_prompt(tokenizer, [{"role": "user", "content": t}]) for t in texts]
+    alone = []
+    for ids in encoded:
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=torch.tensor([ids]),
+                max_new_tokens=12,
+                do_sample=False,
+                eos_token_id=None,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        alone.append(out[0, len(ids) :].tolist())
+    decoder = Decoder(model, tokenizer.pad_token_id)
+    rows = [Row(key=i, prompt_ids=ids, max_new_tokens=12) for i, ids in enumerate(encoded)]
+    decoder.add(rows[:1])
+    for _ in range(3):
+        decoder.step()
+    decoder.add(rows[1:2])
+    decoder.step()
+    decoder.add(rows[2:])
+    while len(rows[2].ids) < 12:
+        decoder.step()
+        if len(rows[0].ids) == 12 and 0 in {r.key for r in decoder.rows}:
+            decoder.keep({1, 2})  # the first leaves; the others go on
+    assert len(decoder) == 2
+    for row, want in zip(rows, alone, strict=True):
+        assert row.ids[:12] == want

@@ -1,6 +1,8 @@
-"""`tuneloop serve`: the OpenAI-compatible endpoint."""
+"""`tuneloop serve`: the OpenAI-compatible endpoint; `tuneloop keys`: its API keys."""
 
 from __future__ import annotations
+
+import json
 
 import click
 
@@ -14,20 +16,115 @@ from tuneloop.cli.console import quiet_libraries
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--name", help="Model id clients send (default: MODEL as given).")
 @click.option(
+    "--keys",
+    type=click.Path(dir_okay=False),
+    help="Keys file (`tuneloop keys create`): every route but /health then needs a key.",
+)
+@click.option(
     "--max-batch",
     default=16,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Most queued requests answered in one batched generate call.",
+    help="Most sequences decoded together (continuous batching).",
 )
-def serve(model: str, host: str, port: int, name: str | None, max_batch: int) -> None:
+@click.option(
+    "--max-queue",
+    default=64,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Most requests waiting for the batch; beyond it requests get 429 with Retry-After.",
+)
+@click.option(
+    "--max-tokens-limit",
+    type=click.IntRange(min=1),
+    help="Most tokens one request may generate (default: the model's context).",
+)
+@click.option(
+    "--drain",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds running requests get to finish on SIGTERM or Ctrl-C.",
+)
+@click.option(
+    "--allow-no-keys",
+    is_flag=True,
+    help="Listen on a non-loopback --host without keys (only on a network you trust).",
+)
+def serve(
+    model: str,
+    host: str,
+    port: int,
+    name: str | None,
+    keys: str | None,
+    max_batch: int,
+    max_queue: int,
+    max_tokens_limit: int | None,
+    drain: float,
+    allow_no_keys: bool,
+) -> None:
     """Serve MODEL (run:ID, a model folder or a bundled name) as an OpenAI-compatible endpoint.
 
-    Clients use base URL http://HOST:PORT/v1; `tuneloop eval --model openai:NAME` with
-    OPENAI_BASE_URL set evaluates it like a local model.
+    Clients use base URL http://HOST:PORT/v1 (chat and text completions, streaming, n,
+    sampling); `tuneloop eval --model openai:NAME` with OPENAI_BASE_URL set evaluates it
+    like a local model.
     """
     quiet_libraries()
-    api.serve(model, host=host, port=port, name=name, max_batch=max_batch)
+    api.serve(
+        model,
+        host=host,
+        port=port,
+        name=name,
+        max_batch=max_batch,
+        max_queue=max_queue,
+        keys=keys,
+        max_tokens_limit=max_tokens_limit,
+        allow_no_keys=allow_no_keys,
+        drain_seconds=drain,
+    )
 
 
-COMMANDS = [serve]
+@click.group()
+def keys() -> None:
+    """API keys for `tuneloop serve --keys FILE` (stored as argon2 hashes)."""
+
+
+_file = click.option(
+    "--file", "path", required=True, type=click.Path(dir_okay=False), help="The keys file."
+)
+
+
+@keys.command("create")
+@_file
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="Admin scope (routes that change the server).")
+def keys_create(path: str, name: str, admin: bool) -> None:
+    """Add a key called NAME; the key is printed once and stored nowhere."""
+    key, record = api.create_api_key(path, name, admin=admin)
+    click.echo(key)
+    click.echo(f"created {record['scope']} key {record['id']} ({name}) in {path}", err=True)
+
+
+@keys.command("list")
+@_file
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+def keys_list(path: str, as_json: bool) -> None:
+    """The keys in the file (never their hashes)."""
+    records = api.list_api_keys(path)
+    if as_json:
+        click.echo(json.dumps(records, indent=2))
+        return
+    for r in records:
+        click.echo(f"{r['id']}  {r['scope']:<5}  {r['created']}  {r['name']}")
+
+
+@keys.command("revoke")
+@_file
+@click.argument("which")
+def keys_revoke(path: str, which: str) -> None:
+    """Remove the key with id or name WHICH (a running server drops it within a second)."""
+    record = api.revoke_api_key(path, which)
+    click.echo(f"revoked {record['id']} ({record['name']})")
+
+
+COMMANDS = [serve, keys]

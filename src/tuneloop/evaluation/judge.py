@@ -249,7 +249,7 @@ class Judge:
         return [g.text for g in gens]
 
     def _remote(self, messages: list[dict[str, str]], max_new_tokens: int) -> str:
-        from tuneloop.evaluation.remote import chat_completion
+        from tuneloop.models.remote import chat_completion
 
         data = chat_completion(self.ref, messages, max_new_tokens, timeout=120)
         try:

@@ -13,10 +13,11 @@ from typing import Any
 
 from tuneloop.config.recipe import METRICS
 from tuneloop.data.formats import Conversation, RowOptions
-from tuneloop.data.readers import read_conversations, with_system_prompt
+from tuneloop.data.prompting import Prompting
+from tuneloop.data.readers import read_conversations
+from tuneloop.data.rerank import LabelRerank
 from tuneloop.errors import TuneloopError
 from tuneloop.evaluation import metrics as M
-from tuneloop.evaluation.rerank import LabelRerank
 from tuneloop.models.generate import answer_nll, generate
 from tuneloop.progress import Progress
 from tuneloop.results import Serializable
@@ -77,7 +78,7 @@ def evaluate_conversations(
     OpenAI-compatible endpoint.
     choices: constrain every answer to one of these (a classifier's label set).
     rerank: answer with the best of the label index's candidates instead of generating
-    (tuneloop.evaluation.rerank); queries are the texts to look up (default: each
+    (tuneloop.data.rerank); queries are the texts to look up (default: each
     conversation's last user message)."""
     _check_metrics(metrics)
     remote = isinstance(model, str)
@@ -110,7 +111,7 @@ def evaluate_conversations(
         with Progress(total=len(prompts), desc=f"{label}: generating", unit="ex") as bar:
             if rerank is not None:
                 from tuneloop.data.hints import query_text
-                from tuneloop.evaluation.rerank import rerank_answers
+                from tuneloop.data.rerank import rerank_answers
                 from tuneloop.models.generate import Generation
 
                 texts = queries if queries is not None else [query_text(p) for p in prompts]
@@ -130,7 +131,7 @@ def evaluate_conversations(
                     ]
                 gen_stats = {"seconds": time.perf_counter() - t0, "candidates": rerank.k}
             elif remote:
-                from tuneloop.evaluation.remote import remote_generate
+                from tuneloop.models.remote import remote_generate
 
                 gens, gen_stats = remote_generate(model, prompts, max_new_tokens, bar.update)
             else:
@@ -204,8 +205,8 @@ def evaluate_file(
     use_run_format: False reads the file as it is, ignoring the run's recorded format.
     """
     from tuneloop import registry
-    from tuneloop.evaluation.remote import is_remote
     from tuneloop.models import load, resolve
+    from tuneloop.models.remote import is_remote
     from tuneloop.models.resolve import ResolvedModel
 
     _check_metrics(metrics)
@@ -217,30 +218,21 @@ def evaluate_file(
     loaded_data = read_conversations(data_path, fmt=fmt, options=options)
     remote = is_remote(model_ref)
     resolved = ResolvedModel(ref=model_ref, base=model_ref) if remote else resolve(model_ref)
-    if system_prompt is None and resolved.recipe and use_run_format:
-        system_prompt = resolved.recipe.get("data", {}).get("system_prompt")
-    if system_prompt:
-        loaded_data.conversations = with_system_prompt(loaded_data.conversations, system_prompt)
+    # the run's own prompting (system prompt, label hints, reranking), as serving uses it
+    prompting = (
+        Prompting.of(resolved, system_prompt)
+        if use_run_format
+        else Prompting(system_prompt=system_prompt)
+    )
+    system_prompt = prompting.system_prompt
+    loaded_data.conversations = prompting.with_system(loaded_data.conversations)
     conversations = loaded_data.conversations[:limit] if limit else loaded_data.conversations
-    rerank_cfg = (trained or {}).get("label_rerank")
-    hints_cfg = (trained or {}).get("label_hints")
-    loaded: dict[str, Any] = {}  # label indexes by directory, each read once
-    if hints_cfg:
-        from tuneloop.data.hints import HintIndex
-
-        loaded[hints_cfg["index"]] = HintIndex.load(hints_cfg["index"])
-    rerank = queries = None
-    if rerank_cfg:
-        # the run answers by reranking its label index's candidates (raw texts, no hints)
-        from tuneloop.data.hints import query_text
-
-        rerank = LabelRerank.from_record(rerank_cfg, loaded)
-        queries = [query_text(c) for c in conversations]
-    if hints_cfg:
-        # the run was trained with label hints: add the same hints from the same rows
-        from tuneloop.data.hints import with_hints
-
-        conversations = with_hints(conversations, loaded[hints_cfg["index"]], hints_cfg["k"])
+    rerank_cfg = prompting.record.get("label_rerank")
+    hints_cfg = prompting.record.get("label_hints")
+    rerank = prompting.rerank
+    # reranking looks up the raw texts (no hints); the prompts get the run's hints
+    queries = prompting.queries(conversations) if rerank is not None else None
+    conversations = prompting.with_hints(conversations)
     choices = None
     if constrain_labels:
         choices = (trained or {}).get("labels") or sorted(

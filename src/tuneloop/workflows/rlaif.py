@@ -69,15 +69,14 @@ def _policy_answers(
 ) -> list[list[str]]:
     """k sampled answers per prompt from the policy, with the system prompt it was trained
     with (a run's), seeded by `training.seed`."""
-    from tuneloop.data.readers import with_system_prompt
+    from tuneloop.data.prompting import Prompting
     from tuneloop.models import load
     from tuneloop.models.generate import sample
 
     cfg = recipe.rlaif
     model, tokenizer, resolved = load(ref)
     model.eval()
-    system = ((resolved.recipe or {}).get("data") or {}).get("system_prompt")
-    asked = with_system_prompt(prompts, system) if system else prompts
+    asked = Prompting.of(resolved).with_system(prompts)  # as the run was trained
     out: list[list[str]] = []
     step = batch_size
     with Progress(total=len(prompts), desc=f"{ref}: sampling", unit="prompt") as bar:

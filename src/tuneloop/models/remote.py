@@ -18,9 +18,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from tuneloop.data.formats import Conversation
 from tuneloop.errors import TuneloopError
-from tuneloop.models.generate import Generation
+from tuneloop.models.generate import Conversation, Generation
 
 PREFIX = "openai:"
 

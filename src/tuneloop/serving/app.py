@@ -1,0 +1,530 @@
+"""The FastAPI app of `tuneloop serve`: OpenAI-shaped routes over the model worker.
+
+Routes: `POST /v1/chat/completions` and `POST /v1/completions` (streaming as server-sent
+events and not), `GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus). With a keys
+file every route but `/health` needs `Authorization: Bearer KEY`; there is no interactive
+`/docs` or `/openapi.json` (nothing to leak, nothing unauthenticated to probe).
+
+Every limit is checked before a request is queued, and answered as OpenAI answers: 400 with
+the token counts for a prompt (plus `max_tokens`) longer than the model's context, 429 with
+`Retry-After` when the queue is full, 401 for a missing or wrong key. A client that hangs up
+cancels its request within one decoding step (the worker drops its row).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import Request
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
+
+from tuneloop.errors import TuneloopError
+from tuneloop.serving.worker import Event, Job, ModelWorker, Params, QueueFull
+
+DEFAULT_MAX_TOKENS = 256
+MAX_N = 8
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")  # name, tool fields: ignored
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content)
+
+
+Number = StrictInt | StrictFloat
+
+
+class StreamOptions(BaseModel):
+    include_usage: StrictBool = False
+
+
+class _Sampling(BaseModel):
+    model_config = ConfigDict(extra="allow")  # unknown OpenAI fields are ignored
+    model: str
+    max_tokens: Annotated[StrictInt, Field(gt=0)] | None = None
+    temperature: Annotated[Number, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[Number, Field(gt=0, le=1)] | None = None
+    seed: StrictInt | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    n: Annotated[StrictInt, Field(ge=1, le=MAX_N)] = 1
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+
+    def params(self, budget: int) -> Params:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return Params(
+            max_tokens=budget,
+            temperature=float(self.temperature or 0.0),
+            top_p=float(self.top_p if self.top_p is not None else 1.0),
+            seed=self.seed,
+            stop=[s for s in stops if s],
+            n=self.n,
+        )
+
+
+class ChatRequest(_Sampling):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: Annotated[StrictInt, Field(gt=0)] | None = None
+
+
+class CompletionRequest(_Sampling):
+    prompt: str
+
+
+def _error(status: int, message: str, kind: str = "invalid_request_error", **headers: str) -> Any:
+    from fastapi.responses import JSONResponse
+
+    body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    return JSONResponse(status_code=status, content=body, headers=headers or None)
+
+
+class _Metrics:
+    """Prometheus series for one app (its own registry, so tests can run several apps)."""
+
+    def __init__(self, worker_state: dict[str, Any]) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "tuneloop_requests",
+            "Requests by route, status and model",
+            ["route", "status", "model"],
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "tuneloop_prompt_tokens", "Prompt tokens", ["model"], registry=r
+        )
+        self.generated = Counter(
+            "tuneloop_generated_tokens", "Generated tokens", ["model"], registry=r
+        )
+        self.ttft = Histogram(
+            "tuneloop_time_to_first_token_seconds",
+            "Time to first token",
+            ["model"],
+            registry=r,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.latency = Histogram(
+            "tuneloop_request_seconds",
+            "End-to-end latency",
+            ["model"],
+            registry=r,
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+        )
+        depth = Gauge("tuneloop_queue_depth", "Requests waiting for the batch", registry=r)
+        depth.set_function(lambda: worker_state["worker"].depth if "worker" in worker_state else 0)
+        active = Gauge("tuneloop_active_sequences", "Sequences being decoded", registry=r)
+        active.set_function(
+            lambda: worker_state["worker"].active if "worker" in worker_state else 0
+        )
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+def create_app(
+    ref: str,
+    name: str | None = None,
+    max_batch: int = 16,
+    max_queue: int = 64,
+    keys: str | None = None,
+    max_tokens_limit: int | None = None,
+    worker: ModelWorker | None = None,
+) -> Any:
+    """The FastAPI app serving `ref` under the model id `name` (default: the reference).
+
+    keys: a keys file (serving/auth.py); then every route but /health needs a key.
+    max_tokens_limit: the most tokens one request may ask for (default: the context).
+    worker: an already loaded worker (the app then does not close it).
+    """
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import Response, StreamingResponse
+
+    from tuneloop.serving.auth import KeyStore
+
+    model_id = name or ref
+    store = KeyStore(keys) if keys else None
+    state: dict[str, Any] = {}
+    metrics = _Metrics(state)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        state["worker"] = worker or await asyncio.to_thread(ModelWorker, ref, max_batch, max_queue)
+        yield
+        if worker is None:
+            await asyncio.to_thread(state["worker"].close)
+
+    app = FastAPI(
+        title="tuneloop", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
+
+    app.add_middleware(_Gate, store=store, metrics=metrics, model_id=model_id)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, err: RequestValidationError) -> Any:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in err.errors()
+        )
+        return _error(400, f"invalid request: {problems}")
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok" if "worker" in state else "loading", "model": model_id}
+
+    @app.get("/metrics")
+    async def prometheus() -> Any:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "tuneloop"}],
+        }
+
+    def _budget(body: _Sampling, prompt_tokens: int, asked: int | None) -> int | Any:
+        """max_tokens for this request, or the 400 that says why it does not fit."""
+        w: ModelWorker = state["worker"]
+        limit = max_tokens_limit or w.context
+        if asked is not None and asked > limit:
+            return _error(400, f"max_tokens is {asked}; this server allows at most {limit}")
+        room = w.context - prompt_tokens
+        if room < 1:
+            return _error(
+                400,
+                f"the prompt is {prompt_tokens} tokens; this model's context is {w.context} "
+                "tokens: shorten the messages",
+            )
+        if asked is not None and asked > room:
+            return _error(
+                400,
+                f"the prompt ({prompt_tokens} tokens) plus max_tokens ({asked}) is "
+                f"{prompt_tokens + asked} tokens, past this model's context of {w.context}: "
+                "lower max_tokens or shorten the messages",
+            )
+        return asked or min(DEFAULT_MAX_TOKENS, room, limit)
+
+    async def _run(
+        request: Request,
+        body: _Sampling,
+        job: Job,
+        events: asyncio.Queue[Event],
+        kind: str,
+    ) -> Any:
+        w: ModelWorker = state["worker"]
+        try:
+            w.submit(job)
+        except QueueFull as err:
+            return _error(
+                429, str(err), "rate_limit_error", **{"Retry-After": str(err.retry_after)}
+            )
+        metrics.prompt_tokens.labels(model_id).inc(len(job.prompt_ids))
+        rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+        created = int(time.time())
+        if body.stream:
+            return StreamingResponse(
+                _stream(request, body, job, events, kind, rid, created),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
+            )
+        texts = [""] * job.params.n
+        finish: list[str | None] = [None] * job.params.n
+        tokens = 0
+        done = 0
+        try:
+            while done < job.params.n:
+                try:
+                    event = await asyncio.wait_for(events.get(), timeout=0.25)
+                except TimeoutError:
+                    if await request.is_disconnected():
+                        job.cancel()
+                        return Response(status_code=499)
+                    continue
+                if event.kind == "error":
+                    return _failure(event.error)
+                if event.kind == "delta":
+                    texts[event.index] += event.text
+                else:
+                    finish[event.index] = event.finish_reason
+                    tokens += event.tokens
+                    done += 1
+        finally:
+            job.cancel()  # a no-op once finished; stops the rows of a request cut short
+        _observe(job, tokens)
+        if kind == "chat":
+            choices = [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": texts[i]},
+                    "finish_reason": finish[i],
+                    "logprobs": None,
+                }
+                for i in range(job.params.n)
+            ]
+        else:
+            choices = [
+                {"index": i, "text": texts[i], "finish_reason": finish[i], "logprobs": None}
+                for i in range(job.params.n)
+            ]
+        return {
+            "id": rid,
+            "object": "chat.completion" if kind == "chat" else "text_completion",
+            "created": created,
+            "model": model_id,
+            "choices": choices,
+            "usage": _usage(len(job.prompt_ids), tokens),
+        }
+
+    def _observe(job: Job, tokens: int) -> None:
+        metrics.generated.labels(model_id).inc(tokens)
+        now = time.perf_counter()
+        metrics.latency.labels(model_id).observe(now - job.submitted)
+        if job.first_token is not None:
+            metrics.ttft.labels(model_id).observe(job.first_token - job.submitted)
+
+    async def _stream(
+        request: Request,
+        body: _Sampling,
+        job: Job,
+        events: asyncio.Queue[Event],
+        kind: str,
+        rid: str,
+        created: int,
+    ) -> AsyncIterator[str]:
+        obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+        tokens = done = 0
+
+        def chunk(choices: list[dict[str, Any]], usage: Any = None) -> str:
+            data: dict[str, Any] = {
+                "id": rid,
+                "object": obj,
+                "created": created,
+                "model": model_id,
+                "choices": choices,
+            }
+            if body.stream_options and body.stream_options.include_usage:
+                data["usage"] = usage
+            return f"data: {json.dumps(data)}\n\n"
+
+        def piece(i: int, text: str | None, finish: str | None, first: bool = False) -> dict:
+            if kind == "chat":
+                delta: dict[str, Any] = {"role": "assistant"} if first else {}
+                if text is not None:
+                    delta["content"] = text
+                return {"index": i, "delta": delta, "finish_reason": finish, "logprobs": None}
+            return {"index": i, "text": text or "", "finish_reason": finish, "logprobs": None}
+
+        try:
+            if kind == "chat":
+                yield chunk([piece(i, "", None, first=True) for i in range(job.params.n)])
+            while done < job.params.n:
+                event = await events.get()
+                if event.kind == "error":
+                    err = {"error": {"message": str(event.error), "type": "server_error"}}
+                    yield f"data: {json.dumps(err)}\n\n"
+                    return
+                if event.kind == "delta":
+                    yield chunk([piece(event.index, event.text, None)])
+                else:
+                    tokens += event.tokens
+                    done += 1
+                    yield chunk([piece(event.index, None, event.finish_reason)])
+            if body.stream_options and body.stream_options.include_usage:
+                data = {
+                    "id": rid,
+                    "object": obj,
+                    "created": created,
+                    "model": model_id,
+                    "choices": [],
+                    "usage": _usage(len(job.prompt_ids), tokens),
+                }
+                yield f"data: {json.dumps(data)}\n\n"
+            yield "data: [DONE]\n\n"
+            _observe(job, tokens)
+        finally:
+            job.cancel()  # the client hung up (or the stream ended): free the rows
+
+    def _events() -> tuple[asyncio.Queue[Event], Any]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+
+        def emit(event: Event) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+
+        return queue, emit
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request, body: ChatRequest) -> Any:
+        if body.model != model_id:
+            return _error(
+                404,
+                f"model {body.model!r} is not served here; this serves {model_id!r}",
+                "not_found_error",
+            )
+        roles = [("system" if m.role == "developer" else m.role) for m in body.messages]
+        if roles[-1] != "user":
+            return _error(400, "messages must end with a user message")
+        messages = [
+            {"role": r, "content": m.text()} for r, m in zip(roles, body.messages, strict=True)
+        ]
+        w: ModelWorker = state["worker"]
+        if sum(len(m["content"]) for m in messages) > 64 * w.context:
+            return _error(
+                400, f"the messages are far longer than this model's context of {w.context} tokens"
+            )
+        try:
+            prompt_ids, prepared = await asyncio.to_thread(w.encode_chat, messages)
+        except TuneloopError as err:
+            return _error(400, str(err))
+        budget = _budget(body, len(prompt_ids), body.max_completion_tokens or body.max_tokens)
+        if not isinstance(budget, int):
+            return budget
+        events, emit = _events()
+        rerank = (messages, prepared) if w.prompting.rerank is not None else None
+        job = Job(prompt_ids, body.params(budget), emit, rerank=rerank)
+        return await _run(request, body, job, events, "chat")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request, body: CompletionRequest) -> Any:
+        if body.model != model_id:
+            return _error(
+                404,
+                f"model {body.model!r} is not served here; this serves {model_id!r}",
+                "not_found_error",
+            )
+        w: ModelWorker = state["worker"]
+        if w.prompting.rerank is not None:
+            return _error(400, "this run answers by label reranking: use /v1/chat/completions")
+        if len(body.prompt) > 64 * w.context:
+            return _error(
+                400, f"the prompt is far longer than this model's context of {w.context} tokens"
+            )
+        prompt_ids = await asyncio.to_thread(w.encode_text, body.prompt)
+        budget = _budget(body, len(prompt_ids), body.max_tokens)
+        if not isinstance(budget, int):
+            return budget
+        events, emit = _events()
+        job = Job(prompt_ids, body.params(budget), emit)
+        return await _run(request, body, job, events, "completion")
+
+    return app
+
+
+class _Gate:
+    """Pure ASGI middleware (a `BaseHTTPMiddleware` would break disconnect detection and
+    streaming): the key check on every route but /health, and the request counter."""
+
+    def __init__(self, app: Any, store: Any, metrics: _Metrics, model_id: str) -> None:
+        self.app, self.store, self.metrics, self.model_id = app, store, metrics, model_id
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if self.store is not None and path != "/health":
+            header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+            key = header[7:].strip() if header.lower().startswith("bearer ") else None
+            record = await asyncio.to_thread(self.store.check, key)
+            if record is None:
+                self.metrics.requests.labels(path, "401", "").inc()
+                response = _error(
+                    401,
+                    "missing or invalid API key: send Authorization: Bearer KEY",
+                    "authentication_error",
+                )
+                await response(scope, receive, send)
+                return
+            scope.setdefault("state", {})["key"] = record
+        status = {"code": 0}
+
+        async def counting_send(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            if path.startswith("/v1/") and status["code"]:
+                self.metrics.requests.labels(path, str(status["code"]), self.model_id).inc()
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def _failure(error: BaseException | None) -> Any:
+    if isinstance(error, QueueFull):
+        return _error(503, str(error), "server_error", **{"Retry-After": str(error.retry_after)})
+    if isinstance(error, TuneloopError):
+        return _error(400, str(error))
+    return _error(500, f"generation failed: {type(error).__name__}: {error}", "server_error")
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def serve(
+    ref: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    name: str | None = None,
+    max_batch: int = 16,
+    max_queue: int = 64,
+    keys: str | None = None,
+    max_tokens_limit: int | None = None,
+    allow_no_keys: bool = False,
+    drain_seconds: float = 5.0,
+) -> None:
+    """Run the endpoint until interrupted. SIGTERM or Ctrl-C stops taking requests, lets
+    running ones finish for up to `drain_seconds`, cancels the rest and exits."""
+    import uvicorn
+
+    from tuneloop.models import resolve
+
+    if host not in LOOPBACK and not keys and not allow_no_keys:
+        raise TuneloopError(
+            f"--host {host} would open the model to the network with no keys: create one "
+            "with `tuneloop keys create --file keys.jsonl NAME` and pass --keys keys.jsonl "
+            "(or --allow-no-keys on a network you trust)"
+        )
+    resolve(ref)  # a bad reference fails here, with tuneloop's message, before the server starts
+    app = create_app(ref, name, max_batch, max_queue, keys, max_tokens_limit)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        timeout_graceful_shutdown=max(1, int(drain_seconds)),
+    )
