@@ -802,8 +802,13 @@ def serve(
     max_tokens_limit: int | None = None,
     allow_no_keys: bool = False,
     drain_seconds: float = 5.0,
+    log_traffic: bool = True,
+    redact_pii: bool = False,
 ) -> None:
     """Serve a model as an OpenAI-compatible endpoint (blocks until stopped).
+
+    log_traffic: every request and answer goes to the registry's traffic table (for
+    `tuneloop monitor` and the next dataset); redact_pii: personal data redacted first.
 
     keys: a keys file made by `create_api_key`; then every route but /health needs a key.
     A host other than loopback is refused without keys unless allow_no_keys."""
@@ -820,6 +825,8 @@ def serve(
         max_tokens_limit=max_tokens_limit,
         allow_no_keys=allow_no_keys,
         drain_seconds=drain_seconds,
+        log_traffic=log_traffic,
+        redact_pii=redact_pii,
     )
 
 

@@ -11,8 +11,8 @@ import pytest
 from tuneloop import registry
 from tuneloop.config import recipe_from_dict
 from tuneloop.data.hints import HintIndex
-from tuneloop.evaluation import evaluate_file
 from tuneloop.data.rerank import LabelRerank, rerank_answers
+from tuneloop.evaluation import evaluate_file
 from tuneloop.models import load
 from tuneloop.models.generate import answer_tokens, encode_prompt
 from tuneloop.training import train

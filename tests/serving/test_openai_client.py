@@ -61,8 +61,8 @@ def _start(model: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
     raise AssertionError("server did not start")
 
 
-def _open_stream(base: str, body: dict, key: str | None = None) -> tuple[Any, Any]:
-    """POST a chat completion and return the open connection and response, unread."""
+def _open_post(base: str, path: str, body: dict, key: str | None = None) -> tuple[Any, Any]:
+    """POST JSON and return the open connection and response, unread."""
     import http.client
 
     host, port = base.removeprefix("http://").split(":")
@@ -70,8 +70,13 @@ def _open_stream(base: str, body: dict, key: str | None = None) -> tuple[Any, An
     headers = {"Content-Type": "application/json"}
     if key:
         headers["Authorization"] = f"Bearer {key}"
-    conn.request("POST", "/v1/chat/completions", json.dumps(body), headers)
+    conn.request("POST", path, json.dumps(body), headers)
     return conn, conn.getresponse()
+
+
+def _open_stream(base: str, body: dict, key: str | None = None) -> tuple[Any, Any]:
+    """POST a chat completion and return the open connection and response, unread."""
+    return _open_post(base, "/v1/chat/completions", body, key)
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
@@ -307,3 +312,54 @@ def test_keys_commands(tmp_path: Path) -> None:
     assert run_cli("keys", "create", "--file", str(keys), "bob").returncode != 0
     assert run_cli("keys", "revoke", "--file", str(keys), "bob").returncode == 0
     assert json.loads(run_cli("keys", "list", "--file", str(keys), "--json").stdout) == []
+
+
+def test_traffic_is_logged_redacted_and_takes_feedback(tiny_model: Path) -> None:
+    """Every answer reaches the registry's traffic table (PII redacted with --redact-pii);
+    POST /v1/feedback attaches a rating and a correction to a logged response."""
+    from tuneloop import registry
+
+    proc, base = _start(tiny_model, "--redact-pii")  # this test's registry (TUNELOOP_DB_URL)
+    try:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        asked = "My email is jane.doe@example.com, where is my order?"
+        reply = client.chat.completions.create(
+            model=NAME, messages=[{"role": "user", "content": asked}], max_tokens=6
+        )
+        streamed = client.chat.completions.create(
+            model=NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True
+        )
+        (stream_id,) = {chunk.id for chunk in streamed}  # every chunk carries the id
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(
+                model=NAME, messages=[{"role": "user", "content": "word " * 5000}]
+            )
+
+        def feedback(body: dict) -> tuple[int, dict]:
+            conn, resp = _open_post(base, "/v1/feedback", body)
+            out = json.loads(resp.read())
+            conn.close()
+            return resp.status, out
+
+        status, out = feedback({"id": reply.id, "rating": "down", "correction": "It shipped."})
+        assert status == 200 and out["rating"] == -1
+        assert feedback({"id": "chatcmpl-nope", "rating": "up"})[0] == 404
+        assert feedback({"id": reply.id})[0] == 400  # nothing to record
+        assert feedback({"id": reply.id, "rating": "meh"})[0] == 400
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(30)  # the writer flushes on shutdown
+    logged = {r.request_id: r for r in registry.list_traffic()}
+    first = logged[reply.id]
+    assert first.status == 200 and first.route == "/v1/chat/completions"
+    assert first.messages == [
+        {"role": "user", "content": asked.replace("jane.doe@example.com", "[EMAIL]")}
+    ]
+    assert first.answers == [reply.choices[0].message.content]
+    assert first.prompt_tokens == reply.usage.prompt_tokens
+    assert first.completion_tokens == reply.usage.completion_tokens
+    assert first.latency_s > 0 and first.finish_reasons == [reply.choices[0].finish_reason]
+    assert logged[stream_id].status == 200 and logged[stream_id].params["stream"] is True
+    assert [r.status for r in logged.values()].count(400) == 1
+    (fb,) = registry.feedback_for([reply.id])
+    assert fb.rating == -1 and fb.correction == "It shipped."

@@ -47,6 +47,18 @@ from tuneloop.cli.console import quiet_libraries
     help="Seconds running requests get to finish on SIGTERM or Ctrl-C.",
 )
 @click.option(
+    "--log/--no-log",
+    "log_traffic",
+    default=True,
+    show_default=True,
+    help="Write every request and answer to the registry's traffic table.",
+)
+@click.option(
+    "--redact-pii",
+    is_flag=True,
+    help="Redact emails, phones, cards, IBANs and IPs before traffic is stored.",
+)
+@click.option(
     "--allow-no-keys",
     is_flag=True,
     help="Listen on a non-loopback --host without keys (only on a network you trust).",
@@ -61,6 +73,8 @@ def serve(
     max_queue: int,
     max_tokens_limit: int | None,
     drain: float,
+    log_traffic: bool,
+    redact_pii: bool,
     allow_no_keys: bool,
 ) -> None:
     """Serve MODEL (run:ID, a model folder or a bundled name) as an OpenAI-compatible endpoint.
@@ -81,6 +95,8 @@ def serve(
         max_tokens_limit=max_tokens_limit,
         allow_no_keys=allow_no_keys,
         drain_seconds=drain,
+        log_traffic=log_traffic,
+        redact_pii=redact_pii,
     )
 
 

@@ -7,6 +7,7 @@ selects any SQLAlchemy URL.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -106,9 +107,15 @@ def _engine_for(url: str) -> Engine:
     return engine
 
 
+_ENGINE_LOCK = threading.RLock()
+
+
 def get_engine(url: str | None = None) -> Engine:
-    """The (cached) engine for `url` or the configured registry, migrated to head."""
-    return _engine_for(url or db_url())
+    """The (cached) engine for `url` or the configured registry, migrated to head. One
+    thread at a time: Alembic's migration context is process-global, and a server's
+    background writer opens the registry while request threads may too."""
+    with _ENGINE_LOCK:
+        return _engine_for(url or db_url())
 
 
 @contextmanager

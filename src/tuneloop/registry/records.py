@@ -28,11 +28,13 @@ from tuneloop.registry.tables import (
     Dataset,
     EvalExample,
     EvalResult,
+    Feedback,
     JudgeCall,
     ModelRecord,
     Run,
     RunDataset,
     RunMetric,
+    TrafficRecord,
     utcnow,
 )
 
@@ -457,3 +459,77 @@ def store_judge_calls(judge: str, calls: list[tuple[str, dict[str, Any], str]]) 
             if key not in have:
                 s.add(JudgeCall(key=key, judge=judge, request=request, response=response))
                 have.add(key)
+
+
+def add_traffic(records: list[dict[str, Any]], url: str | None = None) -> None:
+    """Store served requests (dicts of `TrafficRecord` columns) in one transaction; a
+    request id already stored is skipped (a retried batch never duplicates)."""
+    if not records:
+        return
+    with session_scope(url) as s:
+        ids = [r["request_id"] for r in records]
+        have = set(
+            s.scalars(select(TrafficRecord.request_id).where(TrafficRecord.request_id.in_(ids)))
+        )
+        for r in records:
+            if r["request_id"] not in have:
+                s.add(TrafficRecord(**r))
+                have.add(r["request_id"])
+
+
+def get_traffic(request_id: str) -> TrafficRecord | None:
+    with session_scope() as s:
+        return s.scalars(
+            select(TrafficRecord).where(TrafficRecord.request_id == request_id)
+        ).first()
+
+
+def list_traffic(
+    since: datetime | None = None, model: str | None = None, limit: int | None = None
+) -> list[TrafficRecord]:
+    """Logged requests, oldest first (since: created at or after; model: the name asked)."""
+    query = select(TrafficRecord).order_by(TrafficRecord.id)
+    if since is not None:
+        query = query.where(TrafficRecord.created_at >= since)
+    if model is not None:
+        query = query.where(TrafficRecord.model == model)
+    if limit is not None:
+        query = query.limit(limit)
+    with session_scope() as s:
+        return list(s.scalars(query))
+
+
+def add_feedback(
+    request_id: str,
+    rating: int | None = None,
+    comment: str | None = None,
+    correction: str | None = None,
+    key_id: str | None = None,
+) -> Feedback:
+    """Feedback on a logged response; the request must be in the traffic log."""
+    with session_scope() as s:
+        known = s.scalars(
+            select(TrafficRecord.id).where(TrafficRecord.request_id == request_id)
+        ).first()
+        if known is None:
+            raise RegistryError(f"no logged request {request_id!r}")
+        record = Feedback(
+            request_id=request_id,
+            rating=rating,
+            comment=comment,
+            correction=correction,
+            key_id=key_id,
+        )
+        s.add(record)
+        s.flush()
+        s.refresh(record)
+        return record
+
+
+def feedback_for(request_ids: list[str] | None = None) -> list[Feedback]:
+    """Feedback records, oldest first (all, or those on these requests)."""
+    query = select(Feedback).order_by(Feedback.id)
+    if request_ids is not None:
+        query = query.where(Feedback.request_id.in_(request_ids))
+    with session_scope() as s:
+        return list(s.scalars(query))

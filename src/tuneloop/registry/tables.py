@@ -165,3 +165,42 @@ class JudgeCall(Base):
     request: Mapped[dict[str, Any]] = mapped_column(JSON)
     response: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class TrafficRecord(Base):
+    """One request a `tuneloop serve` process answered (or refused): the raw material of
+    monitoring, drift checks and the next dataset. Several replicas write to one table."""
+
+    __tablename__ = "traffic"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    model: Mapped[str] = mapped_column(Text)  # the name clients asked for
+    served_by: Mapped[str] = mapped_column(Text)  # the reference actually answering
+    route: Mapped[str] = mapped_column(String(64))
+    status: Mapped[int] = mapped_column(Integer)
+    key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    messages: Mapped[list[Any]] = mapped_column(JSON)  # redacted when the server redacts
+    answers: Mapped[list[Any]] = mapped_column(JSON)  # one text per choice
+    finish_reasons: Mapped[list[Any]] = mapped_column(JSON)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    latency_s: Mapped[float] = mapped_column(Float, default=0.0)
+    ttft_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Feedback(Base):
+    """A user's verdict on a logged response: thumbs up or down, a comment, a correction."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("traffic.request_id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    rating: Mapped[int | None] = mapped_column(Integer, nullable=True)  # +1 up, -1 down
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    correction: Mapped[str | None] = mapped_column(Text, nullable=True)
+    key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)

@@ -89,6 +89,14 @@ class CompletionRequest(_Sampling):
     prompt: str
 
 
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=64)  # the completion's id
+    rating: Literal["up", "down", 1, -1] | None = None
+    comment: str | None = Field(default=None, max_length=10_000)
+    correction: str | None = Field(default=None, max_length=100_000)
+
+
 def _error(status: int, message: str, kind: str = "invalid_request_error", **headers: str) -> Any:
     from fastapi.responses import JSONResponse
 
@@ -151,12 +159,16 @@ def create_app(
     keys: str | None = None,
     max_tokens_limit: int | None = None,
     worker: ModelWorker | None = None,
+    log_traffic: bool = True,
+    redact_pii: bool = False,
 ) -> Any:
     """The FastAPI app serving `ref` under the model id `name` (default: the reference).
 
     keys: a keys file (serving/auth.py); then every route but /health needs a key.
     max_tokens_limit: the most tokens one request may ask for (default: the context).
     worker: an already loaded worker (the app then does not close it).
+    log_traffic: write every request to the registry's traffic table (serving/traffic.py);
+    redact_pii: with personal data redacted first.
     """
     from contextlib import asynccontextmanager
 
@@ -174,9 +186,15 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
         state["worker"] = worker or await asyncio.to_thread(ModelWorker, ref, max_batch, max_queue)
+        if log_traffic:
+            from tuneloop.serving.traffic import TrafficLog
+
+            state["traffic"] = TrafficLog(redact=redact_pii)
         yield
         if worker is None:
             await asyncio.to_thread(state["worker"].close)
+        if "traffic" in state:
+            await asyncio.to_thread(state["traffic"].close)
 
     app = FastAPI(
         title="tuneloop", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
@@ -208,6 +226,50 @@ def create_app(
             "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "tuneloop"}],
         }
 
+    def _record(
+        request: Request,
+        rid: str,
+        route: str,
+        status: int,
+        messages: list[dict[str, str]],
+        body: _Sampling | None = None,
+        job: Job | None = None,
+        answers: list[str] | None = None,
+        finish: list[str | None] | None = None,
+        tokens: int = 0,
+        error: str | None = None,
+    ) -> None:
+        """One traffic row (the background writer stores it; never blocks the answer)."""
+        log = state.get("traffic")
+        if log is None:
+            return
+        key = getattr(request.state, "key", None)
+        now = time.perf_counter()
+        params = {}
+        if body is not None:
+            params = body.model_dump(
+                include={"max_tokens", "temperature", "top_p", "seed", "stop", "n", "stream"}
+            )
+        log.log(
+            {
+                "request_id": rid,
+                "model": model_id,
+                "served_by": ref,
+                "route": route,
+                "status": status,
+                "key_id": key.id if key is not None else None,
+                "messages": messages,
+                "answers": answers or [],
+                "finish_reasons": finish or [],
+                "params": params,
+                "prompt_tokens": len(job.prompt_ids) if job else 0,
+                "completion_tokens": tokens,
+                "latency_s": now - job.submitted if job else 0.0,
+                "ttft_s": job.first_token - job.submitted if job and job.first_token else None,
+                "error": error,
+            }
+        )
+
     def _budget(body: _Sampling, prompt_tokens: int, asked: int | None) -> int | Any:
         """max_tokens for this request, or the 400 that says why it does not fit."""
         w: ModelWorker = state["worker"]
@@ -236,20 +298,23 @@ def create_app(
         job: Job,
         events: asyncio.Queue[Event],
         kind: str,
+        messages: list[dict[str, str]],
     ) -> Any:
         w: ModelWorker = state["worker"]
+        rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+        route = request.url.path
         try:
             w.submit(job)
         except QueueFull as err:
+            _record(request, rid, route, 429, messages, body, error=str(err))
             return _error(
                 429, str(err), "rate_limit_error", **{"Retry-After": str(err.retry_after)}
             )
         metrics.prompt_tokens.labels(model_id).inc(len(job.prompt_ids))
-        rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
         created = int(time.time())
         if body.stream:
             return StreamingResponse(
-                _stream(request, body, job, events, kind, rid, created),
+                _stream(request, body, job, events, kind, rid, created, messages),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache"},
             )
@@ -264,10 +329,15 @@ def create_app(
                 except TimeoutError:
                     if await request.is_disconnected():
                         job.cancel()
+                        _record(request, rid, route, 499, messages, body, job, texts, finish,
+                                tokens, "client disconnected")  # fmt: skip
                         return Response(status_code=499)
                     continue
                 if event.kind == "error":
-                    return _failure(event.error)
+                    reply = _failure(event.error)
+                    _record(request, rid, route, reply.status_code, messages, body, job,
+                            error=str(event.error))  # fmt: skip
+                    return reply
                 if event.kind == "delta":
                     texts[event.index] += event.text
                 else:
@@ -277,6 +347,7 @@ def create_app(
         finally:
             job.cancel()  # a no-op once finished; stops the rows of a request cut short
         _observe(job, tokens)
+        _record(request, rid, route, 200, messages, body, job, texts, finish, tokens)
         if kind == "chat":
             choices = [
                 {
@@ -316,9 +387,14 @@ def create_app(
         kind: str,
         rid: str,
         created: int,
+        messages: list[dict[str, str]],
     ) -> AsyncIterator[str]:
         obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
         tokens = done = 0
+        texts = [""] * job.params.n
+        finish: list[str | None] = [None] * job.params.n
+        route = request.url.path
+        status = 499  # until the stream ends: a client that leaves first hung up
 
         def chunk(choices: list[dict[str, Any]], usage: Any = None) -> str:
             data: dict[str, Any] = {
@@ -346,12 +422,15 @@ def create_app(
             while done < job.params.n:
                 event = await events.get()
                 if event.kind == "error":
+                    status = 500
                     err = {"error": {"message": str(event.error), "type": "server_error"}}
                     yield f"data: {json.dumps(err)}\n\n"
                     return
                 if event.kind == "delta":
+                    texts[event.index] += event.text
                     yield chunk([piece(event.index, event.text, None)])
                 else:
+                    finish[event.index] = event.finish_reason
                     tokens += event.tokens
                     done += 1
                     yield chunk([piece(event.index, None, event.finish_reason)])
@@ -365,10 +444,14 @@ def create_app(
                     "usage": _usage(len(job.prompt_ids), tokens),
                 }
                 yield f"data: {json.dumps(data)}\n\n"
+            status = 200
             yield "data: [DONE]\n\n"
             _observe(job, tokens)
         finally:
             job.cancel()  # the client hung up (or the stream ended): free the rows
+            _record(request, rid, route, status, messages, body, job, texts, finish, tokens,
+                    None if status == 200 else "client disconnected" if status == 499
+                    else "generation failed")  # fmt: skip
 
     def _events() -> tuple[asyncio.Queue[Event], Any]:
         loop = asyncio.get_running_loop()
@@ -404,11 +487,38 @@ def create_app(
             return _error(400, str(err))
         budget = _budget(body, len(prompt_ids), body.max_completion_tokens or body.max_tokens)
         if not isinstance(budget, int):
+            rid = f"chatcmpl-{uuid.uuid4().hex}"
+            _record(request, rid, request.url.path, 400, messages, body,
+                    error=json.loads(budget.body)["error"]["message"])  # fmt: skip
             return budget
         events, emit = _events()
         rerank = (messages, prepared) if w.prompting.rerank is not None else None
         job = Job(prompt_ids, body.params(budget), emit, rerank=rerank)
-        return await _run(request, body, job, events, "chat")
+        return await _run(request, body, job, events, "chat", messages)
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request, body: FeedbackRequest) -> Any:
+        """Thumbs up or down, a comment or a corrected answer for a logged response."""
+        from tuneloop import registry
+        from tuneloop.errors import RegistryError
+
+        if "traffic" not in state:
+            return _error(400, "this server does not log traffic (started with --no-log)")
+        if body.rating is None and not body.comment and body.correction is None:
+            return _error(400, "feedback needs a rating, a comment or a correction")
+        await asyncio.to_thread(state["traffic"].flush)  # the request may still be queued
+        key = getattr(request.state, "key", None)
+        rating = (
+            {"up": 1, "down": -1, 1: 1, -1: -1}[body.rating] if body.rating is not None else None
+        )
+        try:
+            record = await asyncio.to_thread(
+                registry.add_feedback, body.id, rating, body.comment, body.correction,
+                key.id if key is not None else None,
+            )  # fmt: skip
+        except RegistryError:
+            return _error(404, f"no logged response with id {body.id!r}", "not_found_error")
+        return {"object": "feedback", "id": record.id, "response_id": body.id, "rating": rating}
 
     @app.post("/v1/completions")
     async def completions(request: Request, body: CompletionRequest) -> Any:
@@ -431,7 +541,9 @@ def create_app(
             return budget
         events, emit = _events()
         job = Job(prompt_ids, body.params(budget), emit)
-        return await _run(request, body, job, events, "completion")
+        return await _run(
+            request, body, job, events, "completion", [{"role": "user", "content": body.prompt}]
+        )
 
     return app
 
@@ -506,6 +618,8 @@ def serve(
     max_tokens_limit: int | None = None,
     allow_no_keys: bool = False,
     drain_seconds: float = 5.0,
+    log_traffic: bool = True,
+    redact_pii: bool = False,
 ) -> None:
     """Run the endpoint until interrupted. SIGTERM or Ctrl-C stops taking requests, lets
     running ones finish for up to `drain_seconds`, cancels the rest and exits."""
@@ -520,7 +634,16 @@ def serve(
             "(or --allow-no-keys on a network you trust)"
         )
     resolve(ref)  # a bad reference fails here, with tuneloop's message, before the server starts
-    app = create_app(ref, name, max_batch, max_queue, keys, max_tokens_limit)
+    app = create_app(
+        ref,
+        name,
+        max_batch,
+        max_queue,
+        keys,
+        max_tokens_limit,
+        log_traffic=log_traffic,
+        redact_pii=redact_pii,
+    )
     uvicorn.run(
         app,
         host=host,
