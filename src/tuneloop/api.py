@@ -853,6 +853,54 @@ def revoke_api_key(keys: str | Path, which: str) -> dict[str, str]:
     return revoke_key(keys, which).public()
 
 
+def monitor(
+    since: str = "24h",
+    *,
+    model: str | None = None,
+    reference: Sequence[str | Path] = (),
+    recent: str | None = None,
+    out: str | Path | None = None,
+    alpha: float = 0.01,
+    min_auc: float = 0.6,
+) -> dict[str, Any]:
+    """The traffic report of the last `since` (e.g. "24h", "7d"): volume, errors, latency,
+    answer length and refusals per model and over time; drift of the `recent` window's
+    prompts against the reference prompts (files given, else the served runs' datasets);
+    the uncovered prompts. With `out`, also OUT/monitor.json and OUT/monitor.html."""
+    from tuneloop.monitor.report import build, write
+
+    report = build(
+        since,
+        model=model,
+        reference=[str(p) for p in reference] or None,
+        recent=recent,
+        alpha=alpha,
+        min_auc=min_auc,
+    )
+    if out is not None:
+        report["html"] = str(write(report, out))
+    return report
+
+
+def export_traffic(
+    kind: str,
+    out: str | Path,
+    *,
+    since: str = "7d",
+    model: str | None = None,
+    reference: Sequence[str | Path] = (),
+) -> dict[str, Any]:
+    """Logged traffic as a dataset version: kind "uncovered" (prompts far from the
+    reference data), "downvoted" (thumbs down) or "corrected" (users' corrections as SFT
+    rows). Written to `out` (JSONL) and registered with the request ids as lineage."""
+    from tuneloop.monitor.export import export_traffic as run_export
+
+    done = run_export(
+        kind, out, since=since, model=model, reference=[str(p) for p in reference] or None
+    )
+    return done.to_dict()
+
+
 def quickstart(
     out: str | Path = "tuneloop-quickstart", overrides: Sequence[str] = ()
 ) -> dict[str, Any]:

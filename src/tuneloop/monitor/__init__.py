@@ -1,0 +1,1 @@
+"""Watching production: traffic summaries, drift tests, uncovered prompts (docs/monitoring.md)."""
