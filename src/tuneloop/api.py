@@ -804,8 +804,12 @@ def serve(
     drain_seconds: float = 5.0,
     log_traffic: bool = True,
     redact_pii: bool = False,
+    adapters: dict[str, str] | None = None,
 ) -> None:
     """Serve a model as an OpenAI-compatible endpoint (blocks until stopped).
+
+    adapters: served name -> LoRA run on `model` (a base): one base, several adapters,
+    each request choosing by its `model`; admin keys can add, swap and split them live.
 
     log_traffic: every request and answer goes to the registry's traffic table (for
     `tuneloop monitor` and the next dataset); redact_pii: personal data redacted first.
@@ -827,6 +831,7 @@ def serve(
         drain_seconds=drain_seconds,
         log_traffic=log_traffic,
         redact_pii=redact_pii,
+        adapters=adapters,
     )
 
 
@@ -867,7 +872,7 @@ def monitor(
     answer length and refusals per model and over time; drift of the `recent` window's
     prompts against the reference prompts (files given, else the served runs' datasets);
     the uncovered prompts. With `out`, also OUT/monitor.json and OUT/monitor.html."""
-    from tuneloop.monitor.report import build, write
+    from tuneloop.monitoring.report import build, write
 
     report = build(
         since,
@@ -893,7 +898,7 @@ def export_traffic(
     """Logged traffic as a dataset version: kind "uncovered" (prompts far from the
     reference data), "downvoted" (thumbs down) or "corrected" (users' corrections as SFT
     rows). Written to `out` (JSONL) and registered with the request ids as lineage."""
-    from tuneloop.monitor.export import export_traffic as run_export
+    from tuneloop.monitoring.export import export_traffic as run_export
 
     done = run_export(
         kind, out, since=since, model=model, reference=[str(p) for p in reference] or None

@@ -16,6 +16,13 @@ from tuneloop.cli.console import quiet_libraries
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--name", help="Model id clients send (default: MODEL as given).")
 @click.option(
+    "--adapter",
+    "adapters",
+    multiple=True,
+    metavar="NAME=run:ID",
+    help="Serve a LoRA run over MODEL under NAME (repeatable; MODEL must be its base).",
+)
+@click.option(
     "--keys",
     type=click.Path(dir_okay=False),
     help="Keys file (`tuneloop keys create`): every route but /health then needs a key.",
@@ -68,6 +75,7 @@ def serve(
     host: str,
     port: int,
     name: str | None,
+    adapters: tuple[str, ...],
     keys: str | None,
     max_batch: int,
     max_queue: int,
@@ -84,8 +92,15 @@ def serve(
     like a local model.
     """
     quiet_libraries()
+    named = {}
+    for item in adapters:
+        label, sep, ref = item.partition("=")
+        if not sep or not label or not ref:
+            raise click.BadParameter(f"{item!r}: use NAME=run:ID", param_hint="--adapter")
+        named[label] = ref
     api.serve(
         model,
+        adapters=named or None,
         host=host,
         port=port,
         name=name,

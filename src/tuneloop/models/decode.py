@@ -35,6 +35,7 @@ class Row:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    adapter: str | None = None  # a peft adapter name (multi-adapter models), None: base
     ids: list[int] = field(default_factory=list)  # generated so far
     generator: Any = None
 
@@ -52,6 +53,13 @@ class Decoder:
         self.positions: Any = None  # (rows,) next position of each row
         self.last: Any = None  # (rows,) the token each row feeds next
         self._mergeable = True
+        # a peft model with several adapters: each row is run through its own
+        self._multi = hasattr(model, "peft_config")
+
+    def _adapters(self, rows: list[Row]) -> dict[str, Any]:
+        if not self._multi:
+            return {}
+        return {"adapter_names": [r.adapter or "__base__" for r in rows]}
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -77,6 +85,7 @@ class Decoder:
                 attention_mask=mask.to(self.device),
                 position_ids=positions.to(self.device),
                 use_cache=True,
+                **self._adapters(rows),
             )
         cache = out.past_key_values
         for row in rows:
@@ -114,6 +123,7 @@ class Decoder:
                 position_ids=self.positions[:, None],
                 past_key_values=self.cache,
                 use_cache=True,
+                **self._adapters(self.rows),
             )
         self.cache = out.past_key_values
         self.positions = self.positions + 1

@@ -118,6 +118,12 @@ class _Metrics:
             ["route", "status", "model"],
             registry=r,
         )
+        self.by_adapter = Counter(
+            "tuneloop_adapter_requests",
+            "Requests by the served name that answered (after splits) and status",
+            ["adapter", "status"],
+            registry=r,
+        )
         self.prompt_tokens = Counter(
             "tuneloop_prompt_tokens", "Prompt tokens", ["model"], registry=r
         )
@@ -161,6 +167,7 @@ def create_app(
     worker: ModelWorker | None = None,
     log_traffic: bool = True,
     redact_pii: bool = False,
+    adapters: dict[str, str] | None = None,
 ) -> Any:
     """The FastAPI app serving `ref` under the model id `name` (default: the reference).
 
@@ -169,6 +176,7 @@ def create_app(
     worker: an already loaded worker (the app then does not close it).
     log_traffic: write every request to the registry's traffic table (serving/traffic.py);
     redact_pii: with personal data redacted first.
+    adapters: served name -> LoRA run on the same base (serving/adapters.py).
     """
     from contextlib import asynccontextmanager
 
@@ -186,6 +194,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
         state["worker"] = worker or await asyncio.to_thread(ModelWorker, ref, max_batch, max_queue)
+        state["adapters"] = await asyncio.to_thread(_adapter_set, state["worker"])
         if log_traffic:
             from tuneloop.serving.traffic import TrafficLog
 
@@ -199,6 +208,22 @@ def create_app(
     app = FastAPI(
         title="tuneloop", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
+
+    def _adapter_set(w: ModelWorker) -> Any:
+        """The served names; the start-up adapters loaded (before the decoding thread)."""
+        from tuneloop.models import resolve
+        from tuneloop.serving.adapters import AdapterSet, install
+
+        resolved = resolve(ref)
+        if adapters and resolved.adapter:
+            raise TuneloopError(
+                f"{ref} is itself a LoRA run; serve adapters over a base model "
+                f"(tuneloop serve {resolved.base} --adapter NAME={ref} ...)"
+            )
+        aset = AdapterSet(model_id, ref, resolved.base, w.prompting)
+        for adapter_name, adapter_ref in (adapters or {}).items():
+            install(w, aset, adapter_name, adapter_ref)
+        return aset
 
     app.add_middleware(_Gate, store=store, metrics=metrics, model_id=model_id)
 
@@ -223,7 +248,10 @@ def create_app(
     async def models() -> dict[str, Any]:
         return {
             "object": "list",
-            "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "tuneloop"}],
+            "data": [
+                {"id": n, "object": "model", "created": 0, "owned_by": "tuneloop"}
+                for n in state["adapters"].names()
+            ],
         }
 
     def _record(
@@ -240,6 +268,8 @@ def create_app(
         error: str | None = None,
     ) -> None:
         """One traffic row (the background writer stores it; never blocks the answer)."""
+        served_name = job.served if job is not None and job.served else model_id
+        metrics.by_adapter.labels(served_name, str(status)).inc()
         log = state.get("traffic")
         if log is None:
             return
@@ -250,11 +280,17 @@ def create_app(
             params = body.model_dump(
                 include={"max_tokens", "temperature", "top_p", "seed", "stop", "n", "stream"}
             )
+        asked = body.model if body is not None else model_id
+        served = job.served if job is not None and job.served else asked
+        try:
+            served_by = state["adapters"].ref_of(served)
+        except KeyError:  # removed since, or never served
+            served_by = served
         log.log(
             {
                 "request_id": rid,
-                "model": model_id,
-                "served_by": ref,
+                "model": asked,
+                "served_by": served_by,
                 "route": route,
                 "status": status,
                 "key_id": key.id if key is not None else None,
@@ -310,7 +346,7 @@ def create_app(
             return _error(
                 429, str(err), "rate_limit_error", **{"Retry-After": str(err.retry_after)}
             )
-        metrics.prompt_tokens.labels(model_id).inc(len(job.prompt_ids))
+        metrics.prompt_tokens.labels(job.served).inc(len(job.prompt_ids))
         created = int(time.time())
         if body.stream:
             return StreamingResponse(
@@ -367,17 +403,17 @@ def create_app(
             "id": rid,
             "object": "chat.completion" if kind == "chat" else "text_completion",
             "created": created,
-            "model": model_id,
+            "model": body.model,
             "choices": choices,
             "usage": _usage(len(job.prompt_ids), tokens),
         }
 
     def _observe(job: Job, tokens: int) -> None:
-        metrics.generated.labels(model_id).inc(tokens)
+        metrics.generated.labels(job.served).inc(tokens)
         now = time.perf_counter()
-        metrics.latency.labels(model_id).observe(now - job.submitted)
+        metrics.latency.labels(job.served).observe(now - job.submitted)
         if job.first_token is not None:
-            metrics.ttft.labels(model_id).observe(job.first_token - job.submitted)
+            metrics.ttft.labels(job.served).observe(job.first_token - job.submitted)
 
     async def _stream(
         request: Request,
@@ -401,7 +437,7 @@ def create_app(
                 "id": rid,
                 "object": obj,
                 "created": created,
-                "model": model_id,
+                "model": body.model,
                 "choices": choices,
             }
             if body.stream_options and body.stream_options.include_usage:
@@ -439,7 +475,7 @@ def create_app(
                     "id": rid,
                     "object": obj,
                     "created": created,
-                    "model": model_id,
+                    "model": body.model,
                     "choices": [],
                     "usage": _usage(len(job.prompt_ids), tokens),
                 }
@@ -464,12 +500,9 @@ def create_app(
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request, body: ChatRequest) -> Any:
-        if body.model != model_id:
-            return _error(
-                404,
-                f"model {body.model!r} is not served here; this serves {model_id!r}",
-                "not_found_error",
-            )
+        served = state["adapters"].route(body.model)
+        if served is None:
+            return _unknown(body.model)
         roles = [("system" if m.role == "developer" else m.role) for m in body.messages]
         if roles[-1] != "user":
             return _error(400, "messages must end with a user message")
@@ -482,7 +515,8 @@ def create_app(
                 400, f"the messages are far longer than this model's context of {w.context} tokens"
             )
         try:
-            prompt_ids, prepared = await asyncio.to_thread(w.encode_chat, messages)
+            prompting = state["adapters"].prompting(served)
+            prompt_ids, prepared = await asyncio.to_thread(w.encode_chat, messages, prompting)
         except TuneloopError as err:
             return _error(400, str(err))
         budget = _budget(body, len(prompt_ids), body.max_completion_tokens or body.max_tokens)
@@ -492,8 +526,16 @@ def create_app(
                     error=json.loads(budget.body)["error"]["message"])  # fmt: skip
             return budget
         events, emit = _events()
-        rerank = (messages, prepared) if w.prompting.rerank is not None else None
-        job = Job(prompt_ids, body.params(budget), emit, rerank=rerank)
+        rerank = (messages, prepared) if prompting.rerank is not None else None
+        job = Job(
+            prompt_ids,
+            body.params(budget),
+            emit,
+            rerank=rerank,
+            adapter=state["adapters"].adapter_name(served),
+            prompting=prompting,
+            served=served,
+        )
         return await _run(request, body, job, events, "chat", messages)
 
     @app.post("/v1/feedback")
@@ -522,14 +564,11 @@ def create_app(
 
     @app.post("/v1/completions")
     async def completions(request: Request, body: CompletionRequest) -> Any:
-        if body.model != model_id:
-            return _error(
-                404,
-                f"model {body.model!r} is not served here; this serves {model_id!r}",
-                "not_found_error",
-            )
+        served = state["adapters"].route(body.model)
+        if served is None:
+            return _unknown(body.model)
         w: ModelWorker = state["worker"]
-        if w.prompting.rerank is not None:
+        if state["adapters"].prompting(served).rerank is not None:
             return _error(400, "this run answers by label reranking: use /v1/chat/completions")
         if len(body.prompt) > 64 * w.context:
             return _error(
@@ -540,12 +579,109 @@ def create_app(
         if not isinstance(budget, int):
             return budget
         events, emit = _events()
-        job = Job(prompt_ids, body.params(budget), emit)
+        job = Job(
+            prompt_ids,
+            body.params(budget),
+            emit,
+            adapter=state["adapters"].adapter_name(served),
+            served=served,
+        )
         return await _run(
             request, body, job, events, "completion", [{"role": "user", "content": body.prompt}]
         )
 
+    def _unknown(name: str) -> Any:
+        served = ", ".join(repr(n) for n in state["adapters"].names())
+        return _error(
+            404, f"model {name!r} is not served here; this serves {served}", "not_found_error"
+        )
+
+    def _admin(request: Request) -> Any:
+        """None for an admin key, else the error to answer."""
+        if store is None:
+            return _error(
+                403,
+                "admin routes need keys: start the server with --keys and use an admin key "
+                "(tuneloop keys create --admin)",
+                "permission_error",
+            )
+        key = getattr(request.state, "key", None)
+        if key is None or key.scope != "admin":
+            return _error(403, "this route needs an admin key", "permission_error")
+        return None
+
+    def _listing() -> dict[str, Any]:
+        aset = state["adapters"]
+        return {
+            "base": {"name": aset.base_name, "ref": aset.base_ref},
+            "adapters": [
+                {"name": a.name, "ref": a.ref, "weights": a.peft_name}
+                for a in sorted(aset.adapters.values(), key=lambda a: a.name)
+            ],
+            "splits": [
+                {"model": sp.model, "candidate": sp.candidate, "share": sp.share}
+                for sp in aset.splits.values()
+            ],
+        }
+
+    @app.get("/v1/admin/adapters")
+    async def list_adapters(request: Request) -> Any:
+        return _admin(request) or _listing()
+
+    @app.post("/v1/admin/adapters")
+    async def put_adapter(request: Request, body: AdapterRequest) -> Any:
+        """Add an adapter, or replace the weights behind a served name (hot swap)."""
+        from tuneloop.serving.adapters import install
+
+        if (denied := _admin(request)) is not None:
+            return denied
+        w: ModelWorker = state["worker"]
+        future = w.call(lambda worker: install(worker, state["adapters"], body.name, body.ref))
+        try:
+            await asyncio.wrap_future(future)
+        except TuneloopError as err:
+            return _error(400, str(err))
+        return _listing()
+
+    @app.delete("/v1/admin/adapters/{name}")
+    async def delete_adapter(request: Request, name: str) -> Any:
+        from tuneloop.serving.adapters import uninstall
+
+        if (denied := _admin(request)) is not None:
+            return denied
+        w: ModelWorker = state["worker"]
+        future = w.call(lambda worker: uninstall(worker, state["adapters"], name))
+        try:
+            await asyncio.wrap_future(future)
+        except TuneloopError as err:
+            return _error(404, str(err), "not_found_error")
+        return _listing()
+
+    @app.post("/v1/admin/split")
+    async def put_split(request: Request, body: SplitRequest) -> Any:
+        """Send `share` of the requests for `model` to adapter `candidate` (0 removes it)."""
+        if (denied := _admin(request)) is not None:
+            return denied
+        try:
+            state["adapters"].set_split(body.model, body.candidate, body.share)
+        except TuneloopError as err:
+            return _error(400, str(err))
+        return _listing()
+
     return app
+
+
+class AdapterRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")
+    ref: str = Field(min_length=1, max_length=1000)
+
+
+class SplitRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    candidate: str
+    share: Annotated[Number, Field(ge=0, le=1)]
 
 
 class _Gate:
@@ -620,6 +756,7 @@ def serve(
     drain_seconds: float = 5.0,
     log_traffic: bool = True,
     redact_pii: bool = False,
+    adapters: dict[str, str] | None = None,
 ) -> None:
     """Run the endpoint until interrupted. SIGTERM or Ctrl-C stops taking requests, lets
     running ones finish for up to `drain_seconds`, cancels the rest and exits."""
@@ -643,6 +780,7 @@ def serve(
         max_tokens_limit,
         log_traffic=log_traffic,
         redact_pii=redact_pii,
+        adapters=adapters,
     )
     uvicorn.run(
         app,

@@ -67,6 +67,9 @@ class Job:
     params: Params
     emit: Callable[[Event], None]  # called on the worker thread; must be thread-safe
     rerank: tuple[Conversation, Conversation] | None = None  # (as sent, as prepared)
+    adapter: str | None = None  # the peft adapter that answers (None: the base model)
+    prompting: Any = None  # the answering adapter's prompting (None: the worker's)
+    served: str = ""  # the served name that answers (after any traffic split)
     submitted: float = field(default_factory=time.perf_counter)
     first_token: float | None = None
     cancelled: bool = False
@@ -110,25 +113,36 @@ class ModelWorker:
         self.model, self.tokenizer, self.prompting = loaded
         self.model.eval()
         self.context = _context_length(self.model, self.tokenizer)
+        # the fast tokenizer's Rust object refuses concurrent calls that set padding or
+        # truncation ("Already borrowed"): request threads encode one at a time
+        self._tokenizer_lock = threading.Lock()
         self._waiting: collections.deque[Job] = collections.deque()
         self._cv = threading.Condition()
         self._closing = False
+        self._control: collections.deque[tuple[Callable[[ModelWorker], Any], Any]] = (
+            collections.deque()
+        )
         self._active = 0
         self._seconds = 1.0  # running mean of a request's time in the worker
         self._thread: threading.Thread | None = None
 
     # --- called from the app ------------------------------------------------------------
 
-    def encode_chat(self, messages: Conversation) -> tuple[list[int], Conversation]:
-        """The request as the model was trained to see it, and its prompt tokens."""
+    def encode_chat(
+        self, messages: Conversation, prompting: Any = None
+    ) -> tuple[list[int], Conversation]:
+        """The request as the model was trained to see it, and its prompt tokens.
+        prompting: an adapter's (default: the worker's model's)."""
         from tuneloop.models.generate import encode_prompt
 
-        (prepared,) = self.prompting.prepare([messages])
-        return encode_prompt(self.tokenizer, prepared), prepared
+        (prepared,) = (prompting or self.prompting).prepare([messages])
+        with self._tokenizer_lock:
+            return encode_prompt(self.tokenizer, prepared), prepared
 
     def encode_text(self, text: str) -> list[int]:
         """A raw completion prompt's tokens (`/v1/completions`: no chat template)."""
-        return list(self.tokenizer(text)["input_ids"])
+        with self._tokenizer_lock:
+            return list(self.tokenizer(text)["input_ids"])
 
     @property
     def depth(self) -> int:
@@ -151,12 +165,27 @@ class ModelWorker:
                     retry_after=max(1, min(60, math.ceil(ahead * self._seconds))),
                 )
             self._waiting.append(job)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._loop, name="tuneloop-serve", daemon=True
-                )
-                self._thread.start()
+            self._ensure_thread()
             self._cv.notify()
+
+    def call(self, fn: Callable[[ModelWorker], Any]) -> Any:
+        """Run `fn(worker)` on the decoding thread once no row is decoding (new rows wait),
+        so it may change the model (load or remove an adapter); returns a Future."""
+        from concurrent.futures import Future
+
+        future: Future[Any] = Future()
+        with self._cv:
+            if self._closing:
+                raise QueueFull("the server is shutting down", retry_after=5)
+            self._control.append((fn, future))
+            self._ensure_thread()
+            self._cv.notify()
+        return future
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="tuneloop-serve", daemon=True)
+            self._thread.start()
 
     def close(self, timeout: float = 10.0) -> None:
         """Fail what is waiting, stop decoding at the next step, join the thread."""
@@ -187,16 +216,27 @@ class ModelWorker:
                             Event("error", error=QueueFull("the server is shutting down", 5))
                         )
                     return
-                if not decoder.rows and not pending and not self._waiting:
+                control = self._control[0] if self._control else None
+                if control is not None and not decoder.rows and not pending:
+                    self._control.popleft()
+                if not decoder.rows and not pending and not self._waiting and not control:
                     self._cv.wait(timeout=0.5)
                     continue
                 room = self.max_batch - len(decoder) - len(pending)
                 taken: list[Job] = []
-                while self._waiting and room > 0:
+                while self._waiting and room > 0 and control is None:
                     job = self._waiting.popleft()
                     if not job.cancelled:
                         taken.append(job)
                         room -= 1 if job.rerank else job.params.n
+            if control is not None and not decoder.rows and not pending:
+                fn, future = control
+                try:
+                    future.set_result(fn(self))
+                except Exception as err:  # reported to the caller; the server keeps serving
+                    future.set_exception(err)
+                decoder = Decoder(self.model, self.tokenizer.pad_token_id)  # the new model
+                continue
             reranks = [j for j in taken if j.rerank is not None]
             if reranks:
                 self._answer_reranks(reranks)
@@ -212,6 +252,7 @@ class ModelWorker:
                         temperature=job.params.temperature,
                         top_p=job.params.top_p,
                         seed=seed,
+                        adapter=job.adapter,
                     )
                     choices[next_key] = _Choice(job, i)
                     pending.append(row)
@@ -277,21 +318,41 @@ class ModelWorker:
                 self._seconds = 0.9 * self._seconds + 0.1 * seconds
 
     def _answer_reranks(self, jobs: list[Job]) -> None:
-        """A run trained with label_rerank answers with its chosen label, as in evaluation."""
-        try:
-            raw = [j.rerank[0] for j in jobs if j.rerank]
-            prompts = [j.rerank[1] for j in jobs if j.rerank]
-            chosen = self.prompting.reranked(self.model, self.tokenizer, raw, prompts, len(prompts))
-        except Exception as err:
-            for job in jobs:
-                job.emit(Event("error", error=err))
-            return
-        for job, pick in zip(jobs, chosen, strict=True):
-            tokens = len(self.tokenizer(pick.text, add_special_tokens=False)["input_ids"]) + 1
-            job.first_token = time.perf_counter()
-            for i in range(job.params.n):
-                job.emit(Event("delta", i, pick.text))
-                job.emit(Event("done", i, finish_reason="stop", tokens=tokens))
+        """A run trained with label_rerank answers with its chosen label, as in evaluation
+        (one scoring batch per adapter, with that adapter active)."""
+        groups: dict[str | None, list[Job]] = {}
+        for job in jobs:
+            groups.setdefault(job.adapter, []).append(job)
+        for adapter, group in groups.items():
+            try:
+                chosen = self._rerank_group(adapter, group)
+            except Exception as err:
+                for job in group:
+                    job.emit(Event("error", error=err))
+                continue
+            for job, pick in zip(group, chosen, strict=True):
+                with self._tokenizer_lock:
+                    ids = self.tokenizer(pick.text, add_special_tokens=False)["input_ids"]
+                tokens = len(ids) + 1
+                job.first_token = time.perf_counter()
+                for i in range(job.params.n):
+                    job.emit(Event("delta", i, pick.text))
+                    job.emit(Event("done", i, finish_reason="stop", tokens=tokens))
+
+    def _rerank_group(self, adapter: str | None, jobs: list[Job]) -> list[Any]:
+        import contextlib
+
+        prompting = jobs[0].prompting or self.prompting
+        raw = [j.rerank[0] for j in jobs if j.rerank]
+        prompts = [j.rerank[1] for j in jobs if j.rerank]
+        scope: Any = contextlib.nullcontext()
+        if hasattr(self.model, "peft_config"):
+            if adapter is None:
+                scope = self.model.disable_adapter()
+            else:
+                self.model.set_adapter(adapter)
+        with self._tokenizer_lock, scope:  # scoring encodes the candidates
+            return prompting.reranked(self.model, self.tokenizer, raw, prompts, len(prompts))
 
 
 def _settled(text: str, stops: list[str]) -> str:

@@ -6,7 +6,7 @@ replicas), and writes `OUT/monitor.json` and a self-contained `OUT/monitor.html`
 - volume, error rate, latency percentiles, answer length and refusal rate, per served
   model and per time bucket (hourly, daily past three days);
 - drift of recent prompts against the reference prompts (the served run's training and
-  eval data, or files given), by the tests in `monitor/drift.py`, with an alert line;
+  eval data, or files given), by the tests in `monitoring/drift.py`, with an alert line;
 - the uncovered prompts, each with its nearest reference examples: candidates for the
   next eval suite and dataset (`tuneloop traffic export --uncovered`).
 """
@@ -167,7 +167,7 @@ def build(
     """
     from tuneloop import registry
     from tuneloop.data.embed import embed
-    from tuneloop.monitor.drift import drift_test, uncovered
+    from tuneloop.monitoring.drift import drift_test, uncovered
     from tuneloop.registry.tables import utcnow
 
     now = now or utcnow()

@@ -14,7 +14,7 @@ prompt embeddings, and the prompts nothing in the training or eval data resemble
   than almost every reference example is to its own nearest neighbour (below the
   `quantile` of the reference set's leave-one-out nearest-neighbour similarities).
 
-The level and power of the tests are checked by simulation in tests/monitor/test_drift.py.
+The level and power of the tests are checked by simulation in tests/monitoring/test_drift.py.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`tuneloop traffic export`: selected production traffic becomes a dataset version.
 
-- `uncovered`: prompts far from every reference example (monitor/drift.py), as prompt rows
+- `uncovered`: prompts far from every reference example (monitoring/drift.py), as prompt rows
   (the conversation up to the user's last message): for an eval suite after labelling, for
   the studio, for `compare --data`.
 - `downvoted`: prompts whose answer got a thumbs down, with the answer and the comment kept
@@ -43,7 +43,7 @@ def export_traffic(
     """Write the selected traffic to `out` (JSONL) and register it (see module docstring)."""
     from tuneloop import registry
     from tuneloop.files import atomic_write_jsonl
-    from tuneloop.monitor.report import build, parse_since
+    from tuneloop.monitoring.report import build, parse_since
     from tuneloop.registry.tables import utcnow
 
     if kind not in KINDS:

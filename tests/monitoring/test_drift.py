@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tuneloop.monitor.drift import classifier_auc, drift_test, mmd_test, uncovered
+from tuneloop.monitoring.drift import classifier_auc, drift_test, mmd_test, uncovered
 
 TRIALS = 40
 
