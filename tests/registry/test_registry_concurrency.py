@@ -247,3 +247,79 @@ def test_run_status_tells_a_dead_process_from_a_live_one() -> None:
     assert registry.run_status(registry.get_run(run.id), now=later) == "completed"
     old = registry.update_run(registry.start_run("old", "train").id, pid=None, host=None)
     assert registry.run_status(old, now=later) == "running"
+
+
+def _replica(model: Path, url: str) -> tuple[subprocess.Popen[str], str]:
+    import json
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuneloop.cli", "serve", str(model), "--name", "m",
+         "--port", str(port)],
+        env={**os.environ, "TUNELOOP_DB_URL": url},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "replica exited"
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                if json.loads(r.read())["status"] == "ok":
+                    return proc, base
+        except OSError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("replica did not start")
+
+
+def _post(base: str, path: str, body: dict) -> tuple[int, dict]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"{base}{path}", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_two_serving_replicas_share_one_postgres_registry(
+    postgres_url: str, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replicas hold no state of their own: two `tuneloop serve` processes log every
+    request into one PostgreSQL registry, and feedback sent to either finds a request the
+    other answered."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setenv("TUNELOOP_DB_URL", postgres_url)
+    with create_engine(postgres_url).begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    db._engine_for.cache_clear()
+    registry.get_engine(postgres_url)  # the schema exists before the replicas start
+    replicas = [_replica(tiny_model, postgres_url) for _ in range(2)]
+    try:
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+        targets = [replicas[i % 2][1] for i in range(40)]
+        with ThreadPoolExecutor(8) as pool:
+            replies = list(pool.map(lambda b: _post(b, "/v1/chat/completions", body), targets))
+        assert [s for s, _ in replies] == [200] * 40
+        first_on_a = replies[0][1]["id"]
+        status, out = _post(replicas[1][1], "/v1/feedback", {"id": first_on_a, "rating": "up"})
+        assert status == 200, out
+    finally:
+        for proc, _ in replicas:
+            proc.terminate()
+        for proc, _ in replicas:
+            proc.wait(30)
+    logged = registry.list_traffic()
+    assert sorted(r.request_id for r in logged) == sorted(r["id"] for _, r in replies)
+    assert [f.request_id for f in registry.feedback_for()] == [first_on_a]
