@@ -906,6 +906,37 @@ def export_traffic(
     return done.to_dict()
 
 
+def iterate(
+    recipe: str | Path | Recipe,
+    *overrides: str,
+    serving: str,
+    adapter: str,
+    suite: str | Path,
+    gate: str,
+    out: str | Path = "tuneloop-iterate",
+    since: str = "7d",
+    admin_key: str | None = None,
+) -> dict[str, Any]:
+    """One turn of the loop: the recipe's data plus users' corrections from the traffic
+    log become the next dataset version; the recipe trains a candidate on it; the suite
+    compares it with the run serving as `adapter` at `serving`; the candidate is hot-swapped
+    in only if `gate` passes. Returns (and writes OUT/iterate.json) what happened and why.
+    admin_key: an admin key of the server (default: $TUNELOOP_ADMIN_KEY)."""
+    from tuneloop.workflows.iterate import run_iterate
+
+    return run_iterate(
+        _parsed_recipe(recipe, overrides), serving, adapter, str(suite), gate, out,
+        since=since, admin_key=admin_key,
+    )  # fmt: skip
+
+
+def rollback(serving: str, adapter: str, admin_key: str | None = None) -> dict[str, Any]:
+    """Put back the run that the latest `iterate` promotion of `adapter` replaced."""
+    from tuneloop.workflows.iterate import run_rollback
+
+    return run_rollback(serving, adapter, admin_key)
+
+
 def quickstart(
     out: str | Path = "tuneloop-quickstart", overrides: Sequence[str] = ()
 ) -> dict[str, Any]:

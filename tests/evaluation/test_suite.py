@@ -162,13 +162,19 @@ def test_compare_reports_changes_forgetting_and_gates(
 def test_gate_keys_and_errors() -> None:
     result = {
         "tasks": {
-            "a": {"tuned": {"metrics": {"accuracy": 0.91, "macro_f1": 0.8}}},
+            "a": {
+                "base": {"metrics": {"accuracy": 0.95, "macro_f1": 0.7}},
+                "tuned": {"metrics": {"accuracy": 0.91, "macro_f1": 0.8}},
+            },
             "b": {"tuned": {"metrics": {"token_f1": 0.5}}},
         },
         "forgetting": {"drop": 0.03},
     }
     assert check_gate(result, "accuracy>=0.9, forgetting.drop<=0.05") == []
     assert check_gate(result, "b.token_f1>0.6") == ["b.token_f1 = 0.5000, needs > 0.6"]
+    # .delta: tuned minus base (a promotion gate: no worse than what it replaces)
+    assert check_gate(result, "a.macro_f1.delta>=0") == []
+    assert check_gate(result, "accuracy.delta>=0") == ["accuracy.delta = -0.0400, needs >= 0"]
     with pytest.raises(TuneloopError, match="was not measured"):
         check_gate(result, "bleu>=1")
     with pytest.raises(TuneloopError, match="expected KEY OP NUMBER"):

@@ -104,4 +104,49 @@ def traffic_export(
     click.echo(f"{done['rows']} {kind} rows -> {done['path']} (dataset {done['dataset_id']})")
 
 
-COMMANDS = [monitor, traffic]
+@click.command()
+@click.argument("recipe", type=click.Path(exists=True, dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--serving", required=True, help="The running server's URL (http://HOST:PORT).")
+@click.option("--adapter", required=True, help="The served adapter name to improve.")
+@click.option("--suite", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--gate", required=True, help='Promotion gate, e.g. "support.rouge_l>=0.2".')
+@click.option("--since", default="7d", show_default=True, help="Corrections from this window.")
+@click.option("--out", default="tuneloop-iterate", show_default=True, type=click.Path())
+def iterate(
+    recipe: str,
+    overrides: tuple[str, ...],
+    serving: str,
+    adapter: str,
+    suite: str,
+    gate: str,
+    since: str,
+    out: str,
+) -> None:
+    """Next dataset (data + users' corrections), train, gate against production, promote.
+
+    The server's admin key comes from TUNELOOP_ADMIN_KEY.
+    """
+    quiet_libraries()
+    done = api.iterate(
+        recipe, *overrides, serving=serving, adapter=adapter, suite=suite, gate=gate,
+        out=out, since=since,
+    )  # fmt: skip
+    click.echo(
+        f"{done['corrections']} corrections -> dataset {done['dataset']}; "
+        f"candidate {done['candidate']} vs production {done['production']}"
+    )
+    click.echo(("PROMOTED: " if done["promoted"] else "NOT PROMOTED: ") + done["reason"])
+    click.echo(f"report: {done['report']}")
+
+
+@click.command()
+@click.option("--serving", required=True, help="The running server's URL (http://HOST:PORT).")
+@click.option("--adapter", required=True, help="The served adapter name.")
+def rollback(serving: str, adapter: str) -> None:
+    """Put back the run the latest `tuneloop iterate` promotion replaced."""
+    done = api.rollback(serving, adapter)
+    click.echo(f"{adapter}: {done['from']} -> {done['to']}")
+
+
+COMMANDS = [monitor, traffic, iterate, rollback]

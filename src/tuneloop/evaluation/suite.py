@@ -451,7 +451,9 @@ def check_gate(result: dict[str, Any], gate: str) -> list[str]:
     """Failed clauses of a gate like "accuracy>=0.9,forgetting.drop<=0.05" (empty: pass).
 
     A key is `forgetting.drop` (or another forgetting field), `TASK.METRIC`, or a bare
-    METRIC, taken from the first task that has it; values are the tuned model's.
+    METRIC, taken from the first task that has it; values are the tuned model's. A key
+    ending in `.delta` is the tuned value minus the base's (`support.rouge_l.delta>=0`:
+    no worse than the model it would replace).
     """
     import operator
 
@@ -471,6 +473,14 @@ def check_gate(result: dict[str, Any], gate: str) -> list[str]:
 
 
 def _gate_value(result: dict[str, Any], key: str) -> float:
+    if key.endswith(".delta") and not key.startswith("forgetting."):
+        # tuned minus base: "support.rouge_l.delta>=0" = no worse than the model it replaces
+        tuned = _gate_value_of(result, key.removesuffix(".delta"))
+        return tuned - _gate_value_of(result, key.removesuffix(".delta"), side="base")
+    return _gate_value_of(result, key)
+
+
+def _gate_value_of(result: dict[str, Any], key: str, side: str = "tuned") -> float:
     if key.startswith("forgetting."):
         field = key.split(".", 1)[1]
         value = result.get("forgetting", {}).get(field)
@@ -482,11 +492,11 @@ def _gate_value(result: dict[str, Any], key: str) -> float:
     owner = max((t for t in tasks if key.startswith(t + ".")), key=len, default=None)
     if owner is not None:
         task, metric = owner, key[len(owner) + 1 :]
-        found = tasks[task]["tuned"]["metrics"].get(metric)
+        found = tasks[task][side]["metrics"].get(metric)
     else:
         task, metric = None, key
         found = next(
-            (t["tuned"]["metrics"][key] for t in tasks.values() if key in t["tuned"]["metrics"]),
+            (t[side]["metrics"][key] for t in tasks.values() if key in t[side]["metrics"]),
             None,
         )
     if found is None:
