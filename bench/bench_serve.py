@@ -1,7 +1,7 @@
 """`tuneloop serve` vs a plain one-request-at-a-time `generate` server: N concurrent clients.
 
     python bench/bench_serve.py [--clients 16] [--requests 48] [--max-tokens 32]
-        [--rounds 1] [--model DIR] [--overload]
+        [--rounds 1] [--model DIR] [--overload] [--serve-arg=--no-log ...]
 
 Both servers run the bundled SmolLM2-135M-Instruct (from tuneloop's model cache) in their
 own process on loopback, with greedy decoding and the same token budget:
@@ -166,6 +166,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--model", default=None)
     ap.add_argument("--overload", action="store_true")
+    ap.add_argument(
+        "--serve-arg", action="append", default=[], help="Extra `tuneloop serve` flag (repeatable)."
+    )
     ap.add_argument("--plain-server", nargs=2, metavar=("MODEL", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.plain_server:
@@ -179,7 +182,7 @@ def main() -> None:
     tl_port, plain_port = _free_port(), _free_port()
     tl = _start(
         [sys.executable, "-m", "tuneloop.cli", "serve", model, "--name", "m",
-         "--port", str(tl_port)],
+         "--port", str(tl_port), *args.serve_arg],
         tl_port,
     )  # fmt: skip
     plain = _start([sys.executable, __file__, "--plain-server", model, str(plain_port)], plain_port)
