@@ -4,8 +4,6 @@ hot swap, removal and traffic splits through the admin routes."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -19,15 +17,9 @@ from tuneloop import registry
 from tuneloop.config import recipe_from_dict
 from tuneloop.training import train
 
-from conftest import ticket_run_recipe
+from conftest import serving_in_thread, ticket_run_recipe
 
 QUESTIONS = ["the printer is jammed", "my invoice is wrong", "reset my password please"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _call(base: str, method: str, path: str, body: object | None, key: str) -> tuple[int, dict]:
@@ -95,28 +87,17 @@ def runs(tiny_model: Path, tmp_path: Path) -> dict:
 
 @pytest.fixture
 def server(tiny_model: Path, runs: dict, tmp_path: Path) -> Iterator[dict]:
-    import uvicorn
-
     from tuneloop.serving import create_app
     from tuneloop.serving.auth import create_key
 
     keys = tmp_path / "keys.jsonl"
     user, _ = create_key(keys, "app")
     admin, _ = create_key(keys, "ops", "admin")
-    port = _free_port()
     app = create_app(
         str(tiny_model), name="base", keys=str(keys), adapters={"a": runs["first"]["ref"]}
     )
-    srv = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not srv.started:
-        assert time.time() < deadline
-        time.sleep(0.05)
-    yield {"base": f"http://127.0.0.1:{port}", "user": user, "admin": admin}
-    srv.should_exit = True
-    thread.join(timeout=30)
+    with serving_in_thread(app) as url:
+        yield {"base": url, "user": user, "admin": admin}
 
 
 def test_each_name_answers_as_its_run_alone_even_in_one_batch(server: dict, runs: dict) -> None:

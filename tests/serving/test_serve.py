@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,7 +16,7 @@ from tuneloop.errors import TuneloopError
 from tuneloop.evaluation import evaluate_file
 from tuneloop.models.remote import chat_completion
 
-from conftest import chat, write_jsonl
+from conftest import chat, serving_in_thread, write_jsonl
 
 NAME = "tiny"
 
@@ -32,24 +30,10 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tiny_model: Path) -> Iterator[str]:
     """`tuneloop serve` on the tiny model, in this process, on a free port."""
-    import uvicorn
-
     from tuneloop.serving import create_app
 
-    port = _free_port()
-    config = uvicorn.Config(
-        create_app(str(tiny_model), name=NAME, max_batch=4), port=port, log_level="warning"
-    )
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not srv.started:
-        assert time.time() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1"
-    srv.should_exit = True
-    thread.join(timeout=30)
+    with serving_in_thread(create_app(str(tiny_model), name=NAME, max_batch=4)) as url:
+        yield f"{url}/v1"
 
 
 def _post(url: str, body: object) -> tuple[int, dict]:

@@ -5,9 +5,6 @@ by hot swap only when the gate passes, and rolled back."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,13 +16,7 @@ from tuneloop.config import recipe_from_dict
 from tuneloop.errors import TuneloopError
 from tuneloop.training import train
 
-from conftest import chat, write_jsonl
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import chat, serving_in_thread, write_jsonl
 
 
 def _post(url: str, body: dict, key: str) -> dict:
@@ -40,8 +31,6 @@ def _post(url: str, body: dict, key: str) -> dict:
 
 @pytest.fixture
 def loop(tiny_model: Path, tmp_path: Path) -> Iterator[dict]:
-    import uvicorn
-
     from tuneloop.serving import create_app
     from tuneloop.serving.auth import create_key
 
@@ -64,16 +53,15 @@ def loop(tiny_model: Path, tmp_path: Path) -> Iterator[dict]:
     keys = tmp_path / "keys.jsonl"
     user, _ = create_key(keys, "app")
     admin, _ = create_key(keys, "ops", "admin")
-    port = _free_port()
     app = create_app(str(tiny_model), name="base", keys=str(keys), adapters={"orders": production})
-    srv = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not srv.started:
-        assert time.time() < deadline
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}"
+    with serving_in_thread(app) as url:
+        yield _with_a_correction(url, user, admin, production, recipe, tmp_path, eval_file)
+
+
+def _with_a_correction(
+    url: str, user: str, admin: str, production: str, recipe: dict, tmp_path: Path, eval_file: Path
+) -> dict:
+    """One logged answer with a user's correction on it; what the tests need to know."""
     reply = _post(
         f"{url}/v1/chat/completions",
         {"model": "orders", "messages": [{"role": "user", "content": "Where is order 99?"}],
@@ -81,12 +69,10 @@ def loop(tiny_model: Path, tmp_path: Path) -> Iterator[dict]:
         user,
     )  # fmt: skip
     _post(f"{url}/v1/feedback", {"id": reply["id"], "correction": "Order 99 ships Monday."}, user)
-    yield {
+    return {
         "url": url, "admin": admin, "production": production, "recipe": recipe,
         "suite": str(tmp_path / "suite.yaml"), "out": tmp_path / "iterate", "eval": eval_file,
     }  # fmt: skip
-    srv.should_exit = True
-    thread.join(timeout=30)
 
 
 def _serving(url: str, admin: str) -> str:

@@ -29,6 +29,13 @@ def loss_curve_png(history: list[dict[str, Any]]) -> bytes | None:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (answer tokens)")
     ax.grid(alpha=0.3)
+    return figure_png(fig)
+
+
+def figure_png(fig: Any) -> bytes:
+    """A matplotlib figure as PNG bytes (laid out, then closed), for inline report images."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

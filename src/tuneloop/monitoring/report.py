@@ -14,7 +14,6 @@ replicas), and writes `OUT/monitor.json` and a self-contained `OUT/monitor.html`
 from __future__ import annotations
 
 import base64
-import io
 import re
 from collections import defaultdict
 from datetime import datetime, timedelta
@@ -225,6 +224,8 @@ def timeline_png(report: dict[str, Any]) -> bytes | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from tuneloop.evaluation.report import figure_png
+
     xs = [b["start"][5:16].replace("T", " ") for b in buckets]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3), dpi=100)
     axes[0].bar(xs, [b["requests"] for b in buckets])
@@ -240,11 +241,7 @@ def timeline_png(report: dict[str, Any]) -> bytes | None:
     for ax in axes:
         ax.tick_params(axis="x", labelrotation=45, labelsize=7)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 def write(report: dict[str, Any], out: str | Path) -> Path:
