@@ -103,6 +103,10 @@ def test_a_failed_gate_keeps_production_and_a_passed_one_promotes_then_rolls_bac
     dataset = registry.get_dataset(refused["dataset"])
     assert dataset.parent_id == refused["parent_dataset"]
     assert dataset.meta["corrections"] == 1
+    # the candidate's training reused these versions: one record per file, not two
+    train_file = str(Path(loop["recipe"]["data"]["train"]).resolve())
+    for source in (train_file, str((loop["out"] / "a" / "next_train.jsonl").resolve())):
+        assert len([d for d in registry.list_datasets() if d.source == source]) == 1, source
 
     promoted = iterate(recipe, gate="orders.rouge_l>=0", out=loop["out"] / "b", **common)
     assert promoted["promoted"] is True

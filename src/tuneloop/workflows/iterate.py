@@ -88,18 +88,20 @@ def run_iterate(
 ) -> dict[str, Any]:
     """One iteration (see the module docstring); returns what iterate.json holds."""
     from tuneloop import registry
+    from tuneloop.data.readers import read_conversations
     from tuneloop.evaluation.suite import check_gate, load_suite, parse_gate, write_report
     from tuneloop.evaluation.suite import compare as compare_suite
     from tuneloop.files import atomic_write_json, atomic_write_jsonl
     from tuneloop.monitoring.export import export_traffic
     from tuneloop.training import train
+    from tuneloop.training.common import data_path
 
     parse_gate(gate)  # a malformed gate fails now, not after training
     loaded_suite = load_suite(suite)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     production = production_ref(serving, adapter, admin_key)
-    train_path = Path(recipe.data.train)
+    train_path = Path(data_path(recipe.data.train))
     if train_path.suffix != ".jsonl":
         raise TuneloopError(
             f"iterate adds corrections to JSONL training data; {train_path} is not .jsonl "
@@ -122,18 +124,21 @@ def run_iterate(
             if "no corrected traffic" not in str(err):
                 raise
             corrected, corrections = None, []
-        base_rows = _read_jsonl(train_path)
-        parent = registry.register_dataset(
-            train_path.stem, base_rows, str(train_path.resolve()), "jsonl"
-        )
-        next_rows = base_rows + [{"messages": c["messages"]} for c in corrections]
+        next_rows = _read_jsonl(train_path) + [{"messages": c["messages"]} for c in corrections]
         next_path = out / "next_train.jsonl"
         atomic_write_jsonl(next_path, next_rows)
+        # registered as training registers them (normalised rows, same source), so the
+        # candidate's run reuses these versions instead of recording the files again
+        current = read_conversations(train_path)
+        parent = registry.register_dataset(
+            train_path.stem, current.conversations, str(train_path), current.format
+        )
+        following = read_conversations(next_path)
         next_ds = registry.register_dataset(
-            f"{train_path.stem}-next",
-            next_rows,
-            str(next_path.resolve()),
-            "jsonl",
+            next_path.stem,
+            following.conversations,
+            str(next_path),
+            following.format,
             meta={
                 "iterate_run": run.id,
                 "corrections": len(corrections),
