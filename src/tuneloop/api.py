@@ -386,10 +386,10 @@ class Model:
     @classmethod
     def load(cls, ref: str = BUNDLED_MODEL) -> Model:
         model = cls(ref)
-        model._worker()
+        model._load()
         return model
 
-    def _worker(self) -> Any:
+    def _load(self) -> Any:
         if self._loaded is None:
             from tuneloop.data.prompting import Prompting
             from tuneloop.models import load
@@ -413,7 +413,7 @@ class Model:
         single = isinstance(messages, str) or (bool(messages) and isinstance(messages[0], dict))
         items = [messages] if single else list(messages)
         batch = [conversation(m) for m in items]  # type: ignore[arg-type]
-        model, tokenizer, prompting = self._worker()
+        model, tokenizer, prompting = self._load()
         answers = [g.text for g in prompting.answer(model, tokenizer, batch, max_new_tokens)]
         return answers[0] if single else answers
 

@@ -107,21 +107,14 @@ def timeline(records: list[Any]) -> tuple[str, list[dict[str, Any]]]:
 
 def reference_prompts(files: list[str], runs: list[int]) -> list[str]:
     """User prompts of the reference data: given files, and the datasets the runs trained
-    and were evaluated on (where those files still exist)."""
-    from tuneloop import registry
+    and were evaluated on (each read once, from its stored path or else its source file,
+    where one still exists)."""
     from tuneloop.data.readers import read_conversations
     from tuneloop.errors import DataError
 
     paths = list(files)
     for run_id in runs:
-        run = registry.get_run(run_id)
-        for link in _run_datasets(run_id):
-            if Path(link).exists():
-                paths.append(link)
-        if not paths and run.run_dir:
-            for name in ("train.jsonl", "validation.jsonl"):
-                if (Path(run.run_dir) / name).exists():
-                    paths.append(str(Path(run.run_dir) / name))
+        paths += _run_dataset_files(run_id)
     texts: list[str] = []
     for path in dict.fromkeys(paths):
         try:
@@ -132,7 +125,7 @@ def reference_prompts(files: list[str], runs: list[int]) -> list[str]:
     return [t for t in texts if t]
 
 
-def _run_datasets(run_id: int) -> list[str]:
+def _run_dataset_files(run_id: int) -> list[str]:
     from sqlalchemy import select
 
     from tuneloop.registry.db import session_scope
@@ -144,10 +137,8 @@ def _run_datasets(run_id: int) -> list[str]:
             .join(RunDataset, RunDataset.dataset_id == Dataset.id)
             .where(RunDataset.run_id == run_id)
         ).all()
-    out = []
-    for path, source in rows:
-        out += [p for p in (path, source) if p]
-    return out
+    found = (next((p for p in pair if p and Path(p).is_file()), None) for pair in rows)
+    return [p for p in found if p]
 
 
 def build(

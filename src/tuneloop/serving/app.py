@@ -114,8 +114,8 @@ class _Metrics:
         r = self.registry
         self.requests = Counter(
             "tuneloop_requests",
-            "Requests by route, status and model",
-            ["route", "status", "model"],
+            "Requests by route and status (by adapter: tuneloop_adapter_requests)",
+            ["route", "status"],
             registry=r,
         )
         self.by_adapter = Counter(
@@ -225,7 +225,7 @@ def create_app(
             install(w, aset, adapter_name, adapter_ref)
         return aset
 
-    app.add_middleware(_Gate, store=store, metrics=metrics, model_id=model_id)
+    app.add_middleware(_Gate, store=store, metrics=metrics)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError) -> Any:
@@ -688,8 +688,8 @@ class _Gate:
     """Pure ASGI middleware (a `BaseHTTPMiddleware` would break disconnect detection and
     streaming): the key check on every route but /health, and the request counter."""
 
-    def __init__(self, app: Any, store: Any, metrics: _Metrics, model_id: str) -> None:
-        self.app, self.store, self.metrics, self.model_id = app, store, metrics, model_id
+    def __init__(self, app: Any, store: Any, metrics: _Metrics) -> None:
+        self.app, self.store, self.metrics = app, store, metrics
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -701,7 +701,7 @@ class _Gate:
             key = header[7:].strip() if header.lower().startswith("bearer ") else None
             record = await asyncio.to_thread(self.store.check, key)
             if record is None:
-                self.metrics.requests.labels(path, "401", "").inc()
+                self.metrics.requests.labels(path, "401").inc()
                 response = _error(
                     401,
                     "missing or invalid API key: send Authorization: Bearer KEY",
@@ -721,7 +721,7 @@ class _Gate:
             await self.app(scope, receive, counting_send)
         finally:
             if path.startswith("/v1/") and status["code"]:
-                self.metrics.requests.labels(path, str(status["code"]), self.model_id).inc()
+                self.metrics.requests.labels(path, str(status["code"])).inc()
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
