@@ -540,17 +540,21 @@ def export(
     merged: bool = True,
     force: bool = False,
     base_model: str | None = None,
+    gguf: str | None = None,
 ) -> dict[str, Path]:
-    """Export a run's PEFT adapter and/or merged model, each with a model card.
+    """Export a run's PEFT adapter and/or merged model, each with a model card; with
+    `gguf="f16"` or `"q8_0"` also `OUT/gguf`: a GGUF file for llama.cpp, an Ollama
+    `Modelfile` and `parity.json` (docs/serving.md, "Run it in llama.cpp or Ollama").
 
     The adapter names its base portably (`base_model`, else the bundled model's hub id,
-    else the recipe's model as written). A non-empty `OUT/adapter` or `OUT/merged` that an
-    earlier export did not write is refused unless `force`; even then only the files an
-    export writes are replaced.
+    else the recipe's model as written). A non-empty `OUT/adapter`, `OUT/merged` or
+    `OUT/gguf` that an earlier export did not write is refused unless `force`; even then
+    only the files an export writes are replaced. The GGUF is written only if it renders,
+    tokenises and scores one conversation as the run does (else ModelError says how not).
     """
     from tuneloop.training.export import export_run
 
-    return export_run(run, out, merged=merged, force=force, base_model=base_model)
+    return export_run(run, out, merged=merged, force=force, base_model=base_model, gguf=gguf)
 
 
 def _run_info(r: Any, detail: bool) -> Run:

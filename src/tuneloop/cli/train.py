@@ -133,12 +133,54 @@ def sweep(
     help="Base-model reference for the exported adapter and model cards (default: the "
     "bundled model's hub id, else the recipe's model as written).",
 )
-def export(run: str, out: str, merged: bool, force: bool, base_model: str | None) -> None:
-    """Export RUN (run:ID): its PEFT adapter and/or a merged model, each with a model card."""
+@click.option(
+    "--gguf",
+    "gguf",
+    is_flag=True,
+    help="Also write OUT/gguf: a GGUF file for llama.cpp and Ollama, a Modelfile, and "
+    "parity.json (templates, tokens, stop token and logits checked against the run).",
+)
+@click.option(
+    "--quant",
+    type=click.Choice(["f16", "q8_0"]),
+    default="f16",
+    show_default=True,
+    help="How the GGUF stores the weight matrices (norms stay float32).",
+)
+def export(
+    run: str,
+    out: str,
+    merged: bool,
+    force: bool,
+    base_model: str | None,
+    gguf: bool,
+    quant: str,
+) -> None:
+    """Export RUN (run:ID): its PEFT adapter and/or a merged model, each with a model card;
+    with --gguf also a GGUF file and an Ollama Modelfile.
+
+    \b
+    tuneloop export run:2 --out exported/ --gguf --quant q8_0
+    cd exported/gguf && ollama create support -f Modelfile
+    """
     quiet_libraries()
-    exported = api.export(run, out, merged=merged, force=force, base_model=base_model)
+    exported = api.export(
+        run, out, merged=merged, force=force, base_model=base_model, gguf=quant if gguf else None
+    )
     for kind, path in exported.items():
         click.echo(f"{kind}: {path}")
+    if "gguf" in exported:
+        import json
+
+        parity = json.loads((exported["gguf"] / "parity.json").read_text(encoding="utf-8"))
+        logits = parity["checks"]["logits"]
+        click.echo(
+            f"gguf parity: templates and {parity['checks']['tokens']} tokens equal; logits "
+            f"max diff {logits['max_diff_share']:.2%} of range, top token agrees at "
+            f"{logits['top1_agreement']:.1%} of {logits['positions']} positions"
+        )
+        for warning in parity["warnings"]:
+            click.echo(f"warning: {warning}", err=True)
 
 
 @click.command(context_settings={"ignore_unknown_options": True})

@@ -59,10 +59,14 @@ _EXPORT_NAMES = frozenset(
         "chat_template.jinja",
         "chat_template.json",
         "README.md",
+        "Modelfile",
+        "parity.json",
         MARKER,
     }
 )
-_SHARD = re.compile(r"^(model|pytorch_model)-\d{5}-of-\d{5}\.(safetensors|bin)$")
+_SHARD = re.compile(
+    r"^((model|pytorch_model)-\d{5}-of-\d{5}\.(safetensors|bin)|[\w.-]+-(f16|q8_0)\.gguf)$"
+)
 
 
 def portable_base(reference: str, base_path: str, override: str | None = None) -> str:
@@ -192,13 +196,16 @@ def write_model_card(
     metrics: dict[str, Any],
     *,
     base_model: str | None = None,
+    library_name: str | None = None,
 ) -> Path:
     """Write `model_dir/README.md`; the header says peft for an adapter folder."""
     data = recipe.model_dump(mode="json") if hasattr(recipe, "model_dump") else dict(recipe)
     if base_model is None:
         reference = str(data.get("model") or meta.get("base_model") or "")
         base_model = portable_base(reference, str(meta.get("base_model_path") or reference))
-    library = "peft" if (model_dir / "adapter_config.json").is_file() else "transformers"
+    library = library_name or (
+        "peft" if (model_dir / "adapter_config.json").is_file() else "transformers"
+    )
     path = model_dir / "README.md"
     text = model_card(
         data.get("name", "model"), data, meta, metrics, base_model=base_model, library_name=library
@@ -214,8 +221,11 @@ def export_run(
     *,
     force: bool = False,
     base_model: str | None = None,
+    gguf: str | None = None,
 ) -> dict[str, Path]:
-    """Write a run's adapter to `out/adapter` (LoRA runs) and a merged model to `out/merged`.
+    """Write a run's adapter to `out/adapter` (LoRA runs) and a merged model to `out/merged`;
+    with `gguf` (a quant: f16 or q8_0) also a GGUF file and an Ollama Modelfile to
+    `out/gguf`, after the parity check (`check_gguf`) passes.
 
     A target folder that holds files an export did not write is refused unless `force`;
     even then only the files an export writes are replaced, the user's others stay.
@@ -238,6 +248,12 @@ def export_run(
         targets["adapter"] = out / "adapter"
     if merged or not resolved.adapter:
         targets["merged"] = out / "merged"
+    if gguf is not None:
+        from tuneloop.models.gguf import QUANTS
+
+        if gguf not in QUANTS:
+            raise ModelError(f"GGUF quant must be one of {', '.join(QUANTS)}, not {gguf!r}")
+        targets["gguf"] = out / "gguf"
     for target in targets.values():  # refuse before any model is loaded or file written
         check_replaceable(target, KIND, force=force)
     reference = str(run.recipe.get("model") or resolved.base)
@@ -255,7 +271,7 @@ def export_run(
 
     if "adapter" in targets:
         _install(targets["adapter"], fill_adapter)
-    if "merged" in targets:
+    if "merged" in targets or "gguf" in targets:
         model = load_model(resolved, dtype=torch.float32, merge=True)
         tokenizer = load_tokenizer(
             str(source) if (source / "tokenizer_config.json").is_file() else resolved.base
@@ -266,8 +282,136 @@ def export_run(
             tokenizer.save_pretrained(folder)
             write_model_card(folder, run.recipe, meta, metrics, base_model=portable)
 
-        _install(targets["merged"], fill_merged)
+        def fill_gguf(folder: Path) -> None:
+            write_gguf_folder(folder, model, tokenizer, resolved, run.name, str(gguf))
+            write_model_card(
+                folder, run.recipe, meta, metrics, base_model=portable, library_name="gguf"
+            )
+
+        if "merged" in targets:
+            _install(targets["merged"], fill_merged)
+        if "gguf" in targets:
+            _install(targets["gguf"], fill_gguf)
     return targets
+
+
+# One conversation the parity check renders every way the model will meet it.
+_PARITY_CHAT = [
+    {"role": "user", "content": "Hi! Do you ship to Germany? {{ braces }} stay text."},
+    {"role": "assistant", "content": "We ship to the US and Canada only."},
+    {"role": "user", "content": "And how long does a refund take?"},
+]
+_PARITY_ANSWER = "Refunds reach your card within 5 to 7 business days."
+# logits of the GGUF read back against the merged model: the largest difference as a share
+# of the reference's logit range, and the share of positions whose top token agrees
+_LOGIT_LIMITS = {"f16": (0.01, 0.99), "q8_0": (0.05, 0.9)}
+
+
+def write_gguf_folder(
+    folder: Path, model: Any, tokenizer: Any, resolved: Any, name: str, quant: str
+) -> dict[str, Any]:
+    """`NAME-QUANT.gguf`, `Modelfile` and `parity.json` into `folder`, or ModelError naming
+    the check that failed (the caller's staging folder is then discarded)."""
+    from tuneloop.models import gguf as gg
+    from tuneloop.training.common import slug
+
+    filename = f"{slug(name) or 'model'}-{quant}.gguf"
+    path = folder / filename
+    info = gg.write_gguf(model, tokenizer, path, quant=quant, name=name)
+    report = check_gguf(path, model, tokenizer, resolved, quant)
+    text = gg.modelfile(filename, report.pop("ollama_template"), report["system"], report["stops"])
+    atomic_write_text(folder / "Modelfile", text)
+    report["file"] = {"name": filename, **info}
+    atomic_write_json(folder / "parity.json", report)
+    return report
+
+
+def check_gguf(path: Path, model: Any, tokenizer: Any, resolved: Any, quant: str) -> dict[str, Any]:
+    """Render one conversation with the training template, the GGUF's template (what
+    llama.cpp uses), the Ollama template and the server's prompting; compare the tokens,
+    the stop tokens and the logits. ModelError on the first difference."""
+    from tuneloop.data.prompting import Prompting
+    from tuneloop.models import gguf as gg
+    from tuneloop.models.generate import encode_prompt
+    from tuneloop.training.tokenize import render_chat
+
+    def render(messages: list[dict[str, str]], generation: bool) -> str:
+        return render_chat(tokenizer, messages, generation_prompt=generation)
+
+    def ids(text: str, tok: Any = tokenizer) -> list[int]:
+        return list(tok(text, add_special_tokens=False)["input_ids"])
+
+    parts = gg.template_parts(render)
+    prompting = Prompting.of(resolved)
+    system = prompting.system_prompt or parts.default_system
+    chat = _PARITY_CHAT
+    trained = prompting.with_system([chat])[0]  # how training rendered a row of this run
+    training_text = render(trained, True)
+    template = gg.ollama_template(parts)
+    with_system = [{"role": "system", "content": system}, *chat] if system else chat
+    ollama_text = gg.render_go_template(template, with_system)
+    if ollama_text != training_text:
+        raise ModelError(
+            "the Ollama template renders the conversation differently from training:\n"
+            f"training: {training_text!r}\nollama:   {ollama_text!r}"
+        )
+    gguf_model, gguf_tokenizer = gg.load_gguf(path)
+    gguf_text = gguf_tokenizer.apply_chat_template(
+        trained, tokenize=False, add_generation_prompt=True
+    )
+    if gguf_text != training_text:
+        raise ModelError(
+            "the GGUF's chat template renders the conversation differently from training:\n"
+            f"training: {training_text!r}\ngguf:     {gguf_text!r}"
+        )
+    reference_ids = ids(training_text)
+    if ids(training_text, gguf_tokenizer) != reference_ids:
+        raise ModelError("the GGUF's tokenizer splits the conversation into different tokens")
+    warnings = []
+    served = encode_prompt(tokenizer, prompting.prepare([chat])[0])
+    if served != reference_ids:
+        warnings.append(
+            "the server adds label hints to this run's prompts, which llama.cpp and Ollama "
+            "do not: the exported model answers without them"
+            if prompting.hints is not None
+            else "the server renders this run's prompts differently from training"
+        )
+    if prompting.rerank is not None:
+        warnings.append(
+            "this run answers by ranking its labels when served by tuneloop; llama.cpp and "
+            "Ollama generate free text instead"
+        )
+    eos = tokenizer.eos_token
+    closing = ids(parts.after["assistant"])
+    if tokenizer.eos_token_id not in closing:
+        raise ModelError(
+            f"the template ends an answer with {parts.after['assistant']!r}, which does not "
+            f"hold the end token {eos!r}: the exported model would not stop"
+        )
+    answer_ids = ids(_PARITY_ANSWER + parts.after["assistant"])
+    logits = gg.compare_logits(model, gguf_model, reference_ids + answer_ids)
+    max_share, min_agreement = _LOGIT_LIMITS[quant]
+    share = logits["max_abs_diff"] / max(logits["logit_range"], 1e-6)
+    logits["max_diff_share"] = round(share, 5)
+    if share > max_share or logits["top1_agreement"] < min_agreement:
+        raise ModelError(
+            f"the GGUF read back by transformers gives different logits: largest difference "
+            f"{share:.2%} of the logit range (limit {max_share:.0%}), top token agrees at "
+            f"{logits['top1_agreement']:.1%} of positions (limit {min_agreement:.0%})"
+        )
+    return {
+        "quant": quant,
+        "checks": {
+            "templates": "training, GGUF (llama.cpp) and Ollama render the conversation alike",
+            "tokens": len(reference_ids),
+            "stop": f"answers end with {parts.after['assistant']!r}, holding {eos!r}",
+            "logits": logits,
+        },
+        "warnings": warnings,
+        "system": system,
+        "stops": [eos],
+        "ollama_template": template,
+    }
 
 
 def _install(target: Path, fill: Callable[[Path], None]) -> None:

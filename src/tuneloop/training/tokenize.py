@@ -59,7 +59,8 @@ class Tokenized:
         }
 
 
-def _render(tokenizer: Any, messages: Conversation, generation_prompt: bool = False) -> str:
+def render_chat(tokenizer: Any, messages: Conversation, generation_prompt: bool = False) -> str:
+    """A conversation as training renders it (the GGUF export's parity check uses it too)."""
     return tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=generation_prompt
     )
@@ -73,14 +74,14 @@ def assistant_spans(
     Raises TrainingError if the template is not prefix-stable (rendering the first k messages
     is not a prefix of rendering them all), because then no span can be trusted.
     """
-    text = _render(tokenizer, conversation)
+    text = render_chat(tokenizer, conversation)
     turns = [i for i, m in enumerate(conversation) if m["role"] == "assistant"]
     if last_only:
         turns = turns[-1:]
     spans = []
     for i in turns:
-        before = _render(tokenizer, conversation[:i], generation_prompt=True)
-        upto = _render(tokenizer, conversation[: i + 1])
+        before = render_chat(tokenizer, conversation[:i], generation_prompt=True)
+        upto = render_chat(tokenizer, conversation[: i + 1])
         if not (upto.startswith(before) and text.startswith(upto)):
             raise TrainingError(
                 f"the chat template does not render message {i} as a continuation of the "
@@ -96,7 +97,7 @@ def template_prefix_tokens(tokenizer: Any, system_prompt: str | None = None) -> 
     messages = [{"role": "user", "content": ""}]
     if system_prompt:
         messages.insert(0, {"role": "system", "content": system_prompt})
-    text = _render(tokenizer, messages, generation_prompt=True)
+    text = render_chat(tokenizer, messages, generation_prompt=True)
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
