@@ -224,3 +224,44 @@ def serving_in_thread(app: Any) -> Iterator[str]:
     finally:
         srv.should_exit = True
         thread.join(timeout=30)
+
+
+# --- a real browser (Debian's chromium, driven by Playwright by executable path)
+
+SCREENSHOTS = REPO / "docs" / "screenshots"
+
+
+@contextlib.contextmanager
+def browser_page() -> Iterator[Any]:
+    """A Playwright page in headless chromium; the test is skipped, saying why, where
+    Playwright or a chromium binary is missing (`.ci/run` installs both). Any script
+    dialog the page opens fails the test: rendered user text must never run."""
+    import shutil
+
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    executable = os.environ.get("TUNELOOP_CHROMIUM") or next(
+        filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None
+    )
+    if executable is None:
+        pytest.skip("no chromium binary (apt-get install chromium)")
+    dialogs: list[str] = []
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            yield page
+        finally:
+            browser.close()
+    assert not dialogs, f"the page ran a script that opened a dialog: {dialogs}"
+
+
+def screenshot(page: Any, name: str, tmp_path: Path) -> Path:
+    """A full-page screenshot: into docs/screenshots/ when TUNELOOP_SCREENSHOTS=1 (how the
+    docs' pictures are refreshed), else into tmp_path."""
+    folder = SCREENSHOTS if os.environ.get("TUNELOOP_SCREENSHOTS") == "1" else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000, "a blank page"
+    return path

@@ -12,7 +12,7 @@ import pytest
 from tuneloop import registry
 from tuneloop.errors import TuneloopError
 
-from conftest import chat, run_cli, write_jsonl
+from conftest import browser_page, chat, run_cli, screenshot, write_jsonl
 
 CITIES = ["Boston", "Toronto", "Denver", "Seattle", "Austin", "Chicago"]
 SUPPORT = [
@@ -102,6 +102,23 @@ def test_drift_alerts_on_off_domain_traffic_only(traffic: dict, tmp_path: Path) 
     assert "DRIFT" in html and "&lt;script&gt;" in html and "<script>alert" not in html
     saved = json.loads((tmp_path / "m" / "monitor.json").read_text())
     assert saved["drift"]["alert"] is True
+
+
+def test_monitor_report_in_a_browser(traffic: dict, tmp_path: Path) -> None:
+    """The report as a user opens it: the alert, the plot drawn, user text shown as text."""
+    from tuneloop.api import monitor
+
+    monitor("1h", model="offtopic", reference=[traffic["reference"]], out=tmp_path / "m")
+    with browser_page() as page:
+        page.goto((tmp_path / "m" / "monitor.html").as_uri())
+        drift = page.locator("#drift")
+        assert drift.get_attribute("class") == "flag" and "DRIFT" in drift.inner_text()
+        plot = page.locator("img").first
+        assert plot.evaluate("i => i.complete && i.naturalWidth > 400"), "the plot did not load"
+        # the injected prompt is on the page as the text the user sent, not as markup
+        assert page.get_by_text("<script>alert(1)</script> recipe for soup").count() == 1
+        assert page.locator("script").count() == 0
+        screenshot(page, "monitor-report.png", tmp_path)
 
 
 def test_monitor_and_export_from_the_command_line(traffic: dict, tmp_path: Path) -> None:

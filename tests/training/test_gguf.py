@@ -73,7 +73,7 @@ def test_gguf_export_reads_back_to_the_same_model(tiny_model: Path, tmp_path: Pa
         return fields[name].contents()
 
     assert value("general.architecture") == "llama"
-    assert value("tokenizer.ggml.model") == "gpt2" and value("tokenizer.ggml.pre") == "gpt2"
+    assert value("tokenizer.ggml.model") == "gpt2" and value("tokenizer.ggml.pre") == "gpt-2"
     assert value("tokenizer.ggml.eos_token_id") == 2
     assert "<|im_start|>" in value("tokenizer.chat_template")
     assert "output.weight" not in {t.name for t in reader.tensors}  # tied embedding
@@ -203,3 +203,19 @@ def test_a_template_without_an_end_token_is_refused(tiny_model: Path, tmp_path: 
     assert proc.returncode != 0 and "would not stop" in proc.stderr
     assert not (out / "gguf").exists()  # nothing half-written
     assert (out / "adapter" / "adapter_config.json").is_file()  # the adapter went first
+
+
+def test_a_system_prompt_shared_by_every_row_is_the_runs(tiny_model: Path, tmp_path: Path) -> None:
+    """The support rows all open with one system message: requests that bring none (to the
+    server, or to an exported GGUF through its Modelfile) get it, not the template's
+    default, which the run never saw in training."""
+    from tuneloop.data.prompting import Prompting
+    from tuneloop.models.resolve import resolve
+
+    first = json.loads((SUPPORT / "train.jsonl").read_text().splitlines()[0])
+    shared = first["messages"][0]["content"]
+    run_id = _train(tiny_model, tmp_path, system=None)
+    prompting = Prompting.of(resolve(f"run:{run_id}"))
+    assert prompting.system_prompt == shared
+    (chat,) = prompting.prepare([[{"role": "user", "content": "Refund?"}]])
+    assert chat[0] == {"role": "system", "content": shared}

@@ -39,7 +39,12 @@ class Prompting:
         fmt = dict(getattr(resolved, "prompt_format", None) or {})
         recipe_data = (getattr(resolved, "recipe", None) or {}).get("data") or {}
         return cls.from_record(
-            fmt, system_prompt or fmt.get("system_prompt") or recipe_data.get("system_prompt")
+            fmt,
+            system_prompt
+            or fmt.get("system_prompt")
+            or recipe_data.get("system_prompt")
+            # every training row opened with this one: a request without it gets it too
+            or fmt.get("system_prompt_in_data"),
         )
 
     @classmethod

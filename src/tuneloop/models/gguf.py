@@ -127,10 +127,10 @@ def _byte_level(decoder: Any) -> bool:
 
 
 def pre_tokenizer_name(pre: Any) -> str:
-    """llama.cpp's name for how this tokenizer splits text before merging: `gpt2` for plain
+    """llama.cpp's name for how this tokenizer splits text before merging: `gpt-2` for plain
     byte-level splitting, else the name whose split pattern equals the tokenizer's."""
     if isinstance(pre, dict) and pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"
     pattern = None
     if isinstance(pre, dict) and pre.get("type") == "Sequence":
         parts = pre.get("pretokenizers") or []

@@ -55,12 +55,24 @@ def label_set(recipe: Recipe) -> list[str] | None:
     return load_labels(labels)
 
 
-def prompt_format(recipe: Recipe, data_format: str, labels: list[str] | None) -> dict[str, Any]:
-    """Everything needed to turn new rows into prompts exactly as in training."""
+def prompt_format(
+    recipe: Recipe,
+    data_format: str,
+    labels: list[str] | None,
+    conversations: list[Any] | None = None,
+) -> dict[str, Any]:
+    """Everything needed to turn new rows into prompts exactly as in training.
+
+    `system_prompt_in_data`: the system message every training row opens with, when they
+    all share one (support data usually does). Serving and export add it to requests that
+    bring none, as `system_prompt` would be: otherwise a request without it meets the
+    template's default system message, which the run never saw in training.
+    """
     options = row_options(recipe)
     return {
         "format": data_format,
         "system_prompt": options.system_prompt,
+        "system_prompt_in_data": shared_system_prompt(conversations or []),
         "template": options.classification_template if data_format == "classification" else None,
         "text_field": options.text_field,
         "label_field": options.label_field,
@@ -68,6 +80,12 @@ def prompt_format(recipe: Recipe, data_format: str, labels: list[str] | None) ->
         "train_on": recipe.data.train_on,
         "max_length": recipe.data.max_length,
     }
+
+
+def shared_system_prompt(conversations: list[Any]) -> str | None:
+    """The system message all `conversations` open with, or None (none, or several)."""
+    first = {c[0]["content"] if c and c[0].get("role") == "system" else None for c in conversations}
+    return first.pop() if len(first) == 1 and None not in first else None
 
 
 def stratified_split(

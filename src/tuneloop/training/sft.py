@@ -89,7 +89,7 @@ def sft(
     if labels is None and train_data.format == "classification":
         # the classes seen in the whole training file, so eval can constrain to them
         labels = sorted({lab for lab in train_data.labels if lab is not None})
-    fmt_record = common.prompt_format(recipe, train_data.format, labels)
+    fmt_record = common.prompt_format(recipe, train_data.format, labels, train_data.conversations)
     meta = common.run_meta(
         run,
         recipe,
