@@ -809,6 +809,7 @@ def serve(
     log_traffic: bool = True,
     redact_pii: bool = False,
     adapters: dict[str, str] | None = None,
+    registry_keys: bool = False,
 ) -> None:
     """Serve a model as an OpenAI-compatible endpoint (blocks until stopped).
 
@@ -818,7 +819,8 @@ def serve(
     log_traffic: every request and answer goes to the registry's traffic table (for
     `tuneloop monitor` and the next dataset); redact_pii: personal data redacted first.
 
-    keys: a keys file made by `create_api_key`; then every route but /health needs a key.
+    keys: a keys file made by `create_api_key`, or registry_keys: the registry's keys (what
+    replicas on one PostgreSQL registry share); then every route but /health needs a key.
     A host other than loopback is refused without keys unless allow_no_keys."""
     from tuneloop.serving import serve as run_server
 
@@ -836,27 +838,33 @@ def serve(
         log_traffic=log_traffic,
         redact_pii=redact_pii,
         adapters=adapters,
+        registry_keys=registry_keys,
     )
 
 
-def create_api_key(keys: str | Path, name: str, admin: bool = False) -> tuple[str, dict[str, str]]:
-    """A new API key in the keys file (created if absent): (the key, shown only now; its
-    record without the hash). The file stores only an argon2 hash of it."""
+def create_api_key(
+    keys: str | Path | None, name: str, admin: bool = False
+) -> tuple[str, dict[str, str]]:
+    """A new API key in the keys file (created if absent), or in the registry when `keys`
+    is None: (the key, shown only now; its record without the hash). Only an argon2 hash
+    of it is stored."""
     from tuneloop.serving.auth import create_key
 
     key, record = create_key(keys, name, "admin" if admin else "user")
     return key, record.public()
 
 
-def list_api_keys(keys: str | Path) -> list[dict[str, str]]:
-    """The keys in a keys file (id, name, scope, created; never the hash)."""
-    from tuneloop.serving.auth import read_keys
+def list_api_keys(keys: str | Path | None = None) -> list[dict[str, str]]:
+    """The keys in a keys file, or the registry's active keys when `keys` is None (id,
+    name, scope, created; never the hash)."""
+    from tuneloop.serving.auth import list_keys
 
-    return [r.public() for r in read_keys(keys)]
+    return [r.public() for r in list_keys(keys)]
 
 
-def revoke_api_key(keys: str | Path, which: str) -> dict[str, str]:
-    """Remove a key by id or name; a running server stops accepting it within a second."""
+def revoke_api_key(keys: str | Path | None, which: str) -> dict[str, str]:
+    """Revoke a key by id or name (file, or the registry when `keys` is None); a running
+    server stops accepting it within a second."""
     from tuneloop.serving.auth import revoke_key
 
     return revoke_key(keys, which).public()

@@ -249,7 +249,7 @@ def test_run_status_tells_a_dead_process_from_a_live_one() -> None:
     assert registry.run_status(old, now=later) == "running"
 
 
-def _replica(model: Path, url: str) -> tuple[subprocess.Popen[str], str]:
+def _replica(model: Path, url: str, *extra: str) -> tuple[subprocess.Popen[str], str]:
     import json
     import urllib.request
 
@@ -258,7 +258,7 @@ def _replica(model: Path, url: str) -> tuple[subprocess.Popen[str], str]:
         port = s.getsockname()[1]
     proc = subprocess.Popen(
         [sys.executable, "-m", "tuneloop.cli", "serve", str(model), "--name", "m",
-         "--port", str(port)],
+         "--port", str(port), *extra],
         env={**os.environ, "TUNELOOP_DB_URL": url},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
@@ -277,14 +277,15 @@ def _replica(model: Path, url: str) -> tuple[subprocess.Popen[str], str]:
     raise AssertionError("replica did not start")
 
 
-def _post(base: str, path: str, body: dict) -> tuple[int, dict]:
+def _post(base: str, path: str, body: dict, key: str | None = None) -> tuple[int, dict]:
     import json
     import urllib.error
     import urllib.request
 
-    req = urllib.request.Request(
-        f"{base}{path}", json.dumps(body).encode(), {"Content-Type": "application/json"}
-    )
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    req = urllib.request.Request(f"{base}{path}", json.dumps(body).encode(), headers)
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
             return r.status, json.loads(r.read())
@@ -295,31 +296,50 @@ def _post(base: str, path: str, body: dict) -> tuple[int, dict]:
 def test_two_serving_replicas_share_one_postgres_registry(
     postgres_url: str, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Replicas hold no state of their own: two `tuneloop serve` processes log every
-    request into one PostgreSQL registry, and feedback sent to either finds a request the
-    other answered."""
+    """Replicas hold no state of their own: two `tuneloop serve --registry-keys` processes
+    check keys against one PostgreSQL registry and log every request into it; feedback
+    sent to either finds a request the other answered, and a key revoked once is refused by
+    both within seconds."""
     from concurrent.futures import ThreadPoolExecutor
+
+    from tuneloop.api import create_api_key, list_api_keys, revoke_api_key
 
     monkeypatch.setenv("TUNELOOP_DB_URL", postgres_url)
     with create_engine(postgres_url).begin() as conn:
         conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
     db._engine_for.cache_clear()
     registry.get_engine(postgres_url)  # the schema exists before the replicas start
-    replicas = [_replica(tiny_model, postgres_url) for _ in range(2)]
+    key, record = create_api_key(None, "app")
+    assert [k["id"] for k in list_api_keys()] == [record["id"]]
+    with create_engine(postgres_url).connect() as conn:  # the table holds a hash, not the key
+        stored = conn.execute(text("SELECT hash FROM api_keys")).scalar_one()
+    assert stored.startswith("$argon2") and key.split("-", 2)[2] not in stored
+    replicas = [_replica(tiny_model, postgres_url, "--registry-keys") for _ in range(2)]
     try:
         body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+        assert _post(replicas[0][1], "/v1/chat/completions", body)[0] == 401
         targets = [replicas[i % 2][1] for i in range(40)]
         with ThreadPoolExecutor(8) as pool:
-            replies = list(pool.map(lambda b: _post(b, "/v1/chat/completions", body), targets))
+            replies = list(pool.map(lambda b: _post(b, "/v1/chat/completions", body, key), targets))
         assert [s for s, _ in replies] == [200] * 40
         first_on_a = replies[0][1]["id"]
-        status, out = _post(replicas[1][1], "/v1/feedback", {"id": first_on_a, "rating": "up"})
+        status, out = _post(replicas[1][1], "/v1/feedback", {"id": first_on_a, "rating": "up"}, key)
         assert status == 200, out
+        revoke_api_key(None, "app")
+        deadline = time.monotonic() + 10
+        refused: set[str] = set()
+        while len(refused) < 2 and time.monotonic() < deadline:
+            for _, base in replicas:
+                if _post(base, "/v1/chat/completions", body, key)[0] == 401:
+                    refused.add(base)
+            time.sleep(0.2)
+        assert len(refused) == 2, "a revoked key still works on a replica"
     finally:
         for proc, _ in replicas:
             proc.terminate()
         for proc, _ in replicas:
             proc.wait(30)
-    logged = registry.list_traffic()
+    logged = [r for r in registry.list_traffic() if r.status == 200]
     assert sorted(r.request_id for r in logged) == sorted(r["id"] for _, r in replies)
     assert [f.request_id for f in registry.feedback_for()] == [first_on_a]
+    assert list_api_keys() == []  # revoked keys are not listed; their record stays

@@ -313,6 +313,19 @@ def test_keys_commands(tmp_path: Path) -> None:
     assert run_cli("keys", "revoke", "--file", str(keys), "bob").returncode == 0
     assert json.loads(run_cli("keys", "list", "--file", str(keys), "--json").stdout) == []
 
+    # without --file the keys live in the registry (this test's SQLite one)
+    made = run_cli("keys", "create", "carol")
+    assert made.returncode == 0 and "in the registry" in made.stderr, made.stderr
+    listed = json.loads(run_cli("keys", "list", "--json").stdout)
+    assert [(r["name"], r["scope"]) for r in listed] == [("carol", "user")]
+    assert run_cli("keys", "create", "carol").returncode != 0  # one active key per name
+    revoked = run_cli("keys", "revoke", listed[0]["id"])
+    assert revoked.returncode == 0 and "carol" in revoked.stdout
+    assert json.loads(run_cli("keys", "list", "--json").stdout) == []
+    assert run_cli("keys", "create", "carol").returncode == 0  # the name is free again
+    proc = run_cli("keys", "revoke", "nobody")
+    assert proc.returncode != 0 and "no active key" in proc.stderr
+
 
 def test_traffic_is_logged_redacted_and_takes_feedback(tiny_model: Path) -> None:
     """Every answer reaches the registry's traffic table (PII redacted with --redact-pii);

@@ -25,7 +25,13 @@ from tuneloop.cli.console import quiet_libraries
 @click.option(
     "--keys",
     type=click.Path(dir_okay=False),
-    help="Keys file (`tuneloop keys create`): every route but /health then needs a key.",
+    help="Keys file (`tuneloop keys create --file`): every route but /health then needs a key.",
+)
+@click.option(
+    "--registry-keys",
+    is_flag=True,
+    help="Check keys against the registry's (`tuneloop keys create`): replicas on one "
+    "database share keys and revocations.",
 )
 @click.option(
     "--max-batch",
@@ -77,6 +83,7 @@ def serve(
     name: str | None,
     adapters: tuple[str, ...],
     keys: str | None,
+    registry_keys: bool,
     max_batch: int,
     max_queue: int,
     max_tokens_limit: int | None,
@@ -107,6 +114,7 @@ def serve(
         max_batch=max_batch,
         max_queue=max_queue,
         keys=keys,
+        registry_keys=registry_keys,
         max_tokens_limit=max_tokens_limit,
         allow_no_keys=allow_no_keys,
         drain_seconds=drain,
@@ -117,11 +125,14 @@ def serve(
 
 @click.group()
 def keys() -> None:
-    """API keys for `tuneloop serve --keys FILE` (stored as argon2 hashes)."""
+    """API keys for `tuneloop serve --keys FILE` or `--registry-keys` (argon2 hashes)."""
 
 
 _file = click.option(
-    "--file", "path", required=True, type=click.Path(dir_okay=False), help="The keys file."
+    "--file",
+    "path",
+    type=click.Path(dir_okay=False),
+    help="A keys file (default: the registry, shared by replicas on one database).",
 )
 
 
@@ -129,18 +140,19 @@ _file = click.option(
 @_file
 @click.argument("name")
 @click.option("--admin", is_flag=True, help="Admin scope (routes that change the server).")
-def keys_create(path: str, name: str, admin: bool) -> None:
+def keys_create(path: str | None, name: str, admin: bool) -> None:
     """Add a key called NAME; the key is printed once and stored nowhere."""
     key, record = api.create_api_key(path, name, admin=admin)
     click.echo(key)
-    click.echo(f"created {record['scope']} key {record['id']} ({name}) in {path}", err=True)
+    where = path or "the registry"
+    click.echo(f"created {record['scope']} key {record['id']} ({name}) in {where}", err=True)
 
 
 @keys.command("list")
 @_file
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
-def keys_list(path: str, as_json: bool) -> None:
-    """The keys in the file (never their hashes)."""
+def keys_list(path: str | None, as_json: bool) -> None:
+    """The keys in the file or the registry (never their hashes)."""
     records = api.list_api_keys(path)
     if as_json:
         click.echo(json.dumps(records, indent=2))
@@ -152,7 +164,7 @@ def keys_list(path: str, as_json: bool) -> None:
 @keys.command("revoke")
 @_file
 @click.argument("which")
-def keys_revoke(path: str, which: str) -> None:
+def keys_revoke(path: str | None, which: str) -> None:
     """Remove the key with id or name WHICH (a running server drops it within a second)."""
     record = api.revoke_api_key(path, which)
     click.echo(f"revoked {record['id']} ({record['name']})")

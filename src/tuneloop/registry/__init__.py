@@ -3,6 +3,8 @@
 from tuneloop.registry.db import get_engine, head_revision, migrate, session_scope
 from tuneloop.registry.records import (
     STALE_AFTER,
+    active_api_keys,
+    add_api_key,
     add_eval,
     add_feedback,
     add_model,
@@ -26,6 +28,7 @@ from tuneloop.registry.records import (
     list_traffic,
     models_for_run,
     register_dataset,
+    revoke_api_key,
     run_metrics,
     run_status,
     start_run,
@@ -35,6 +38,8 @@ from tuneloop.registry.records import (
 
 __all__ = [
     "STALE_AFTER",
+    "active_api_keys",
+    "add_api_key",
     "add_eval",
     "add_feedback",
     "add_model",
@@ -61,6 +66,7 @@ __all__ = [
     "migrate",
     "models_for_run",
     "register_dataset",
+    "revoke_api_key",
     "run_metrics",
     "run_status",
     "session_scope",

@@ -25,6 +25,7 @@ from tuneloop.config.home import db_url
 from tuneloop.errors import RegistryError
 from tuneloop.registry.db import database_error, session_scope, transaction
 from tuneloop.registry.tables import (
+    ApiKey,
     Dataset,
     EvalExample,
     EvalResult,
@@ -533,3 +534,53 @@ def feedback_for(request_ids: list[str] | None = None) -> list[Feedback]:
         query = query.where(Feedback.request_id.in_(request_ids))
     with session_scope() as s:
         return list(s.scalars(query))
+
+
+def add_api_key(key_id: str, name: str, scope: str, hash: str) -> ApiKey:
+    """Store a key's hash; a name an active key already has is refused."""
+    with session_scope() as s:
+        taken = s.scalars(
+            select(ApiKey.id).where(ApiKey.name == name, ApiKey.revoked_at.is_(None))
+        ).first()
+        if taken is not None:
+            raise RegistryError(f"the registry already has a key named {name!r}; revoke it first")
+        record = ApiKey(key_id=key_id, name=name, scope=scope, hash=hash)
+        s.add(record)
+        try:
+            s.flush()
+        except IntegrityError:
+            raise RegistryError(f"key id {key_id!r} is taken") from None
+        s.refresh(record)
+        s.expunge(record)
+        return record
+
+
+def active_api_keys() -> list[ApiKey]:
+    """The keys not revoked, oldest first."""
+    with session_scope() as s:
+        rows = list(
+            s.scalars(select(ApiKey).where(ApiKey.revoked_at.is_(None)).order_by(ApiKey.id))
+        )
+        for row in rows:
+            s.expunge(row)
+        return rows
+
+
+def revoke_api_key(which: str) -> ApiKey:
+    """Revoke the active key with this id or name (the record stays, marked revoked)."""
+    with session_scope() as s:
+        hits = list(
+            s.scalars(
+                select(ApiKey).where(
+                    ApiKey.revoked_at.is_(None), (ApiKey.key_id == which) | (ApiKey.name == which)
+                )
+            )
+        )
+        if not hits:
+            raise RegistryError(f"the registry has no active key with id or name {which!r}")
+        now = utcnow()
+        for hit in hits:
+            hit.revoked_at = now
+        s.flush()
+        s.expunge(hits[0])
+        return hits[0]

@@ -168,10 +168,12 @@ def create_app(
     log_traffic: bool = True,
     redact_pii: bool = False,
     adapters: dict[str, str] | None = None,
+    registry_keys: bool = False,
 ) -> Any:
     """The FastAPI app serving `ref` under the model id `name` (default: the reference).
 
-    keys: a keys file (serving/auth.py); then every route but /health needs a key.
+    keys: a keys file (serving/auth.py), or registry_keys: the registry's keys; then every
+    route but /health needs a key.
     max_tokens_limit: the most tokens one request may ask for (default: the context).
     worker: an already loaded worker (the app then does not close it).
     log_traffic: write every request to the registry's traffic table (serving/traffic.py);
@@ -187,7 +189,9 @@ def create_app(
     from tuneloop.serving.auth import KeyStore
 
     model_id = name or ref
-    store = KeyStore(keys) if keys else None
+    if keys and registry_keys:
+        raise TuneloopError("give a keys file or the registry's keys, not both")
+    store = KeyStore(None) if registry_keys else KeyStore(keys) if keys else None
     state: dict[str, Any] = {}
     metrics = _Metrics(state)
 
@@ -601,8 +605,8 @@ def create_app(
         if store is None:
             return _error(
                 403,
-                "admin routes need keys: start the server with --keys and use an admin key "
-                "(tuneloop keys create --admin)",
+                "admin routes need keys: start the server with --keys or --registry-keys "
+                "and use an admin key (tuneloop keys create --admin)",
                 "permission_error",
             )
         key = getattr(request.state, "key", None)
@@ -757,6 +761,7 @@ def serve(
     log_traffic: bool = True,
     redact_pii: bool = False,
     adapters: dict[str, str] | None = None,
+    registry_keys: bool = False,
 ) -> None:
     """Run the endpoint until interrupted. SIGTERM or Ctrl-C stops taking requests, lets
     running ones finish for up to `drain_seconds`, cancels the rest and exits."""
@@ -764,7 +769,7 @@ def serve(
 
     from tuneloop.models import resolve
 
-    if host not in LOOPBACK and not keys and not allow_no_keys:
+    if host not in LOOPBACK and not keys and not registry_keys and not allow_no_keys:
         raise TuneloopError(
             f"--host {host} would open the model to the network with no keys: create one "
             "with `tuneloop keys create --file keys.jsonl NAME` and pass --keys keys.jsonl "
@@ -781,6 +786,7 @@ def serve(
         log_traffic=log_traffic,
         redact_pii=redact_pii,
         adapters=adapters,
+        registry_keys=registry_keys,
     )
     uvicorn.run(
         app,

@@ -1,15 +1,22 @@
-"""API keys for `tuneloop serve --keys FILE`: stored hashed (argon2), checked per request.
+"""API keys for `tuneloop serve`: stored hashed (argon2), checked per request.
 
-A key looks like `tl-<id>-<secret>`. The keys file is JSON lines, one record per key:
-`{"id", "name", "scope", "hash", "created"}`; it holds only the argon2 hash of the secret,
-so a leaked file gives no working key. `id` finds the record without trying every hash.
-The `admin` scope is for the routes that change a running server; `user` keys call the
-model. The file is re-read when it changes, so `tuneloop keys revoke` takes effect on a
-running server within a second, without a restart.
+A key looks like `tl-<id>-<secret>`. Keys live in a keys file (`--keys FILE`) or in the
+registry (`--registry-keys`, the `api_keys` table): the registry is the place for several
+replicas on one PostgreSQL database, which then share every key and every revocation.
+Either way only the argon2 hash of the secret is stored, so a leaked file or table gives no
+working key, and `id` finds the record without trying every hash. The `admin` scope is for
+the routes that change a running server; `user` keys call the model.
+
+The keys file is JSON lines, one record per key: `{"id", "name", "scope", "hash",
+"created"}`, mode 600. A running server re-reads its source at most once a second (the
+file when it changed, the table always), so `tuneloop keys revoke` takes effect within a
+second, without a restart.
 
 Argon2 is slow on purpose (tens of milliseconds), so a key that verified is remembered in
 memory by its SHA-256 for as long as its record is unchanged; a wrong key is never cached
 and costs a full verification every time.
+
+`path=None` in the functions below means the registry.
 """
 
 from __future__ import annotations
@@ -84,15 +91,35 @@ def _write_keys(path: Path, records: list[KeyRecord]) -> None:
     path.chmod(0o600)
 
 
-def create_key(path: str | Path, name: str, scope: str = "user") -> tuple[str, KeyRecord]:
-    """A new key added to the file (created if absent); the key itself is returned once and
-    stored nowhere."""
+def _registry_keys() -> list[KeyRecord]:
+    from tuneloop import registry
+
+    return [
+        KeyRecord(
+            id=r.key_id,
+            name=r.name,
+            scope=r.scope,
+            hash=r.hash,
+            created=r.created_at.isoformat(timespec="seconds"),
+        )
+        for r in registry.active_api_keys()
+    ]
+
+
+def list_keys(path: str | Path | None) -> list[KeyRecord]:
+    """The keys of a keys file, or of the registry (path None)."""
+    return read_keys(path) if path is not None else _registry_keys()
+
+
+def create_key(path: str | Path | None, name: str, scope: str = "user") -> tuple[str, KeyRecord]:
+    """A new key added to the file (created if absent) or the registry (path None); the key
+    itself is returned once and stored nowhere."""
     if scope not in SCOPES:
         raise TuneloopError(f"scope must be one of {SCOPES}, got {scope!r}")
-    path = Path(path)
-    records = read_keys(path) if path.exists() else []
+    records = list_keys(path) if path is None or Path(path).exists() else []
+    where = str(path) if path is not None else "the registry"
     if any(r.name == name for r in records):
-        raise TuneloopError(f"{path} already has a key named {name!r}; revoke it first")
+        raise TuneloopError(f"{where} already has a key named {name!r}; revoke it first")
     key_id = secrets.token_hex(4)
     while any(r.id == key_id for r in records):
         key_id = secrets.token_hex(4)
@@ -104,12 +131,24 @@ def create_key(path: str | Path, name: str, scope: str = "user") -> tuple[str, K
         hash=_hasher().hash(secret),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
-    _write_keys(path, [*records, record])
+    if path is None:
+        from tuneloop import registry
+
+        registry.add_api_key(key_id, name, scope, record.hash)
+    else:
+        _write_keys(Path(path), [*records, record])
     return f"{PREFIX}{key_id}-{secret}", record
 
 
-def revoke_key(path: str | Path, which: str) -> KeyRecord:
-    """Remove the key with this id or name."""
+def revoke_key(path: str | Path | None, which: str) -> KeyRecord:
+    """Remove the key with this id or name (from the registry: mark it revoked)."""
+    if path is None:
+        from tuneloop import registry
+
+        hit = registry.revoke_api_key(which)
+        return KeyRecord(
+            hit.key_id, hit.name, hit.scope, hit.hash, hit.created_at.isoformat(timespec="seconds")
+        )
     path = Path(path)
     records = read_keys(path)
     hits = [r for r in records if which in (r.id, r.name)]
@@ -120,10 +159,11 @@ def revoke_key(path: str | Path, which: str) -> KeyRecord:
 
 
 class KeyStore:
-    """Checks bearer keys against a keys file, re-reading it when it changes."""
+    """Checks bearer keys against a keys file (re-read when it changes) or the registry
+    (`path=None`, re-read at most once a second)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path is not None else None
         self._lock = threading.Lock()
         self._records: dict[str, KeyRecord] = {}
         self._stamp: tuple[float, int] | None = None
@@ -131,16 +171,24 @@ class KeyStore:
         self._verified: dict[str, KeyRecord] = {}  # sha256(key) -> record
         self._reload()
         if not self._records:
-            raise TuneloopError(f"keys file {self.path} has no keys")
+            where = f"keys file {self.path}" if self.path else "the registry"
+            raise TuneloopError(
+                f"{where} has no keys (create one with `tuneloop keys create"
+                f"{' --file ' + str(self.path) if self.path else ''} NAME`)"
+            )
 
     def _reload(self) -> None:
-        stat = self.path.stat()
-        stamp = (stat.st_mtime, stat.st_size)
-        if stamp == self._stamp:
-            return
-        self._records = {r.id: r for r in read_keys(self.path)}
+        if self.path is None:
+            records = _registry_keys()
+        else:
+            stat = self.path.stat()
+            stamp = (stat.st_mtime, stat.st_size)
+            if stamp == self._stamp:
+                return
+            records = read_keys(self.path)
+            self._stamp = stamp
+        self._records = {r.id: r for r in records}
         self._verified = {h: r for h, r in self._verified.items() if self._records.get(r.id) == r}
-        self._stamp = stamp
 
     def check(self, key: str | None) -> KeyRecord | None:
         """The record of a valid key, else None."""
@@ -153,7 +201,8 @@ class KeyStore:
                 try:
                     self._reload()
                 except (OSError, TuneloopError):
-                    self._records, self._verified = {}, {}  # unreadable file: nobody gets in
+                    # an unreadable file or database: nobody gets in until it reads again
+                    self._records, self._verified, self._stamp = {}, {}, None
             digest = hashlib.sha256(key.encode()).hexdigest()
             for known, record in self._verified.items():
                 if hmac.compare_digest(known, digest):
