@@ -217,6 +217,32 @@ class AdapterConfig(_Section):
         return self
 
 
+class ReplayConfig(_Section):
+    """Replay against forgetting: general examples mixed into the training rows."""
+
+    ratio: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Share of the training rows that are replay rows (0: off). 0.2 adds one "
+        "replay row for every four task rows.",
+    )
+    source: str = Field(
+        default="self",
+        description="`self`: self-distilled, the base model's own answers to `prompts` "
+        "(generated once, cached per base model, a dataset version); or a chat / "
+        "prompt-response file of general examples to mix in as they are.",
+    )
+    prompts: str = Field(
+        default="builtin:replay",
+        description="For `self`: the prompts to answer; `builtin:replay` is tuneloop's "
+        "general set (disjoint from the forgetting probes), or a file of prompt rows.",
+    )
+    max_new_tokens: int = Field(
+        default=96, gt=0, description="For `self`: the longest base answer generated."
+    )
+
+
 class TrainingConfig(_Section):
     """Optimisation hyperparameters."""
 
@@ -330,6 +356,11 @@ class TrainingConfig(_Section):
         "validation loss, not the last one.",
     )
     seed: int = Field(default=0, description="Seed for data order, dropout and initialisation.")
+    replay: ReplayConfig = Field(
+        default_factory=ReplayConfig,
+        description="Mix general examples into training so the model keeps what it knew "
+        '(docs/training.md, "Keep what the model knew").',
+    )
     logging_steps: int = Field(default=5, gt=0, description="Log metrics every N steps.")
     report_to: list[str] = Field(
         default_factory=list,

@@ -110,6 +110,8 @@ def sft(
         )
     timings = {"data_s": time.perf_counter() - started}
     with common.recording(run.id, main):
+        if recipe.training.replay.ratio > 0:
+            conversations = _with_replay(recipe, resolved, conversations, run.id, meta, main)
         t0 = time.perf_counter()
         tokenizer = load_tokenizer(resolved.base, resolved)
         prefix = template_prefix_tokens(tokenizer, d.system_prompt)
@@ -163,6 +165,47 @@ def sft(
     return common.complete(
         run, recipe, run_path, meta, result, timings, started, main, dropped_rows=dropped
     )
+
+
+def _with_replay(
+    recipe: Recipe,
+    resolved: Any,
+    conversations: list[Any],
+    run_id: int,
+    meta: dict[str, Any],
+    main: bool,
+) -> list[Any]:
+    """The task rows plus `training.replay` rows (training/replay.py); the replay set is a
+    dataset version linked to the run as its `replay` data."""
+    from tuneloop import registry
+    from tuneloop.training import replay
+
+    cfg = recipe.training.replay
+    rows, record = replay.replay_rows(recipe, resolved, main)
+    mixed = replay.mix(conversations, rows, cfg.ratio, recipe.training.seed)
+    record.update(
+        source=cfg.source,
+        ratio=cfg.ratio,
+        available=len(rows),
+        task_rows=len(conversations),
+        replay_rows=len(mixed) - len(conversations),
+    )
+    if main:
+        source = f"replay:{record['key']}" if cfg.source == "self" else None
+        dataset = registry.register_dataset(
+            "replay-self" if cfg.source == "self" else Path(cfg.source).stem,
+            rows,
+            record["file"],
+            "chat",
+            meta={"replay": {k: record[k] for k in ("source", "prompts") if k in record}},
+            source=source,
+        )
+        registry.link_datasets(run_id, {"replay": dataset.id})
+        record["dataset_id"] = dataset.id
+        meta.setdefault("datasets", {})["replay"] = dataset.id
+    meta["replay"] = record
+    meta["train_rows"] = len(mixed)
+    return mixed
 
 
 def _add_label_hints(
