@@ -356,6 +356,13 @@ class TrainingConfig(_Section):
         "validation loss, not the last one.",
     )
     seed: int = Field(default=0, description="Seed for data order, dropout and initialisation.")
+    l2_to_base: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Against forgetting: add this weight times the squared distance of the "
+        "trained weights from the starting model to the loss (LoRA: the adapter's weight "
+        "delta; full fine-tuning keeps a copy of the starting weights). 0: off.",
+    )
     replay: ReplayConfig = Field(
         default_factory=ReplayConfig,
         description="Mix general examples into training so the model keeps what it knew "

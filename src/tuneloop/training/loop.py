@@ -108,6 +108,7 @@ class LoopConfig:
     attention: str = "auto"  # or "eager" / "sdpa"; see choose_attention
     bf16: bool = False
     report_to: list[str] = field(default_factory=list)
+    l2_to_base: float = 0.0  # training/regularize.py
 
     @classmethod
     def from_training(cls, training: Any, bf16: bool, learning_rate: float) -> LoopConfig:
@@ -526,6 +527,16 @@ def run_loop(
         ),
         cfg.bf16,
     )
+    regulariser = None  # built before a resume loads weights: it keeps the start
+    if cfg.l2_to_base > 0:
+        if world > 1 and cfg.distributed != "ddp":
+            raise TrainingError(
+                f"training.l2_to_base works with one process or DDP, not {cfg.distributed}: "
+                "a sharded layout holds no whole LoRA matrices on one rank"
+            )
+        from tuneloop.training.regularize import L2ToBase
+
+        regulariser = L2ToBase(layout.model, cfg.l2_to_base)
     ckpt_dir, metrics_path = run_path / "checkpoints", run_path / "metrics.jsonl"
     state = TrainState(world=world, layout=layout.name)
     if resume:
@@ -561,6 +572,8 @@ def run_loop(
                     "nothing saved (lower training.learning_rate, or check the data)"
                 )
             lr = scheduler.get_last_lr()[0]
+            if regulariser is not None:
+                regulariser.add_gradients()  # after the all-reduce, before clipping
             grad_norm = layout.clip(cfg.max_grad_norm)
             if not math.isfinite(grad_norm):
                 raise NonFiniteLoss(
@@ -582,6 +595,8 @@ def run_loop(
             if step_no % cfg.logging_steps == 0 or step_no == total_steps:
                 entry = window.entry(step_no, epoch, grad_norm, lr, state.tokens)
                 entry["peak_memory_gb"] = _peak_memory_gb(accelerator)
+                if regulariser is not None:
+                    entry["l2_to_base"] = round(regulariser.value(), 6)
                 log(entry)
                 if bar:
                     bar.postfix(loss=f"{entry['loss']:.4f}", tok_s=f"{entry['tokens_per_s']:.0f}")

@@ -1,0 +1,128 @@
+"""`training.l2_to_base`: the pull toward the starting weights. Its closed-form gradient
+matches autograd on the explicit penalty, is zero at the start and grows with the
+distance; in training it keeps the adapter's delta small."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tuneloop.config import recipe_from_dict
+from tuneloop.training import train
+from tuneloop.training.regularize import L2ToBase
+
+from conftest import SUPPORT
+
+
+def _lora(tiny_model: Path) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    return get_peft_model(base, config)
+
+
+def _explicit(model: torch.nn.Module) -> torch.Tensor:
+    """sum of ||scaling * B @ A||² over the LoRA layers, the delta written out."""
+    total = torch.zeros(())
+    for module in model.modules():
+        if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
+            a, b = module.lora_A["default"].weight, module.lora_B["default"].weight
+            total = total + (module.scaling["default"] * b @ a).pow(2).sum()
+    return total
+
+
+def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_lora_penalty_and_gradient_match_autograd(tiny_model: Path) -> None:
+    model = _lora(tiny_model)
+    reg = L2ToBase(model, weight=0.5)
+    assert reg.lora and not reg.full  # only A and B train
+    reg.add_gradients()  # at the start B = 0: no delta, no pull
+    assert reg.value() == 0.0 and all(g.abs().max() == 0 for g in _grads(model).values())
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    model.zero_grad()
+    (0.5 * _explicit(model)).backward()
+    expected = _grads(model)
+    model.zero_grad()
+    reg.add_gradients()
+    got = _grads(model)
+    assert reg.value() == pytest.approx(float(_explicit(model).detach()), rel=1e-5)
+    assert got.keys() == expected.keys()
+    for name in got:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-7)
+
+    # twice the distance: four times the penalty, and a larger pull on A
+    before = {n: float(g.norm()) for n, g in got.items() if "lora_A" in n}
+    first = reg.value()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(2)
+    value = reg.value()
+    model.zero_grad()
+    reg.add_gradients()
+    after = {n: float(g.norm()) for n, g in _grads(model).items() if "lora_A" in n}
+    assert value == pytest.approx(4 * first, rel=1e-5)
+    assert all(after[n] == pytest.approx(4 * before[n], rel=1e-4) for n in before)
+
+
+def test_full_weights_are_pulled_toward_their_start(tiny_model: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    reg = L2ToBase(model, weight=2.0)
+    weight = model.model.layers[0].mlp.up_proj.weight
+    start = weight.detach().clone()
+    with torch.no_grad():
+        weight.add_(0.01)
+    reg.add_gradients()
+    torch.testing.assert_close(weight.grad, 2 * 2.0 * (weight.detach() - start))
+    assert reg.value() == pytest.approx(float((weight.detach() - start).pow(2).sum()), rel=1e-5)
+
+
+def _run(tiny_model: Path, tmp_path: Path, weight: float) -> dict:
+    recipe = recipe_from_dict(
+        {
+            "name": f"l2-{weight}",
+            "model": str(tiny_model),
+            "data": {"train": str(SUPPORT / "train.jsonl"), "max_length": 64},
+            "adapter": {"type": "lora", "r": 4, "alpha": 8},
+            "training": {
+                "max_steps": 6,
+                "batch_size": 4,
+                "learning_rate": 1e-2,
+                "logging_steps": 3,
+                "l2_to_base": weight,
+            },
+            "output_dir": str(tmp_path / "runs"),
+        }
+    )
+    result = train(recipe)
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    tuned = PeftModel.from_pretrained(base, Path(result.run_dir) / "model")
+    log = [json.loads(line) for line in (Path(result.run_dir) / "metrics.jsonl").open()]
+    return {"delta": float(_explicit(tuned)), "log": log}
+
+
+def test_the_pull_keeps_the_adapter_delta_small(tiny_model: Path, tmp_path: Path) -> None:
+    free = _run(tiny_model, tmp_path, 0.0)
+    pulled = _run(tiny_model, tmp_path, 50.0)
+    assert pulled["delta"] < 0.5 * free["delta"], (pulled["delta"], free["delta"])
+    logged = [e["l2_to_base"] for e in pulled["log"] if "l2_to_base" in e]
+    assert logged and all(v > 0 for v in logged)
+    assert not any("l2_to_base" in e for e in free["log"])
