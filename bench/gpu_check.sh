@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU paths in one prepared run, for a session that is lent a GPU machine (device tool):
 #   bash bench/gpu_check.sh 2>&1 | tee gpu_check.log
-# Budget: about 8 minutes on one H100/H200 after setup. Each step prints what it checks;
+# Budget: about 11 minutes on one H100/H200 after setup. Each step prints what it checks;
 # record the output in docs/experiments.md. On a machine without CUDA it says so and stops.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,3 +23,8 @@ step "bench_generate on GPU" 300 python bench/bench_generate.py
 # 4. vLLM generation, where it is installed (optional; tuneloop falls back to transformers)
 python -c "import vllm" 2>/dev/null && echo "vllm $(python -c 'import vllm; print(vllm.__version__)') present" \
     || echo "vllm not installed: skipped"
+# 5. serving on the GPU: continuous batching vs one request at a time, 16 clients
+step "bench_serve on GPU" 300 python bench/bench_serve.py --clients 16 --requests 64 --max-tokens 64
+# 6. forgetting: 40 steps with self-distilled replay and the L2 pull (both run on CUDA)
+step "replay + l2_to_base, 40 steps" 300 tuneloop train examples/support/recipe.yaml \
+    training.max_steps=40 training.replay.ratio=0.2 training.l2_to_base=0.001 "output_dir=$OUT"

@@ -339,7 +339,8 @@ def test_two_serving_replicas_share_one_postgres_registry(
             proc.terminate()
         for proc, _ in replicas:
             proc.wait(30)
-    logged = [r for r in registry.list_traffic() if r.status == 200]
-    assert sorted(r.request_id for r in logged) == sorted(r["id"] for _, r in replies)
+    logged = [r.request_id for r in registry.list_traffic() if r.status == 200]
+    # each of the 40 once (requests sent while the revocation was on its way may add more)
+    assert len(logged) == len(set(logged)) and {r["id"] for _, r in replies} <= set(logged)
     assert [f.request_id for f in registry.feedback_for()] == [first_on_a]
     assert list_api_keys() == []  # revoked keys are not listed; their record stays
