@@ -362,16 +362,23 @@ def create_app(
         finish: list[str | None] = [None] * job.params.n
         tokens = 0
         done = 0
+        checked = time.monotonic()
         try:
             while done < job.params.n:
                 try:
                     event = await asyncio.wait_for(events.get(), timeout=0.25)
                 except TimeoutError:
+                    event = None
+                # every quarter second, also while tokens keep coming: a client that hung
+                # up must not keep its rows decoding to the end
+                if event is None or time.monotonic() - checked >= 0.25:
+                    checked = time.monotonic()
                     if await request.is_disconnected():
                         job.cancel()
                         _record(request, rid, route, 499, messages, body, job, texts, finish,
                                 tokens, "client disconnected")  # fmt: skip
                         return Response(status_code=499)
+                if event is None:
                     continue
                 if event.kind == "error":
                     reply = _failure(event.error)
