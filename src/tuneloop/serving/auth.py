@@ -91,19 +91,16 @@ def _write_keys(path: Path, records: list[KeyRecord]) -> None:
     path.chmod(0o600)
 
 
+def _from_row(row: Any) -> KeyRecord:
+    """A registry `api_keys` row as the record a keys file holds."""
+    created = row.created_at.isoformat(timespec="seconds")
+    return KeyRecord(id=row.key_id, name=row.name, scope=row.scope, hash=row.hash, created=created)
+
+
 def _registry_keys() -> list[KeyRecord]:
     from tuneloop import registry
 
-    return [
-        KeyRecord(
-            id=r.key_id,
-            name=r.name,
-            scope=r.scope,
-            hash=r.hash,
-            created=r.created_at.isoformat(timespec="seconds"),
-        )
-        for r in registry.active_api_keys()
-    ]
+    return [_from_row(r) for r in registry.active_api_keys()]
 
 
 def list_keys(path: str | Path | None) -> list[KeyRecord]:
@@ -145,10 +142,7 @@ def revoke_key(path: str | Path | None, which: str) -> KeyRecord:
     if path is None:
         from tuneloop import registry
 
-        hit = registry.revoke_api_key(which)
-        return KeyRecord(
-            hit.key_id, hit.name, hit.scope, hit.hash, hit.created_at.isoformat(timespec="seconds")
-        )
+        return _from_row(registry.revoke_api_key(which))
     path = Path(path)
     records = read_keys(path)
     hits = [r for r in records if which in (r.id, r.name)]

@@ -64,7 +64,8 @@ _EXPORT_NAMES = frozenset(
         MARKER,
     }
 )
-_SHARD = re.compile(
+# shards of a merged model, and the GGUF file an export names NAME-QUANT.gguf
+_EXPORT_PATTERN = re.compile(
     r"^((model|pytorch_model)-\d{5}-of-\d{5}\.(safetensors|bin)|[\w.-]+-(f16|q8_0)\.gguf)$"
 )
 
@@ -467,4 +468,4 @@ def _export_files(folder: Path) -> set[str]:
                 if isinstance(n, str) and n not in ("", ".", "..") and n == Path(n).name
             }
     present = {p.name for p in folder.iterdir()}
-    return {n for n in present if n in _EXPORT_NAMES or _SHARD.match(n)}
+    return {n for n in present if n in _EXPORT_NAMES or _EXPORT_PATTERN.match(n)}
