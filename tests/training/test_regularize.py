@@ -126,3 +126,118 @@ def test_the_pull_keeps_the_adapter_delta_small(tiny_model: Path, tmp_path: Path
     logged = [e["l2_to_base"] for e in pulled["log"] if "l2_to_base" in e]
     assert logged and all(v > 0 for v in logged)
     assert not any("l2_to_base" in e for e in free["log"])
+
+
+def _examples(n: int) -> list:
+    from tuneloop.training.tokenize import Example
+
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for i in range(n):
+        ids = torch.randint(5, 200, (6 + i,), generator=g).tolist()
+        out.append(Example(input_ids=ids, labels=ids))
+    return out
+
+
+def test_fisher_matches_a_direct_computation(tiny_model: Path) -> None:
+    """Mean squared per-example gradient of the summed token loss, scaled to mean 1."""
+    from transformers import AutoModelForCausalLM
+
+    from tuneloop.training.regularize import diagonal_fisher
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    targets = [
+        model.model.layers[0].mlp.up_proj.weight,
+        model.model.layers[1].self_attn.q_proj.weight,
+    ]
+    examples = _examples(3)
+    got = diagonal_fisher(model, examples, pad_id=0, targets=targets)
+
+    direct = [torch.zeros_like(t) for t in targets]
+    for e in examples:
+        ids = torch.tensor([e.input_ids])
+        logits = model(input_ids=ids).logits[0, :-1]
+        loss = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum")
+        model.zero_grad()
+        loss.backward()
+        for d, t in zip(direct, targets, strict=True):
+            d += t.grad.pow(2) / len(examples)
+    mean = sum(float(d.sum()) for d in direct) / sum(d.numel() for d in direct)
+    for g, d in zip(got, direct, strict=True):
+        torch.testing.assert_close(g, d / mean, rtol=1e-4, atol=1e-6)
+    assert sum(float(g.sum()) for g in got) / sum(g.numel() for g in got) == pytest.approx(1.0)
+    # the parameters' trainability is as it was
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_ewc_gradient_matches_autograd_and_a_flat_fisher_is_the_l2_pull(tiny_model: Path) -> None:
+    from tuneloop.training.regularize import EWC
+
+    model = _lora(tiny_model)
+    ewc = EWC(model, weight=0.5)
+    g = torch.Generator().manual_seed(2)
+    fisher = [torch.rand(t.shape, generator=g) * 2 for t in ewc.targets()]
+    ewc.set_fisher(fisher)
+    ewc.add_gradients()  # at the start: no delta, no pull
+    assert ewc.value() == 0.0 and all(x.abs().max() == 0 for x in _grads(model).values())
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    explicit = torch.zeros(())
+    layers = [m for m in model.modules() if hasattr(m, "lora_A") and "default" in m.lora_A]
+    assert len(layers) == len(fisher)
+    for m, f in zip(layers, fisher, strict=True):
+        delta = m.scaling["default"] * m.lora_B["default"].weight @ m.lora_A["default"].weight
+        explicit = explicit + (f * delta.pow(2)).sum()
+    model.zero_grad()
+    (0.5 * explicit).backward()
+    expected = _grads(model)
+    model.zero_grad()
+    ewc.add_gradients()
+    got = _grads(model)
+    assert ewc.value() == pytest.approx(float(explicit.detach()), rel=1e-5)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-7)
+
+    flat = EWC(model, weight=0.5)
+    flat.set_fisher([torch.ones(t.shape) for t in flat.targets()])
+    assert flat.value() == pytest.approx(L2ToBase(model, 0.5).value(), rel=1e-5)
+
+
+def _ewc_run(tiny_model: Path, tmp_path: Path, name: str) -> Path:
+    recipe = recipe_from_dict(
+        {
+            "name": name,
+            "model": str(tiny_model),
+            "data": {"train": str(SUPPORT / "train.jsonl"), "max_length": 64},
+            "adapter": {"type": "lora", "r": 4, "alpha": 8},
+            "training": {
+                "max_steps": 4,
+                "batch_size": 4,
+                "learning_rate": 1e-2,
+                "logging_steps": 2,
+                "ewc": 5.0,
+                "ewc_samples": 8,
+            },
+            "output_dir": str(tmp_path / "runs"),
+        }
+    )
+    return Path(train(recipe).run_dir)
+
+
+def test_ewc_trains_with_a_cached_fisher(tiny_model: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TUNELOOP_HOME", str(tmp_path / "home"))
+    first = _ewc_run(tiny_model, tmp_path, "ewc-a")
+    record = json.loads((first / "regulariser.json").read_text())
+    assert record["kind"] == "ewc" and record["fisher"]["examples"] == 8
+    assert record["fisher"]["cached"] is False and record["extra_memory_mb"] > 0
+    assert Path(record["fisher"]["file"]).is_file()
+    log = [json.loads(line) for line in (first / "metrics.jsonl").open()]
+    logged = [e["ewc"] for e in log if "ewc" in e]
+    assert logged and logged[-1] > 0
+    second = json.loads((_ewc_run(tiny_model, tmp_path, "ewc-b") / "regulariser.json").read_text())
+    assert second["fisher"]["cached"] is True
+    assert second["fisher"]["file"] == record["fisher"]["file"]

@@ -363,6 +363,19 @@ class TrainingConfig(_Section):
         "trained weights from the starting model to the loss (LoRA: the adapter's weight "
         "delta; full fine-tuning keeps a copy of the starting weights). 0: off.",
     )
+    ewc: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Against forgetting: elastic weight consolidation, the same squared "
+        "distance weighted per weight by the starting model's diagonal Fisher on general "
+        "text (scaled to mean 1, so weights compare with l2_to_base). Method sft. 0: off.",
+    )
+    ewc_samples: int = Field(
+        default=64,
+        gt=0,
+        description="General examples (from the built-in replay prompts) the Fisher is "
+        "computed on, once per starting model; cached.",
+    )
     replay: ReplayConfig = Field(
         default_factory=ReplayConfig,
         description="Mix general examples into training so the model keeps what it knew "

@@ -454,8 +454,10 @@ def fit(
     resume: str | Path | bool = False,
     on_step: Any = None,
     desc: str = "training",
+    general: tuple[list[Any], str] | None = None,
 ) -> Any:
-    """The shared loop for one method's examples, its metrics streamed to the registry."""
+    """The shared loop for one method's examples, its metrics streamed to the registry.
+    general: tokenised general text and the starting model's key, for `training.ewc`."""
     from tuneloop import registry
     from tuneloop.training.loop import LoopConfig, run_loop
 
@@ -471,6 +473,7 @@ def fit(
         on_step=on_step,
         desc=desc,
         objective=objective,
+        general=general,
     )
 
 

@@ -109,6 +109,7 @@ class LoopConfig:
     bf16: bool = False
     report_to: list[str] = field(default_factory=list)
     l2_to_base: float = 0.0  # training/regularize.py
+    ewc: float = 0.0  # training/regularize.py
 
     @classmethod
     def from_training(cls, training: Any, bf16: bool, learning_rate: float) -> LoopConfig:
@@ -474,6 +475,7 @@ def run_loop(
     on_step: Callable[[int, Any], None] | None = None,
     desc: str = "training",
     objective: Objective = SFT,
+    general: tuple[list[Any], str] | None = None,
 ) -> LoopResult:
     """Train `model` (its trainable parameters) on `train` for `objective`; see the module
     docstring.
@@ -481,6 +483,7 @@ def run_loop(
     resume: False for a fresh run, True for the latest checkpoint in `run_path`, or the
     path of one checkpoint. on_log receives every metrics entry (after metrics.jsonl);
     on_step(step, model) runs after each optimizer step (tests use it to inject faults).
+    general: tokenised general text and a key naming the starting model, for EWC's Fisher.
     """
     import torch
     from accelerate.state import AcceleratorState
@@ -527,16 +530,8 @@ def run_loop(
         ),
         cfg.bf16,
     )
-    regulariser = None  # built before a resume loads weights: it keeps the start
-    if cfg.l2_to_base > 0:
-        if world > 1 and cfg.distributed != "ddp":
-            raise TrainingError(
-                f"training.l2_to_base works with one process or DDP, not {cfg.distributed}: "
-                "a sharded layout holds no whole LoRA matrices on one rank"
-            )
-        from tuneloop.training.regularize import L2ToBase
-
-        regulariser = L2ToBase(layout.model, cfg.l2_to_base)
+    # built before a resume loads weights: it keeps the start
+    regulariser = _regulariser(layout.model, cfg, world, pad_id, general, run_path, main)
     ckpt_dir, metrics_path = run_path / "checkpoints", run_path / "metrics.jsonl"
     state = TrainState(world=world, layout=layout.name)
     if resume:
@@ -596,7 +591,7 @@ def run_loop(
                 entry = window.entry(step_no, epoch, grad_norm, lr, state.tokens)
                 entry["peak_memory_gb"] = _peak_memory_gb(accelerator)
                 if regulariser is not None:
-                    entry["l2_to_base"] = round(regulariser.value(), 6)
+                    entry["ewc" if cfg.ewc > 0 else "l2_to_base"] = round(regulariser.value(), 6)
                 log(entry)
                 if bar:
                     bar.postfix(loss=f"{entry['loss']:.4f}", tok_s=f"{entry['tokens_per_s']:.0f}")
@@ -658,6 +653,58 @@ def run_loop(
 
 EAGER_MAX_TOKENS = 512  # measured CPU crossover (docs/performance.md)
 EAGER_MEMORY_SHARE = 0.25  # eager's attention maps may take this share of free memory
+
+
+def _regulariser(
+    model: Any,
+    cfg: LoopConfig,
+    world: int,
+    pad_id: int,
+    general: tuple[list[Any], str] | None,
+    run_path: Path,
+    main: bool,
+) -> Any:
+    """The pull toward the start the config asks for (None: none), its cost written to
+    `regulariser.json` in the run folder."""
+    if cfg.l2_to_base <= 0 and cfg.ewc <= 0:
+        return None
+    name = "ewc" if cfg.ewc > 0 else "l2_to_base"
+    if cfg.l2_to_base > 0 and cfg.ewc > 0:
+        raise TrainingError("set one of training.l2_to_base and training.ewc, not both")
+    if world > 1 and cfg.distributed != "ddp":
+        raise TrainingError(
+            f"training.{name} works with one process or DDP, not {cfg.distributed}: "
+            "a sharded layout holds no whole LoRA matrices on one rank"
+        )
+    from tuneloop.training import regularize
+
+    started = time.perf_counter()
+    record: dict[str, Any] = {"kind": name}
+    if name == "l2_to_base":
+        reg = regularize.L2ToBase(model, cfg.l2_to_base)
+    else:
+        if general is None:
+            raise TrainingError(
+                "training.ewc needs general text for the Fisher; this method does not "
+                "provide it (EWC is built for method: sft)"
+            )
+        from tuneloop.config.home import tuneloop_home
+
+        examples, key = general
+        reg = regularize.EWC(model, cfg.ewc)
+        fisher, record["fisher"] = regularize.cached_fisher(
+            model, examples, pad_id, reg.targets(), key, tuneloop_home() / "cache" / "fisher"
+        )
+        reg.set_fisher(fisher)
+    record.update(
+        weight=reg.weight,
+        extra_memory_mb=round(reg.extra_bytes() / 2**20, 1),
+        setup_s=round(time.perf_counter() - started, 1),
+    )
+    if main:
+        run_path.mkdir(parents=True, exist_ok=True)
+        (run_path / "regulariser.json").write_text(json.dumps(record, indent=2) + "\n")
+    return reg
 
 
 def choose_attention(

@@ -158,6 +158,7 @@ def sft(
             lr,
             resume,
             on_step,
+            general=_general_text(recipe, resolved, tokenizer) if recipe.training.ewc else None,
         )
         if main:
             common.save_final(model, tokenizer, run_path / "model", resolved.base)
@@ -165,6 +166,24 @@ def sft(
     return common.complete(
         run, recipe, run_path, meta, result, timings, started, main, dropped_rows=dropped
     )
+
+
+def _general_text(recipe: Recipe, resolved: Any, tokenizer: Any) -> tuple[list[Any], str]:
+    """EWC's general text: the first `training.ewc_samples` built-in replay prompts (never
+    the forgetting probes), each rendered by the chat template as one example with every
+    token a target, and a key naming the starting model for the Fisher's cache."""
+    from tuneloop.training.replay import BUILTIN, _cache_key, replay_prompts
+    from tuneloop.training.tokenize import Example
+
+    prompts = replay_prompts(BUILTIN)[: recipe.training.ewc_samples]
+    examples = []
+    for messages in prompts:
+        ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=False)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        ids = list(ids)[: recipe.data.max_length]
+        examples.append(Example(input_ids=ids, labels=list(ids)))
+    return examples, _cache_key(resolved, prompts, recipe.data.max_length)
 
 
 def _with_replay(
