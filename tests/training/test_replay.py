@@ -103,3 +103,41 @@ def test_self_distilled_replay_is_cached_and_linked(tiny_model: Path, tmp_path: 
     second = json.loads((Path(again.run_dir) / "run.json").read_text())["replay"]
     assert second["cached"] is True and second["key"] == record["key"]
     assert second["dataset_id"] == record["dataset_id"]  # same answers: the same version
+
+
+def test_resume_stays_exact_with_replay_and_ewc_on(tiny_model: Path, tmp_path: Path) -> None:
+    """Interrupted at step 3 and resumed, a run with replay rows and the EWC pull logs the
+    same losses and penalties as the run that was never stopped."""
+    import os
+    import signal
+
+    import pytest
+
+    from tuneloop.errors import TrainingInterrupted
+
+    model = _talkative(tiny_model, tmp_path / "talkative")
+
+    def recipe(sub: str) -> object:
+        r = _recipe(model, tmp_path / sub, 0.2)
+        r.training.max_steps, r.training.save_steps, r.training.logging_steps = 6, 100, 1
+        r.training.ewc, r.training.ewc_samples = 5.0, 4
+        return r
+
+    full = train(recipe("a"))
+
+    def interrupt(step: int, _: object) -> None:
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    run_dir = tmp_path / "interrupted"
+    with pytest.raises(TrainingInterrupted):
+        train(recipe("b"), run_dir=run_dir, on_step=interrupt)
+    resumed = train(recipe("b"), run_dir=run_dir, resume=True)
+
+    def curve(history: list[dict]) -> dict[int, tuple[float, float]]:
+        return {e["step"]: (e["loss"], e["ewc"]) for e in history if "loss" in e and "ewc" in e}
+
+    a, b = curve(full.history), curve(resumed.history)
+    assert sorted(b) == [1, 2, 3, 4, 5, 6] and b[6][1] > 0
+    for step in range(1, 7):
+        assert b[step] == pytest.approx(a[step], abs=1e-4), step
