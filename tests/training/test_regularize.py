@@ -40,6 +40,15 @@ def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def _move_away(model: torch.nn.Module) -> None:
+    """Random B matrices (seeded): the adapters now hold a delta."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+
+
 def test_lora_penalty_and_gradient_match_autograd(tiny_model: Path) -> None:
     model = _lora(tiny_model)
     reg = L2ToBase(model, weight=0.5)
@@ -47,11 +56,7 @@ def test_lora_penalty_and_gradient_match_autograd(tiny_model: Path) -> None:
     reg.add_gradients()  # at the start B = 0: no delta, no pull
     assert reg.value() == 0.0 and all(g.abs().max() == 0 for g in _grads(model).values())
 
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.1)
+    _move_away(model)
     model.zero_grad()
     (0.5 * _explicit(model)).backward()
     expected = _grads(model)
@@ -181,11 +186,7 @@ def test_ewc_gradient_matches_autograd_and_a_flat_fisher_is_the_l2_pull(tiny_mod
     ewc.add_gradients()  # at the start: no delta, no pull
     assert ewc.value() == 0.0 and all(x.abs().max() == 0 for x in _grads(model).values())
 
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.1)
+    _move_away(model)
     explicit = torch.zeros(())
     layers = [m for m in model.modules() if hasattr(m, "lora_A") and "default" in m.lora_A]
     assert len(layers) == len(fisher)
