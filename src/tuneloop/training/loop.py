@@ -531,7 +531,7 @@ def run_loop(
         cfg.bf16,
     )
     # built before a resume loads weights: it keeps the start
-    regulariser = _regulariser(layout.model, cfg, world, pad_id, general, run_path, main)
+    regulariser = _regulariser(layout, cfg, world, pad_id, general, run_path, main)
     ckpt_dir, metrics_path = run_path / "checkpoints", run_path / "metrics.jsonl"
     state = TrainState(world=world, layout=layout.name)
     if resume:
@@ -656,7 +656,7 @@ EAGER_MEMORY_SHARE = 0.25  # eager's attention maps may take this share of free 
 
 
 def _regulariser(
-    model: Any,
+    layout: Layout,
     cfg: LoopConfig,
     world: int,
     pad_id: int,
@@ -665,9 +665,12 @@ def _regulariser(
     main: bool,
 ) -> Any:
     """The pull toward the start the config asks for (None: none), its cost written to
-    `regulariser.json` in the run folder."""
+    `regulariser.json` in the run folder. `layout.model` is read only when one is asked
+    for: unwrapping imports DeepSpeed where it is installed, whose logger then writes to
+    the CLI's stdout."""
     if cfg.l2_to_base <= 0 and cfg.ewc <= 0:
         return None
+    model = layout.model
     name = "ewc" if cfg.ewc > 0 else "l2_to_base"
     if cfg.l2_to_base > 0 and cfg.ewc > 0:
         raise TrainingError("set one of training.l2_to_base and training.ewc, not both")
