@@ -97,30 +97,31 @@ def test_full_weights_are_pulled_toward_their_start(tiny_model: Path) -> None:
     assert reg.value() == pytest.approx(float((weight.detach() - start).pow(2).sum()), rel=1e-5)
 
 
-def _run(tiny_model: Path, tmp_path: Path, weight: float) -> dict:
+def _train(tiny_model: Path, tmp_path: Path, name: str, **training: object) -> Path:
+    """A short LoRA run on the support rows with the given training settings."""
     recipe = recipe_from_dict(
         {
-            "name": f"l2-{weight}",
+            "name": name,
             "model": str(tiny_model),
             "data": {"train": str(SUPPORT / "train.jsonl"), "max_length": 64},
             "adapter": {"type": "lora", "r": 4, "alpha": 8},
-            "training": {
-                "max_steps": 6,
-                "batch_size": 4,
-                "learning_rate": 1e-2,
-                "logging_steps": 3,
-                "l2_to_base": weight,
-            },
+            "training": {"batch_size": 4, "learning_rate": 1e-2, **training},
             "output_dir": str(tmp_path / "runs"),
         }
     )
-    result = train(recipe)
+    return Path(train(recipe).run_dir)
+
+
+def _run(tiny_model: Path, tmp_path: Path, weight: float) -> dict:
+    run_dir = _train(
+        tiny_model, tmp_path, f"l2-{weight}", max_steps=6, logging_steps=3, l2_to_base=weight
+    )
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
-    tuned = PeftModel.from_pretrained(base, Path(result.run_dir) / "model")
-    log = [json.loads(line) for line in (Path(result.run_dir) / "metrics.jsonl").open()]
+    tuned = PeftModel.from_pretrained(base, run_dir / "model")
+    log = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
     return {"delta": float(_explicit(tuned)), "log": log}
 
 
@@ -209,24 +210,7 @@ def test_ewc_gradient_matches_autograd_and_a_flat_fisher_is_the_l2_pull(tiny_mod
 
 
 def _ewc_run(tiny_model: Path, tmp_path: Path, name: str) -> Path:
-    recipe = recipe_from_dict(
-        {
-            "name": name,
-            "model": str(tiny_model),
-            "data": {"train": str(SUPPORT / "train.jsonl"), "max_length": 64},
-            "adapter": {"type": "lora", "r": 4, "alpha": 8},
-            "training": {
-                "max_steps": 4,
-                "batch_size": 4,
-                "learning_rate": 1e-2,
-                "logging_steps": 2,
-                "ewc": 5.0,
-                "ewc_samples": 8,
-            },
-            "output_dir": str(tmp_path / "runs"),
-        }
-    )
-    return Path(train(recipe).run_dir)
+    return _train(tiny_model, tmp_path, name, max_steps=4, logging_steps=2, ewc=5.0, ewc_samples=8)
 
 
 def test_ewc_trains_with_a_cached_fisher(tiny_model: Path, tmp_path: Path, monkeypatch) -> None:

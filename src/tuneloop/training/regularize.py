@@ -159,13 +159,12 @@ def diagonal_fisher(model: Any, examples: list[Any], pad_id: int, targets: list[
 
     if not examples:
         raise ValueError("no general examples for the Fisher")
-    flags = [t.requires_grad for t in targets]
-    others = [p for p in model.parameters() if p.requires_grad]
+    flags = {p: p.requires_grad for p in (*model.parameters(), *targets)}
     was_training = model.training
     sums = [torch.zeros(t.shape, dtype=torch.float32) for t in targets]
     device = targets[0].device
     try:
-        for p in others:
+        for p in flags:
             p.requires_grad_(False)
         for t in targets:
             t.requires_grad_(True)
@@ -176,12 +175,8 @@ def diagonal_fisher(model: Any, examples: list[Any], pad_id: int, targets: list[
             for total, g in zip(sums, grads, strict=True):
                 total += g.detach().float().cpu().pow(2)
     finally:
-        for t in targets:
-            t.requires_grad_(False)
-        for p in others:
-            p.requires_grad_(True)
-        for t, flag in zip(targets, flags, strict=True):
-            t.requires_grad_(flag)
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
         model.train(was_training)
     # F = sums / n; scaled to mean 1 that is sums / mean(sums)
     mean = sum(float(s.sum()) for s in sums) / max(sum(s.numel() for s in sums), 1)

@@ -60,9 +60,10 @@ def replay_prompts(ref: str) -> list[Conversation]:
     return prompts
 
 
-def _cache_key(resolved: Any, prompts: list[Conversation], max_new_tokens: int) -> str:
-    """What the answers depend on: the starting model (its folders' configs and weight
-    files by size and time), the prompts and the answer length."""
+def model_key(resolved: Any, prompts: list[Conversation], max_new_tokens: int) -> str:
+    """A key for what is computed from the starting model on a prompt set (the replay
+    answers, EWC's Fisher): its folders' configs and weight files by size and time, the
+    prompts and a length (answer tokens, or the Fisher's truncation)."""
     h = hashlib.sha256()
     for folder in filter(None, (resolved.base, resolved.adapter)):
         for path in sorted(Path(folder).glob("*")):
@@ -85,7 +86,7 @@ def self_distilled(
     from tuneloop.files import atomic_write_text
 
     prompts = replay_prompts(prompts_ref)
-    key = _cache_key(resolved, prompts, max_new_tokens)
+    key = model_key(resolved, prompts, max_new_tokens)
     path = tuneloop_home() / "cache" / "replay" / f"{key}.jsonl"
     record: dict[str, Any] = {"key": key, "file": str(path), "prompts": prompts_ref}
     if path.is_file():

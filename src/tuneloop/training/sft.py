@@ -172,7 +172,7 @@ def _general_text(recipe: Recipe, resolved: Any, tokenizer: Any) -> tuple[list[A
     """EWC's general text: the first `training.ewc_samples` built-in replay prompts (never
     the forgetting probes), each rendered by the chat template as one example with every
     token a target, and a key naming the starting model for the Fisher's cache."""
-    from tuneloop.training.replay import BUILTIN, _cache_key, replay_prompts
+    from tuneloop.training.replay import BUILTIN, model_key, replay_prompts
     from tuneloop.training.tokenize import Example
 
     prompts = replay_prompts(BUILTIN)[: recipe.training.ewc_samples]
@@ -183,7 +183,7 @@ def _general_text(recipe: Recipe, resolved: Any, tokenizer: Any) -> tuple[list[A
             ids = ids["input_ids"]
         ids = list(ids)[: recipe.data.max_length]
         examples.append(Example(input_ids=ids, labels=list(ids)))
-    return examples, _cache_key(resolved, prompts, recipe.data.max_length)
+    return examples, model_key(resolved, prompts, recipe.data.max_length)
 
 
 def _with_replay(
