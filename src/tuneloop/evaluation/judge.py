@@ -34,6 +34,7 @@ from tuneloop.data.judging import (
     pair_messages,
 )
 from tuneloop.errors import TuneloopError
+from tuneloop.evaluation.agreement import cohen_kappa
 from tuneloop.progress import Progress
 
 
@@ -377,24 +378,6 @@ def position_bias(verdicts: Sequence[PairVerdict]) -> dict[str, float]:
         "pairs": len(verdicts),
         "unparsed": unparsed,
     }
-
-
-def cohen_kappa(a: Sequence[Any], b: Sequence[Any]) -> float:
-    """Cohen's kappa between two raters' labels of the same items (1 = full agreement,
-    0 = what chance alone gives): how far a judge can be trusted against human labels."""
-    from collections import Counter
-
-    if len(a) != len(b):
-        raise ValueError(f"{len(a)} labels against {len(b)}")
-    if not a:
-        raise ValueError("kappa needs at least one item")
-    n = len(a)
-    observed = sum(x == y for x, y in zip(a, b, strict=True)) / n
-    ca, cb = Counter(a), Counter(b)
-    expected = sum(ca[k] * cb[k] for k in ca) / (n * n)
-    if expected == 1.0:
-        return 1.0 if observed == 1.0 else 0.0
-    return (observed - expected) / (1 - expected)
 
 
 def human_agreement(
