@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import glob
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -265,3 +268,46 @@ def screenshot(page: Any, name: str, tmp_path: Path) -> Path:
     page.screenshot(path=str(path), full_page=True)
     assert path.stat().st_size > 10_000, "a blank page"
     return path
+
+
+# --- a real PostgreSQL server, for the tests where several writers share one registry ---
+
+
+def _postgres_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL server on a unix socket in a temporary folder."""
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
+    pytest.importorskip("psycopg", reason="the psycopg driver is in the `test` extra")
+    as_user: list[str] = []
+    root = Path(tempfile.mkdtemp(prefix="tuneloop-pg-"))
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        runuser = shutil.which("runuser")
+        if runuser is None:
+            pytest.skip("running as root and no `runuser` to start PostgreSQL as another user")
+        as_user = [runuser, "-u", "postgres", "--"]
+        shutil.chown(root, "postgres")
+    data = root / "data"
+    port = "5432"  # the socket lives in `root`, so the port cannot collide with a server
+
+    def run(*args: str) -> None:
+        subprocess.run([*as_user, *args], check=True, capture_output=True, timeout=120, cwd=root)
+
+    run(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+    options = f"-c listen_addresses='' -c unix_socket_directories={root} -p {port}"
+    run(str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-w", "-l", str(root / "log"),
+        "start")  # fmt: skip
+    try:
+        yield f"postgresql+psycopg://postgres@/postgres?host={root}&port={port}"
+    finally:
+        run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)

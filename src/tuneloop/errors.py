@@ -33,3 +33,17 @@ class TrainingInterrupted(TuneloopError):
     """SIGTERM or Ctrl-C arrived; a checkpoint was saved and the run can be resumed."""
 
     exit_code = 130
+
+
+class NotFound(TuneloopError):
+    """A record (task, item, user) does not exist, or is not visible to who asked."""
+
+
+class Forbidden(TuneloopError):
+    """The account's role does not allow this (a viewer writing, an annotator reading
+    another's blind answers)."""
+
+
+class Conflict(TuneloopError):
+    """The record changed since it was read (a stale edit) or is already complete; reload
+    and try again. Never a silent overwrite."""

@@ -3,16 +3,12 @@ identity by source, and database failures reported as one line."""
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
 import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -77,46 +73,6 @@ def test_two_processes_register_80_versions_on_sqlite(
     isolated_registry: str, tmp_path: Path
 ) -> None:
     _two_writers(isolated_registry, tmp_path)
-
-
-def _postgres_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if found:
-        return Path(found[-1]).parent
-    initdb = shutil.which("initdb")
-    return Path(initdb).parent if initdb else None
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    """A throwaway PostgreSQL server on a unix socket in a temporary folder."""
-    bindir = _postgres_bin()
-    if bindir is None:
-        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
-    pytest.importorskip("psycopg", reason="the psycopg driver is in the `test` extra")
-    as_user: list[str] = []
-    root = Path(tempfile.mkdtemp(prefix="tuneloop-pg-"))
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        runuser = shutil.which("runuser")
-        if runuser is None:
-            pytest.skip("running as root and no `runuser` to start PostgreSQL as another user")
-        as_user = [runuser, "-u", "postgres", "--"]
-        shutil.chown(root, "postgres")
-    data = root / "data"
-    port = "5432"  # the socket lives in `root`, so the port cannot collide with a server
-
-    def run(*args: str) -> None:
-        subprocess.run([*as_user, *args], check=True, capture_output=True, timeout=120, cwd=root)
-
-    run(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-    options = f"-c listen_addresses='' -c unix_socket_directories={root} -p {port}"
-    run(str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-w", "-l", str(root / "log"),
-        "start")  # fmt: skip
-    try:
-        yield f"postgresql+psycopg://postgres@/postgres?host={root}&port={port}"
-    finally:
-        run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_two_processes_register_80_versions_on_postgres(

@@ -220,3 +220,93 @@ class ApiKey(Base):
     hash: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+# --- the studio: accounts, feedback tasks, responses, and the audit log ---------------------
+
+
+class StudioUser(Base):
+    """A studio account: only the argon2 hash of its password is stored. Disabled accounts
+    stay (with `disabled_at`) so the audit log's names keep meaning someone."""
+
+    __tablename__ = "studio_users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # admin, annotator, viewer
+    password_hash: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class FeedbackTask(Base):
+    """A unit of human feedback work: rate, compare, rank or correct the answers of its
+    items. `config` holds the criteria, flags, overlap (k annotators per item), named
+    annotators and blindness; `source` is its lineage (the evals or dataset it came from)."""
+
+    __tablename__ = "feedback_tasks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    source: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    created_by: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class FeedbackItem(Base):
+    """One prompt of a task with the answers to judge (each `{"model", "text"}`); the
+    model names never leave the server for a blind task. `resolution` is an admin's final
+    label where the annotators disagreed."""
+
+    __tablename__ = "feedback_items"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("feedback_tasks.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    prompt: Mapped[list[Any]] = mapped_column(JSON)
+    answers: Mapped[list[Any]] = mapped_column(JSON)
+    reference: Mapped[str | None] = mapped_column(Text, nullable=True)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    resolution: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class FeedbackResponse(Base):
+    """One annotator's work on one item: a draft until submitted. `order` is the
+    permutation of the answers this annotator was shown (sides randomised per item and
+    annotator); `value` is stored in the item's own answer indices. `version` rises on
+    every save, so a stale edit is refused instead of overwriting."""
+
+    __tablename__ = "feedback_responses"
+    __table_args__ = (UniqueConstraint("item_id", "annotator", name="uq_response_item_annotator"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("feedback_tasks.id"), index=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("feedback_items.id"), index=True)
+    annotator: Mapped[str] = mapped_column(String(100), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="draft")  # draft, submitted
+    order: Mapped[list[Any]] = mapped_column(JSON)
+    value: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    submitted_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class AuditEntry(Base):
+    """Append-only: who changed what, when, from what to what. Nothing updates or deletes
+    these rows."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(40))
+    entity: Mapped[str] = mapped_column(String(40))
+    entity_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

@@ -35,6 +35,17 @@ def data_path(ref: str) -> str:
     return ref
 
 
+def record_data(ref: str, path: str, rows: list[Any], fmt: str) -> int:
+    """The registry id of the data a run reads: a `dataset:ID` reference is that version
+    itself (so a run trained on a studio or traffic export traces back to it), a file is
+    registered as a version of its own source."""
+    from tuneloop import registry
+
+    if ref.startswith("dataset:"):
+        return registry.get_dataset(int(ref.split(":", 1)[1])).id
+    return registry.register_dataset(Path(path).stem, rows, path, fmt).id
+
+
 def row_options(recipe: Recipe) -> RowOptions:
     """How this recipe turns raw rows into conversations (also recorded in the run)."""
     d = recipe.data
@@ -130,7 +141,6 @@ def preference_data(recipe: Recipe, main: bool, kinds: tuple[str, ...]) -> Prefe
     `preference`, unpaired `kto`), hold out `data.validation_split` when there is no eval
     file (seeded by `training.seed`, so every method of one recipe family sees the same
     split), apply `data.fraction`, and register the files as dataset versions (rank 0)."""
-    from tuneloop import registry
     from tuneloop.data.readers import read_rows
     from tuneloop.errors import DataError
 
@@ -157,17 +167,13 @@ def preference_data(recipe: Recipe, main: bool, kinds: tuple[str, ...]) -> Prefe
     rows, validation = list(train.rows), []
     datasets: dict[str, int] = {}
     if main:
-        datasets["train"] = registry.register_dataset(
-            Path(train_path).stem, train.rows, train_path, train.format
-        ).id
+        datasets["train"] = record_data(d.train, train_path, train.rows, train.format)
     if d.eval:
         eval_path = data_path(d.eval)
         held = read(eval_path)
         validation = list(held.rows)
         if main:
-            datasets["eval"] = registry.register_dataset(
-                Path(eval_path).stem, held.rows, eval_path, held.format
-            ).id
+            datasets["eval"] = record_data(d.eval, eval_path, held.rows, held.format)
     elif d.validation_split > 0:
         tr, va = stratified_split([None] * len(rows), d.validation_split, recipe.training.seed)
         rows, validation = [rows[i] for i in tr], [rows[i] for i in va]

@@ -37,7 +37,6 @@ def pretrain(
     on_step: Any = None,
 ) -> common.TrainResult:
     """Run one continued-pretraining job; returns a `common.TrainResult`."""
-    from tuneloop import registry
     from tuneloop.models import load_tokenizer, resolve
 
     started = time.perf_counter()
@@ -59,9 +58,9 @@ def pretrain(
         texts = [t for i, t in enumerate(texts) if i not in held]
     datasets: dict[str, int] = {}
     if main:
-        datasets["train"] = registry.register_dataset(
-            Path(train_path).stem, [{"text": t} for t in texts], train_path, fmt
-        ).id
+        datasets["train"] = common.record_data(
+            d.train, train_path, [{"text": t} for t in texts], fmt
+        )
     resolved = resolve(recipe.model, loading=recipe.model_loading)
     run, run_path = common.run_for(recipe, datasets, resolved.base, run_dir, resume)
     meta = common.run_meta(

@@ -36,7 +36,6 @@ def sft(
     resume: True continues the latest checkpoint of the run in `run_dir` (which must be
     given); a path names one checkpoint directory.
     """
-    from tuneloop import registry
     from tuneloop.data.readers import read_conversations
     from tuneloop.models import load_tokenizer, resolve
 
@@ -75,13 +74,13 @@ def sft(
 
     datasets: dict[str, int] = {}
     if main:
-        datasets["train"] = registry.register_dataset(
-            Path(train_path).stem, train_data.conversations, train_path, train_data.format
-        ).id
+        datasets["train"] = common.record_data(
+            d.train, train_path, train_data.conversations, train_data.format
+        )
         if d.eval:
-            datasets["eval"] = registry.register_dataset(
-                Path(eval_path).stem, eval_data.conversations, eval_path, eval_data.format
-            ).id
+            datasets["eval"] = common.record_data(
+                d.eval, eval_path, eval_data.conversations, eval_data.format
+            )
 
     # --- run record and directory
     resolved = resolve(recipe.model, loading=recipe.model_loading)
