@@ -791,6 +791,140 @@ def judge_agreement(
     return human_agreement(Judge(judge), str(pairs), limit=limit, seed=seed, criteria=criteria)
 
 
+# --- human feedback: the studio ----------------------------------------------------------
+
+
+def run_studio(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    secure_cookies: bool | None = None,
+    admin_name: str = "admin",
+) -> None:
+    """Run the human feedback studio (blocks until stopped); see docs/studio.md.
+
+    On a registry without an admin, an admin account `admin_name` is created first and
+    its random password printed once (there are no default credentials). secure_cookies:
+    None marks the session cookie Secure when requests arrive over https (or from a TLS
+    proxy that says so in X-Forwarded-Proto)."""
+    import uvicorn
+
+    from tuneloop.feedback import ensure_admin
+    from tuneloop.studio.app import create_app
+
+    made = ensure_admin(admin_name)
+    if made is not None:
+        user, password = made
+        print(
+            f"first start: created the admin account {user.name!r} with password {password}\n"
+            "  (shown once: keep it; `tuneloop studio user password NAME` sets a new one)",
+            flush=True,
+        )
+    if host not in ("127.0.0.1", "localhost", "::1") and secure_cookies is not True:
+        print(
+            f"warning: listening on {host} without TLS: passwords and session cookies cross "
+            "the network in the clear; put the studio behind an https proxy",
+            flush=True,
+        )
+    print(f"tuneloop studio on http://{host}:{port}", flush=True)
+    uvicorn.run(
+        create_app(secure_cookies=secure_cookies), host=host, port=port, log_level="warning"
+    )
+
+
+def create_studio_user(
+    name: str, role: str = "annotator", password: str | None = None
+) -> tuple[dict[str, Any], str]:
+    """A studio account (admin, annotator or viewer) and its password: random unless
+    given, shown only now; only its argon2 hash is stored."""
+    from tuneloop.feedback import create_user
+
+    user, password = create_user(name, role, password)
+    return user.to_dict(), password
+
+
+def studio_users() -> list[dict[str, Any]]:
+    """Every studio account (name, role, created, disabled); never a password hash."""
+    from tuneloop.feedback import list_users
+
+    return [u.to_dict() for u in list_users()]
+
+
+def set_studio_password(name: str, password: str | None = None) -> str:
+    """A new password for a studio account (random unless given); returns it once."""
+    from tuneloop.feedback import set_password
+
+    return set_password(name, password)
+
+
+def create_feedback_task(
+    name: str,
+    kind: str,
+    sources: Sequence[str | Path],
+    *,
+    criteria: Sequence[str] | None = None,
+    flags: Sequence[str] | None = None,
+    overlap: int = 1,
+    annotators: Sequence[str] | None = None,
+    blind: bool = True,
+    instructions: str = "",
+    limit: int | None = None,
+) -> Any:
+    """A studio task (`rate`, `compare`, `rank` or `correct`) from `eval:ID`, `run:ID`
+    (every evaluation of a run, e.g. the quickstart's base and tuned answers), `dataset:ID`
+    or data files, aligned example by example. overlap: annotators per item; annotators:
+    only these accounts; blind: nobody but admins sees which model wrote which answer.
+    Returns a `TaskInfo` (progress counts included)."""
+    from tuneloop.feedback import create_task
+
+    return create_task(
+        name,
+        kind,
+        [str(s) for s in sources],
+        criteria=list(criteria) if criteria else None,
+        flags=list(flags) if flags is not None else None,
+        overlap=overlap,
+        annotators=list(annotators) if annotators else None,
+        blind=blind,
+        instructions=instructions,
+        limit=limit,
+    )
+
+
+def feedback_tasks() -> list[Any]:
+    """Every studio task with its progress (`TaskInfo`)."""
+    from tuneloop.feedback import list_tasks
+
+    return list_tasks()
+
+
+def feedback_agreement(task_id: int) -> dict[str, Any]:
+    """Inter-annotator agreement of a task per criterion: percent agreement, Cohen's kappa
+    (mean over annotator pairs), Fleiss' kappa and Krippendorff's alpha."""
+    from tuneloop.feedback import task_agreement
+
+    return task_agreement(task_id)
+
+
+def export_feedback(
+    task_id: int, kind: str, out: str | Path | None = None, *, force: bool = False
+) -> Any:
+    """A task's outcome as a dataset version with lineage to the task: `preference`
+    (chosen, rejected, margin), `kto` (unpaired labels) or `sft` (corrections). Train on
+    it with `data.train=dataset:ID`. Returns a `FeedbackExport`."""
+    from tuneloop.feedback import export_task
+
+    return export_task(task_id, kind, out, force=force)
+
+
+def human_leaderboard(task_ids: Sequence[int] | None = None) -> dict[str, Any]:
+    """Studio compare and rank votes as a Bradley-Terry leaderboard with bootstrap
+    intervals, the same fit the judge's pairwise verdicts get."""
+    from tuneloop.feedback import human_leaderboard as board
+
+    return board(list(task_ids) if task_ids is not None else None)
+
+
 # --- serving and the whole loop ------------------------------------------------------------
 
 

@@ -1,0 +1,1 @@
+"""The human feedback studio: a web app over `tuneloop.feedback` (see docs/studio.md)."""
