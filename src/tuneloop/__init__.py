@@ -44,6 +44,7 @@ API = (
     "inspect",
     "iterate",
     "judge_agreement",
+    "judge_feedback_task",
     "list_api_keys",
     "list_models",
     "load_recipe",

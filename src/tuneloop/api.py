@@ -917,6 +917,15 @@ def export_feedback(
     return export_task(task_id, kind, out, force=force)
 
 
+def judge_feedback_task(task_id: int, judge: str, criteria: str | None = None) -> dict[str, Any]:
+    """An LLM judge on a studio compare task: its leaderboard beside the people's, and its
+    agreement and Cohen's kappa with the annotators' majority per item (how far to trust
+    the judge where no one has looked). Stored with the task for its page."""
+    from tuneloop.feedback import judge_task
+
+    return judge_task(task_id, judge, criteria)
+
+
 def human_leaderboard(task_ids: Sequence[int] | None = None) -> dict[str, Any]:
     """Studio compare and rank votes as a Bradley-Terry leaderboard with bootstrap
     intervals, the same fit the judge's pairwise verdicts get."""

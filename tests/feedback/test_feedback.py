@@ -335,3 +335,21 @@ def test_several_annotators_at_once_lose_nothing(
     assert len(feedback.audit_log("response", limit=1000)) == 90
     if database == "postgresql":
         db._engine_for.cache_clear()
+
+
+def test_a_judge_beside_the_people(tmp_path: Path, tiny_model: Path) -> None:
+    """The judge's verdicts on a compare task become a leaderboard of the same fit, with
+    its agreement and kappa against the annotators' majority, stored for the page."""
+    (alice,) = _people("alice")
+    task = feedback.create_task("pairs", "compare", [str(_pairs_file(tmp_path, PAIRS[:3]))])
+    _do_all(task.id, alice, _pick_good)
+    out = feedback.judge_task(task.id, str(tiny_model))
+    assert out["items"] == 3 and out["judged_by_people"] == 3
+    assert sum(out["verdicts"].values()) == 3
+    # the people always said "answer 0": agreement is the judge's share of "a" verdicts
+    assert out["agreement"] == pytest.approx(out["verdicts"]["a"] / 3)
+    assert feedback.get_task(task.id).config["judge"]["kappa"] == out["kappa"]
+    assert {r["model"] for r in out["leaderboard"]} <= {"chosen", "rejected"}
+    rank = feedback.create_task("r", "rate", [str(_pairs_file(tmp_path, PAIRS[:1]))])
+    with pytest.raises(TuneloopError, match="a judge compares pairs"):
+        feedback.judge_task(rank.id, str(tiny_model))

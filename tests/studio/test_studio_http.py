@@ -205,7 +205,7 @@ def test_roles_blindness_and_a_stale_edit(studio: dict) -> None:
     assert alice.post(save, data="not json", headers=h).status_code == 400
 
 
-def test_two_annotators_then_agreement_export_and_download(studio: dict) -> None:
+def test_two_annotators_then_agreement_export_and_download(studio: dict, tiny_model: Path) -> None:
     url, task = studio["url"], studio["task"]
     for name in ("alice", "bob"):
         s, csrf = login(studio, name)
@@ -221,8 +221,10 @@ def test_two_annotators_then_agreement_export_and_download(studio: dict) -> None
     admin, csrf = login(studio, "admin")
     info = admin.get(f"{url}/api/tasks/{task.id}").json()
     assert info["task"]["complete"] == 3 and info["agreement"]["choice"]["percent_agreement"] == 1
+    feedback.judge_task(task.id, str(tiny_model))  # the judge's side, shown beside
     page = admin.get(f"{url}/tasks/{task.id}").text
     assert "Krippendorff" in page and "rejected" in page  # admins see the models
+    assert 'id="judge-leaderboard"' in page and 'id="judge-kappa"' in page
     r = admin.post(f"{url}/tasks/{task.id}/export", data={"csrf": csrf, "kind": "preference"})
     assert r.status_code == 200 and "Exported 3 rows" in r.text
     dataset = int(re.search(r"dataset:(\d+)", r.text).group(1))

@@ -171,6 +171,27 @@ def export(task_id: int, kind: str, out: str | None, force: bool) -> None:
 
 
 @studio.command()
+@click.argument("task_id", type=int)
+@click.option("--judge", "judge", required=True, help="The judge model (a reference or run:ID).")
+@click.option("--criteria", help="What the judge compares for (default: the judge's own).")
+def judge(task_id: int, judge: str, criteria: str | None) -> None:
+    """Run an LLM judge on a compare task: its leaderboard beside the people's, and its
+    agreement with them (shown on the task's page too)."""
+    out = api.judge_feedback_task(task_id, judge, criteria)
+    kappa = "-" if out["kappa"] is None else f"{out['kappa']:.3f}"
+    agree = "-" if out["agreement"] is None else f"{out['agreement']:.3f}"
+    click.echo(
+        f"judge {judge} on {out['items']} items: a {out['verdicts']['a']}, b "
+        f"{out['verdicts']['b']}, tie {out['verdicts']['tie']}; against the annotators' "
+        f"majority on {out['judged_by_people']} items: agreement {agree}, kappa {kappa}"
+    )
+    for row in out["leaderboard"]:
+        click.echo(
+            f"  {row['model']:<40} {row['rating']:7.0f}  [{row['low']:.0f}, {row['high']:.0f}]"
+        )
+
+
+@studio.command()
 @click.option("--task", "task_ids", multiple=True, type=int, help="Only these tasks (repeat).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def leaderboard(task_ids: tuple[int, ...], as_json: bool) -> None:

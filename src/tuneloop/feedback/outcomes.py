@@ -496,3 +496,58 @@ def export_file(task_id: int, dataset_id: int) -> Path:
                 raise NotFound(f"the file of dataset {dataset_id} is gone: {path}")
             return path
     raise NotFound(f"task {task_id} has no export dataset {dataset_id}")
+
+
+def judge_task(
+    task_id: int, judge: str, criteria: str | None = None, actor: str = "cli"
+) -> dict[str, Any]:
+    """An LLM judge on a compare task's items, beside the people: its leaderboard (the
+    same Bradley-Terry fit as the human votes'), and how far it agrees with them (Cohen's
+    kappa between its a/b/tie and the annotators' majority, per item). Stored with the
+    task, so its page shows both side by side; returns the same dict."""
+    from tuneloop import registry
+    from tuneloop.data.judging import conversation_text
+    from tuneloop.evaluation.agreement import cohen_kappa
+    from tuneloop.evaluation.judge import Judge, position_bias
+    from tuneloop.evaluation.ranking import Game, leaderboard
+    from tuneloop.registry.tables import FeedbackTask
+
+    task, items, responses = _load(task_id)
+    if task.kind != "compare":
+        raise TuneloopError(f"task {task_id} is a {task.kind} task; a judge compares pairs")
+    the_judge = Judge(judge)
+    criteria = criteria or the_judge.default_criteria()
+    verdicts = the_judge.compare(
+        [conversation_text(i.prompt) for i in items],
+        [i.answers[0]["text"] for i in items],
+        [i.answers[1]["text"] for i in items],
+        criteria,
+    )
+    models = [(i.answers[0]["model"], i.answers[1]["model"]) for i in items]
+    games = [Game(a, b, v.winner) for (a, b), v in zip(models, verdicts, strict=True) if a != b]
+    said, human = [], []
+    for item, v in zip(items, verdicts, strict=True):
+        verdict = _verdict(task, item, responses.get(item.id, []))
+        if verdict is None or verdict.get("winner") is None:
+            continue
+        w = verdict["winner"]
+        human.append("a" if w == 0 else "b" if w == 1 else "tie")  # both bad: no preference
+        said.append(v.winner)
+    hits = [s == h for s, h in zip(said, human, strict=True)]
+    result = {
+        "judge": judge,
+        "criteria": criteria,
+        "items": len(items),
+        "leaderboard": leaderboard(games) if games else [],
+        "verdicts": {k: [v.winner for v in verdicts].count(k) for k in ("a", "b", "tie")},
+        "position_bias": position_bias(verdicts),
+        "judged_by_people": len(human),
+        "agreement": sum(hits) / len(hits) if hits else None,
+        "kappa": cohen_kappa(said, human) if len(human) >= 2 else None,
+    }
+    with registry.session_scope() as s:
+        row = s.get(FeedbackTask, task_id)
+        before = row.config.get("judge")
+        row.config = {**row.config, "judge": result}
+        record(s, actor, "judge", "task", task_id, {"judge": before}, {"judge": result})
+    return result
