@@ -56,7 +56,6 @@ API = (
     "rollback",
     "rlaif",
     "run_directory",
-    "run_studio",
     "run_suite",
     "runs",
     "serve",

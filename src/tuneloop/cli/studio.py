@@ -26,7 +26,11 @@ def studio(ctx: click.Context, host: str, port: int, secure_cookies: bool | None
     the same functions as the pages.
     """
     if ctx.invoked_subcommand is None:
-        api.run_studio(host=host, port=port, secure_cookies=secure_cookies)
+        # the one command that is not a call of tuneloop.api: the web app sits above the
+        # API (its pages call it), so the API cannot start it
+        from tuneloop.studio import serve
+
+        serve(host=host, port=port, secure_cookies=secure_cookies)
 
 
 @studio.group()
