@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuneloop.errors import TuneloopError
+from tuneloop.errors import DataError, NotFound, TuneloopError
 from tuneloop.results import Serializable
 
 if TYPE_CHECKING:
@@ -329,6 +329,20 @@ def dataset(dataset_id: int) -> DatasetInfo:
     return _dataset_info(registry.get_dataset(dataset_id))
 
 
+def dataset_rows(dataset_id: int, *, offset: int = 0, limit: int = 50) -> list[dict[str, Any]]:
+    """Rows `offset` to `offset + limit` of a stored dataset version, normalised (a browser
+    page of the data; the whole file stays where the registry says)."""
+    from tuneloop import registry
+    from tuneloop.data.readers import read_rows
+
+    record = registry.get_dataset(dataset_id)
+    path = Path(record.path)
+    if not path.is_file():
+        raise DataError(f"dataset {dataset_id}'s file is gone: {path}")
+    rows = read_rows(path).rows
+    return [{k: v for k, v in r.items() if k != "source"} for r in rows[offset : offset + limit]]
+
+
 def diff_datasets(old_id: int, new_id: int) -> dict[str, Any]:
     """Rows added and removed between two stored dataset versions, and label shifts."""
     from tuneloop.data.diff import diff_versions
@@ -614,6 +628,24 @@ def runs(limit: int = 50, kind: str | None = None) -> list[Run]:
     return [_run_info(r, detail=False) for r in registry.list_runs(limit, kind)]
 
 
+def home() -> Path:
+    """Where tuneloop keeps its local state (`TUNELOOP_HOME`, else the user cache folder):
+    the registry's SQLite file, the model cache, stored datasets, studio exports."""
+    from tuneloop.config.home import tuneloop_home
+
+    return tuneloop_home()
+
+
+def run_history(run_id: int) -> list[dict[str, Any]]:
+    """A run's metrics entries in step order: training log lines (`loss`, `learning_rate`,
+    `tokens_per_s`, ...) and validations (`eval_loss`), as in its `metrics.jsonl`; what a
+    live loss curve draws."""
+    from tuneloop import registry
+
+    registry.get_run(run_id)  # RegistryError for an unknown run
+    return registry.run_metrics(run_id)
+
+
 # --- evaluation ----------------------------------------------------------------------------
 
 
@@ -774,6 +806,40 @@ def compare(
     if gate_error is not None:
         raise gate_error
     return SuiteReport(result=result, json_path=json_path, html_path=html_path, gate_failed=failed)
+
+
+def eval_examples(eval_id: int, *, limit: int | None = None) -> dict[str, Any]:
+    """One evaluation: its model, metrics and settings, and every example (prompt,
+    reference, prediction, scores) in order."""
+    from tuneloop import registry
+    from tuneloop.registry.tables import EvalResult
+
+    with registry.session_scope() as s:
+        result = s.get(EvalResult, eval_id)
+        if result is None:
+            raise NotFound(f"no evaluation with id {eval_id}")
+        head = {
+            "id": result.id,
+            "model": result.model_ref,
+            "run_id": result.run_id,
+            "dataset_id": result.dataset_id,
+            "metrics": dict(result.metrics or {}),
+            "settings": dict(result.settings or {}),
+            "seconds": result.seconds,
+            "created_at": result.created_at,
+        }
+    examples = registry.eval_examples(eval_id)[:limit] if limit else registry.eval_examples(eval_id)
+    head["examples"] = [
+        {
+            "index": e.index,
+            "prompt": e.prompt,
+            "reference": e.reference,
+            "prediction": e.prediction,
+            "scores": dict(e.scores or {}),
+        }
+        for e in examples
+    ]
+    return head
 
 
 def judge_agreement(

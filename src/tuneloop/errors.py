@@ -35,8 +35,9 @@ class TrainingInterrupted(TuneloopError):
     exit_code = 130
 
 
-class NotFound(TuneloopError):
-    """A record (task, item, user) does not exist, or is not visible to who asked."""
+class NotFound(RegistryError):
+    """A record (run, dataset, task, item, user) does not exist, or is not visible to who
+    asked."""
 
 
 class Forbidden(TuneloopError):

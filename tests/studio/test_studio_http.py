@@ -138,6 +138,12 @@ def test_path_traversal_in_every_file_like_parameter(studio: dict, tmp_path: Pat
             f"/tasks/{task.id}/exports/{evil}.jsonl",
             f"/tasks/{evil}",
             f"/api/tasks/{task.id}/items/{evil}",
+            f"/runs/{evil}",
+            f"/datasets/{evil}",
+            f"/datasets/1?offset={evil}",
+            f"/evals/{evil}",
+            f"/jobs/{evil}",
+            f"/api/jobs/{evil}/log",
         ):
             r = s.get(url + path, allow_redirects=False)
             assert r.status_code in (400, 404), (path, r.status_code)

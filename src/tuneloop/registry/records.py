@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from tuneloop import __version__
 from tuneloop.config.home import db_url
-from tuneloop.errors import RegistryError
+from tuneloop.errors import NotFound, RegistryError
 from tuneloop.registry.db import database_error, session_scope, transaction
 from tuneloop.registry.tables import (
     ApiKey,
@@ -120,7 +120,7 @@ def register_dataset(
                 if source is None:  # derived: the parent's lineage, then this name
                     parent = s.get(Dataset, parent_id)
                     if parent is None:
-                        raise RegistryError(f"no dataset with id {parent_id} (the parent)")
+                        raise NotFound(f"no dataset with id {parent_id} (the parent)")
                     source = f"{parent.source}#{name}"
                 key = _source_key(source)
                 latest = s.scalars(
@@ -180,7 +180,7 @@ def get_dataset(dataset_id: int) -> Dataset:
     with session_scope() as s:
         record = s.get(Dataset, dataset_id)
         if record is None:
-            raise RegistryError(f"no dataset with id {dataset_id} (see `tuneloop data ls`)")
+            raise NotFound(f"no dataset with id {dataset_id} (see `tuneloop data ls`)")
         return record
 
 
@@ -289,7 +289,7 @@ def update_run(run_id: int, **fields: Any) -> Run:
     with session_scope() as s:
         run = s.get(Run, run_id)
         if run is None:
-            raise RegistryError(f"no run with id {run_id}")
+            raise NotFound(f"no run with id {run_id}")
         for key, value in fields.items():
             if key in ("metrics", "timings"):
                 value = {**getattr(run, key), **value}
@@ -332,7 +332,7 @@ def get_run(run_id: int) -> Run:
     with session_scope() as s:
         run = s.get(Run, run_id)
         if run is None:
-            raise RegistryError(f"no run with id {run_id} (see `tuneloop runs list`)")
+            raise NotFound(f"no run with id {run_id} (see `tuneloop runs list`)")
         for link in run.datasets:
             _ = link.dataset
         return run
@@ -513,7 +513,7 @@ def add_feedback(
             select(TrafficRecord.id).where(TrafficRecord.request_id == request_id)
         ).first()
         if known is None:
-            raise RegistryError(f"no logged request {request_id!r}")
+            raise NotFound(f"no logged request {request_id!r}")
         record = Feedback(
             request_id=request_id,
             rating=rating,

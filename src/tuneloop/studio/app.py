@@ -33,7 +33,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tuneloop import feedback
+from tuneloop import api, feedback
 from tuneloop.errors import Conflict, Forbidden, NotFound, TuneloopError
 
 COOKIE = "tuneloop_studio"
@@ -136,10 +136,68 @@ def _local(path: str | None) -> str:
     return path
 
 
-def create_app(secure_cookies: bool | None = None, session_hours: float = SESSION_HOURS) -> Any:
+def _curve(history: list[dict[str, Any]], width: int = 720, height: int = 240) -> dict | None:
+    """SVG polyline points of the training loss (and validation loss) by step."""
+    train = [(h["step"], h["loss"]) for h in history if isinstance(h.get("loss"), int | float)]
+    held = [
+        (h["step"], h["eval_loss"]) for h in history if isinstance(h.get("eval_loss"), int | float)
+    ]
+    both = train + held
+    if not both:
+        return None
+    steps = [s for s, _ in both]
+    values = [v for _, v in both]
+    s0, s1 = min(steps), max(max(steps), min(steps) + 1)
+    low, high = min(values), max(values)
+    high = high if high > low else low + 1.0
+
+    def points(series: list[tuple[int, float]]) -> str:
+        return " ".join(
+            f"{10 + (s - s0) / (s1 - s0) * (width - 20):.1f},"
+            f"{10 + (high - v) / (high - low) * (height - 30):.1f}"
+            for s, v in series
+        )
+
+    return {
+        "width": width,
+        "height": height,
+        "train": points(train),
+        "eval": points(held) if held else "",
+        "low": low,
+        "high": high,
+        "last_step": max(steps),
+        "points": len(history),
+    }
+
+
+def create_app(
+    secure_cookies: bool | None = None,
+    session_hours: float = SESSION_HOURS,
+    jobs_root: Any = None,
+) -> Any:
     """The studio as an ASGI app. secure_cookies: None marks the cookie Secure when the
-    request came over https (directly or per `X-Forwarded-Proto` from a TLS proxy)."""
-    app = FastAPI(title="tuneloop studio", docs_url=None, redoc_url=None, openapi_url=None)
+    request came over https (directly or per `X-Forwarded-Proto` from a TLS proxy).
+    jobs_root: where background jobs keep their recipe and log (default under
+    `$TUNELOOP_HOME/studio/jobs`)."""
+    from contextlib import asynccontextmanager
+    from pathlib import Path
+
+    from tuneloop.studio.jobs import Jobs
+
+    jobs = Jobs(Path(jobs_root) if jobs_root else api.home() / "studio" / "jobs")
+
+    @asynccontextmanager
+    async def lifespan(_: Any) -> Any:
+        yield
+        jobs.stop_all()  # a studio that stops takes its running jobs down (checkpointed)
+
+    app = FastAPI(
+        title="tuneloop studio",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+    )
     env = Environment(
         loader=PackageLoader("tuneloop.studio", "templates"),
         autoescape=select_autoescape(["html"]),
@@ -520,6 +578,94 @@ def create_app(secure_cookies: bool | None = None, session_hours: float = SESSIO
         user, session = current(request)
         admin(user)
         return page("audit.html", user=user, csrf=session.csrf, entries=feedback.audit_log())
+
+    # --- runs, datasets, evaluations (read through tuneloop.api, like the CLI) -------------
+
+    @app.get("/runs")
+    def runs_page(request: Request) -> Response:
+        user, session = current(request)
+        return page("runs.html", user=user, csrf=session.csrf, runs=api.runs(limit=200))
+
+    @app.get("/runs/{run_id}")
+    def run_page(request: Request, run_id: str) -> Response:
+        import yaml
+
+        user, session = current(request)
+        run = api.get_run(_int(run_id))
+        curve = _curve(api.run_history(run.id))
+        recipe = yaml.safe_dump(run.recipe, sort_keys=False) if run.recipe else ""
+        return page(
+            "run.html", user=user, csrf=session.csrf, run=run, curve=curve, recipe_yaml=recipe
+        )
+
+    @app.get("/datasets")
+    def datasets_page(request: Request) -> Response:
+        user, session = current(request)
+        found = sorted(api.datasets(), key=lambda d: -d.id)
+        return page("datasets.html", user=user, csrf=session.csrf, datasets=found)
+
+    @app.get("/datasets/{dataset_id}")
+    def dataset_page(request: Request, dataset_id: str, offset: str = "0") -> Response:
+        user, session = current(request)
+        d = api.dataset(_int(dataset_id))
+        start = _int(offset) if offset else 0
+        rows = api.dataset_rows(d.id, offset=start, limit=50)
+        return page("dataset.html", user=user, csrf=session.csrf, d=d, rows=rows, offset=start)
+
+    @app.get("/evals/{eval_id}")
+    def eval_page(request: Request, eval_id: str) -> Response:
+        user, session = current(request)
+        return page(
+            "eval.html", user=user, csrf=session.csrf, a=api.eval_examples(_int(eval_id)), b=None
+        )
+
+    @app.get("/evals/{eval_id}/vs/{other_id}")
+    def evals_side_by_side(request: Request, eval_id: str, other_id: str) -> Response:
+        user, session = current(request)
+        a, b = api.eval_examples(_int(eval_id)), api.eval_examples(_int(other_id))
+        if [e["prompt"] for e in a["examples"]] != [e["prompt"] for e in b["examples"]]:
+            raise TuneloopError(f"eval:{a['id']} and eval:{b['id']} answer different prompts")
+        return page("eval.html", user=user, csrf=session.csrf, a=a, b=b)
+
+    # --- jobs: tuneloop train / eval in the background (admins) -----------------------------
+
+    @app.get("/jobs")
+    def jobs_page(request: Request) -> Response:
+        user, session = current(request)
+        admin(user)
+        return page(
+            "jobs.html", user=user, csrf=session.csrf, jobs=[j.public() for j in jobs.list()]
+        )
+
+    @app.post("/jobs")
+    async def start_job(request: Request) -> Response:
+        user, session = current(request)
+        admin(user)
+        f = await form(request, session)
+        models = [m.strip() for m in f.get("models", "").split(",") if m.strip()]
+        job = jobs.start(f.get("kind", ""), f.get("recipe", ""), user.name, models)
+        return RedirectResponse(f"/jobs/{job.id}", status_code=303)
+
+    @app.get("/jobs/{job_id}")
+    def job_page(request: Request, job_id: str) -> Response:
+        user, session = current(request)
+        admin(user)
+        return page("job.html", user=user, csrf=session.csrf, job=jobs.get(_int(job_id)).public())
+
+    @app.post("/jobs/{job_id}/cancel")
+    async def cancel_job(request: Request, job_id: str) -> Response:
+        user, session = current(request)
+        admin(user)
+        await form(request, session)
+        job = jobs.cancel(_int(job_id))
+        return RedirectResponse(f"/jobs/{job.id}", status_code=303)
+
+    @app.get("/api/jobs/{job_id}/log")
+    def job_log(request: Request, job_id: str, offset: str = "0") -> dict[str, Any]:
+        user, _ = current(request)
+        admin(user)
+        text, following = jobs.read_log(_int(job_id), _int(offset) if offset else 0)
+        return {"text": text, "offset": following, "status": jobs.get(_int(job_id)).status}
 
     # --- JSON API (the annotation page's own calls, and scripts with a session) -------------
 

@@ -204,3 +204,31 @@
   if (kind === "compare") paintChoice();
   if (kind === "rank") paintRank();
 })();
+
+// The job page: stream the job's log by polling from the last byte read.
+(function () {
+  "use strict";
+  const log = document.getElementById("job-log");
+  if (!log) return;
+  const status = document.getElementById("job-status");
+  let offset = 0;
+  async function poll() {
+    let out;
+    try {
+      const res = await fetch(log.dataset.url + "?offset=" + offset, { credentials: "same-origin" });
+      if (!res.ok) return;
+      out = await res.json();
+    } catch (err) {
+      setTimeout(poll, 3000);
+      return;
+    }
+    if (out.text) {
+      log.appendChild(document.createTextNode(out.text));
+      log.scrollTop = log.scrollHeight;
+    }
+    offset = out.offset;
+    status.textContent = out.status;
+    if (out.status === "running" || out.status === "cancelling" || out.text) setTimeout(poll, 1000);
+  }
+  poll();
+})();
