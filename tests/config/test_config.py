@@ -160,6 +160,8 @@ def test_a_stored_dataset_reference_is_not_taken_for_a_path(tmp_path: Path) -> N
     path = tmp_path / "r.yaml"
     path.write_text("data:\n  train: dataset:3\n")
     assert load_recipe(path).data.train == "dataset:3"
+    # nor on the command line (`tuneloop train R data.train=dataset:4`, a studio export)
+    assert load_recipe(path, ["data.train=dataset:4"]).data.train == "dataset:4"
 
 
 def test_docs_recipes_md_is_generated_from_schema() -> None:

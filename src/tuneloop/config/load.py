@@ -98,7 +98,12 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 dotted = ".".join(path[: i + 1])
                 raise RecipeError(f"override {text!r}: {dotted} is a value, not a section")
             node = child
-        if isinstance(value, str) and tuple(path) in _PATH_FIELDS and value:
+        if (
+            isinstance(value, str)
+            and tuple(path) in _PATH_FIELDS
+            and value
+            and not value.startswith("dataset:")
+        ):
             value = str(Path(value).expanduser().resolve())
         node[path[-1]] = value
     return raw

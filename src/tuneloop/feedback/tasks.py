@@ -81,7 +81,7 @@ def _read_source(ref: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             raise TuneloopError(f"bad eval reference {ref!r}; expected eval:ID") from None
         with registry.session_scope() as s:
             result = s.get(EvalResult, eval_id)
-            model = result.model_ref if result is not None else None
+            model = _model_name(result.model_ref) if result is not None else None
         examples = registry.eval_examples(eval_id) if model is not None else []
         if not examples:
             raise NotFound(f"no evaluation {eval_id} with per-example answers")
@@ -128,8 +128,26 @@ def _expand_runs(sources: list[str]) -> list[str]:
         evals = registry.evals_for_run(run_id)
         if not evals:
             raise NotFound(f"run {run_id} recorded no evaluations")
-        out += [f"eval:{e.id}" for e in evals]
+        # the run's first evaluation set: the quickstart also evaluates forgetting probes,
+        # another set of prompts, which `eval:ID` names when wanted
+        first = evals[0].dataset_id
+        out += [f"eval:{e.id}" for e in evals if e.dataset_id == first]
     return out
+
+
+def _model_name(ref: str) -> str:
+    """How an answer's model is shown to admins and on leaderboards: a trained model's
+    folder as `run:ID` (what users type), anything else as recorded."""
+    from sqlalchemy import select
+
+    from tuneloop import registry
+    from tuneloop.registry.tables import ModelRecord
+
+    with registry.session_scope() as s:
+        run_id = s.scalar(
+            select(ModelRecord.run_id).where(ModelRecord.path == ref).order_by(ModelRecord.id)
+        )
+    return f"run:{run_id}" if run_id is not None else ref
 
 
 def recent_evals(limit: int = 20) -> list[dict[str, Any]]:

@@ -118,10 +118,19 @@ def next_item(task_id: int, user: User) -> int | None:
                     return None
                 order = list(range(len(item.answers)))
                 random.SystemRandom().shuffle(order)
-                s.add(
-                    FeedbackResponse(
-                        task_id=task_id, item_id=item.id, annotator=user.name, order=order
-                    )
+                taken = FeedbackResponse(
+                    task_id=task_id, item_id=item.id, annotator=user.name, order=order
+                )
+                s.add(taken)
+                s.flush()
+                record(
+                    s,
+                    user.name,
+                    "take",
+                    "response",
+                    taken.id,
+                    None,
+                    {"item_id": item.id, "order": order},
                 )
                 return int(item.id)
         except IntegrityError:  # the same user took an item in two tabs at once: re-read
@@ -265,7 +274,7 @@ def item_view(task_id: int, item_id: int, user: User) -> dict[str, Any]:
             "item_id": item.id,
             "position": item.position,
             "prompt": item.prompt,
-            "reference": item.reference if not task.config.get("blind", True) else None,
+            "reference": item.reference,  # the expected answer: it names no model
             "answers": answers,
             "value": _display_value(task.kind, mine.value, order) if mine is not None else {},
             "version": mine.version if mine is not None else 0,
