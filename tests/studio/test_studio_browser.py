@@ -83,7 +83,44 @@ def _submit(page) -> None:
     page.wait_for_load_state()
 
 
-def test_annotators_and_an_admin_in_a_browser(tmp_path: Path) -> None:
+def _tiny_run(tiny_model: Path, tmp_path: Path) -> int:
+    """A few steps of LoRA on the tiny model, for the run page."""
+    import yaml
+
+    from tuneloop import api
+
+    rows = [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": g}]}
+        for q, g in zip(QUESTIONS * 3, GOOD * 3, strict=True)
+    ]
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "name": "support-lora",
+                "model": str(tiny_model),
+                "data": {
+                    "train": str(write_jsonl(tmp_path / "train.jsonl", rows)),
+                    "max_length": 64,
+                    "validation_split": 0.34,
+                },
+                "adapter": {"type": "lora", "r": 4, "alpha": 8},
+                "training": {
+                    "max_steps": 12,
+                    "batch_size": 2,
+                    "learning_rate": 0.01,
+                    "logging_steps": 1,
+                    "eval_steps": 3,
+                },
+                "output_dir": str(tmp_path / "runs"),
+            }
+        )
+    )
+    return api.train(recipe).id
+
+
+def test_annotators_and_an_admin_in_a_browser(tmp_path: Path, tiny_model: Path) -> None:
+    run_id = _tiny_run(tiny_model, tmp_path)
     setup = _setup(tmp_path)
     tasks, people = setup["tasks"], setup["people"]
     with serving_in_thread(create_app()) as url, browser_page() as page:
@@ -162,6 +199,10 @@ def test_annotators_and_an_admin_in_a_browser(tmp_path: Path) -> None:
         screenshot(page, "studio-task.png", tmp_path)
         page.click("[id^=disagreement-] button[value='0']")  # answer 0 (the good one) wins
         page.wait_for_selector("[id^=disagreement-] .ok")
+        page.goto(f"{url}/runs/{run_id}")
+        assert page.locator("#loss-curve polyline").count() == 2  # training and validation
+        screenshot(page, "studio-run.png", tmp_path)
+        page.goto(f"{url}/tasks/{tasks['compare'].id}")
         page.select_option("#export-kind", "preference")
         page.click("#export button[type=submit]")
         notice = page.inner_text("#exported")
