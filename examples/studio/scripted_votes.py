@@ -39,7 +39,8 @@ def vote(url: str, task: int, name: str, password: str, flip: float, seed: int) 
     scorer = rouge_scorer.RougeScorer(["rougeL"])
     rng = random.Random(seed)
     done = 0
-    while (item := s.get(f"{url}/api/tasks/{task}/next").json()["item_id"]) is not None:
+    take = f"{url}/api/tasks/{task}/next"  # a POST: taking an item reserves a place
+    while (item := s.post(take, headers={"X-CSRF-Token": csrf}).json()["item_id"]) is not None:
         view = s.get(f"{url}/api/tasks/{task}/items/{item}").json()
         ref = view.get("reference") or ""
         a, b = (scorer.score(ref, x["text"])["rougeL"].fmeasure for x in view["answers"])

@@ -202,6 +202,19 @@ def test_rate_and_rank_exports_and_agreement(tmp_path: Path) -> None:
     assert sorted(r["label"] for r in kto) == [False] * 4 + [True] * 4
     with pytest.raises(TuneloopError, match="no sft rows"):
         feedback.export_task(task.id, "sft")
+    # an admin's resolution of a rated item overrides the votes (indices arrive as text)
+    admin = feedback.ensure_admin()[0]
+    first_item = feedback.disagreements(task.id, admin) or None
+    items = sorted(pairs.items)
+    feedback.resolve(task.id, items[0], {"mean_score": {"0": 1, "1": 5}}, admin)
+    with pytest.raises(TuneloopError, match="scores 1-5"):
+        feedback.resolve(task.id, items[0], {"mean_score": {"0": 9}}, admin)
+    flipped = [
+        json.loads(x)
+        for x in Path(feedback.export_task(task.id, "preference").path).read_text().splitlines()
+    ]
+    assert flipped[0]["chosen"].startswith("bad") and flipped[0]["margin"] == 1.0
+    assert first_item is None  # bob was kinder, but never two points apart
 
     three = [
         {"prompt": [{"role": "user", "content": f"q{i}"}], "reference": "", "prediction": p}
@@ -213,6 +226,10 @@ def test_rate_and_rank_exports_and_agreement(tmp_path: Path) -> None:
     ]
     rank = feedback.create_task("rank", "rank", [f"eval:{e.id}" for e in evals])
     order = {"best": 0, "mid": 1, "worst": 2}
+    taken = feedback.next_item(rank.id, alice)
+    for bad in (["a", 1, 2], [0, 1], [0, 0, 1], [True, 1, 2]):  # a 400, never a crash
+        with pytest.raises(TuneloopError, match="order all 3 answers"):
+            feedback.save_response(rank.id, taken, alice, {"ranking": bad}, 1)
     _do_all(
         rank.id,
         alice,
@@ -354,3 +371,48 @@ def test_a_judge_beside_the_people(tmp_path: Path, tiny_model: Path) -> None:
     rank = feedback.create_task("r", "rate", [str(_pairs_file(tmp_path, PAIRS[:1]))])
     with pytest.raises(TuneloopError, match="a judge compares pairs"):
         feedback.judge_task(rank.id, str(tiny_model))
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_the_audit_log_refuses_updates_and_deletes(
+    database: str, request: pytest.FixtureRequest, monkeypatch
+) -> None:
+    from sqlalchemy.exc import DBAPIError
+
+    from tuneloop.registry import db
+
+    if database == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        monkeypatch.setenv("TUNELOOP_DB_URL", url)
+        with create_engine(url).begin() as conn:
+            conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+        db._engine_for.cache_clear()
+    feedback.create_user("alice")
+    engine = registry.get_engine()
+    for statement in ("UPDATE audit_log SET actor = 'mallory'", "DELETE FROM audit_log"):
+        with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+            conn.execute(text(statement))
+    assert [e["actor"] for e in feedback.audit_log()] == ["cli"]
+    if database == "postgresql":
+        db._engine_for.cache_clear()
+
+
+def test_a_draft_whose_item_others_completed_is_let_go(tmp_path: Path, monkeypatch) -> None:
+    """A draft left past ABANDONED gives its place away; when the item then completes, the
+    next item is handed out instead of the one that can no longer be submitted."""
+    from datetime import timedelta
+
+    from tuneloop.feedback import work
+
+    alice, bob = _people("alice", "bob")
+    task = feedback.create_task("one", "compare", [str(_pairs_file(tmp_path, PAIRS[:2]))])
+    first = feedback.next_item(task.id, alice)
+    monkeypatch.setattr(work, "ABANDONED", timedelta(seconds=-1))  # every draft is stale
+    assert feedback.next_item(task.id, bob) == first  # alice's place went to bob
+    view = feedback.item_view(task.id, first, bob)
+    feedback.save_response(task.id, first, bob, _pick_good(view), view["version"], True)
+    second = feedback.next_item(task.id, alice)
+    assert second is not None and second != first
+    with pytest.raises(Conflict, match="completed by others"):
+        feedback.save_response(task.id, first, alice, {"choice": "a"}, 1, submit=True)
+    assert feedback.get_task(task.id).by_annotator["alice"]["drafts"] == 1  # the new one

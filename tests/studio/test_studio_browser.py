@@ -128,7 +128,8 @@ def test_annotators_and_an_admin_in_a_browser(tmp_path: Path, tiny_model: Path) 
         screenshot(page, "studio-tasks.png", tmp_path)
 
         # rate three answers: digits score the highlighted criterion, q flags it
-        page.goto(f"{url}/tasks/{tasks['rate'].id}/annotate")
+        page.goto(f"{url}/tasks/{tasks['rate'].id}")
+        page.click("#start")
         for i in range(3):
             page.wait_for_selector(".criteria .row.current")
             page.keyboard.press("2")  # helpfulness of the (bad) answer
@@ -141,7 +142,8 @@ def test_annotators_and_an_admin_in_a_browser(tmp_path: Path, tiny_model: Path) 
         assert "Nothing left for you" in page.inner_text("#error")
 
         # compare two, blind: no model names on the page; a draft survives a reload
-        page.goto(f"{url}/tasks/{tasks['compare'].id}/annotate")
+        page.goto(f"{url}/tasks/{tasks['compare'].id}")
+        page.click("#start")
         page.wait_for_selector("#choices")
         body = page.inner_text("main")
         assert "chosen" not in body and "rejected" not in body
@@ -159,7 +161,8 @@ def test_annotators_and_an_admin_in_a_browser(tmp_path: Path, tiny_model: Path) 
         _submit(page)
 
         # rank three: letters best first (the last one goes last by itself)
-        page.goto(f"{url}/tasks/{tasks['rank'].id}/annotate")
+        page.goto(f"{url}/tasks/{tasks['rank'].id}")
+        page.click("#start")
         page.wait_for_selector("#ranking", state="attached")
         letters = {}
         for label in "ABC":
@@ -174,14 +177,16 @@ def test_annotators_and_an_admin_in_a_browser(tmp_path: Path, tiny_model: Path) 
         _submit(page)
 
         # correct one: edit the answer; the edit is the SFT example
-        page.goto(f"{url}/tasks/{tasks['correct'].id}/annotate")
+        page.goto(f"{url}/tasks/{tasks['correct'].id}")
+        page.click("#start")
         page.fill("#correction", GOOD[0])
         _submit(page)
         _logout(page)
 
         # a second annotator on the compare items (overlap 2), disagreeing on one
         _login(page, url, "bob", people["bob"])
-        page.goto(f"{url}/tasks/{tasks['compare'].id}/annotate")
+        page.goto(f"{url}/")
+        page.click(f"#annotate-{tasks['compare'].id}")  # from the task list
         for i in range(2):
             page.wait_for_selector("#choices")
             good = "a" if any(g[:20] in page.inner_text("#answer-A") for g in GOOD) else "b"

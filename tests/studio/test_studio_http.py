@@ -102,7 +102,9 @@ def test_posts_without_the_csrf_token_are_refused(studio: dict) -> None:
     assert cookie.get_nonstandard_attr("SameSite").lower() == "strict"
     r = s.post(url + "/tasks", data={"name": "x", "kind": "compare", "sources": "eval:1"})
     assert r.status_code == 403 and "CSRF" in r.text
-    item = s.get(f"{url}/api/tasks/{task.id}/next").json()["item_id"]
+    assert s.post(f"{url}/api/tasks/{task.id}/next").status_code == 403  # no token
+    item = s.post(f"{url}/api/tasks/{task.id}/next", headers={"X-CSRF-Token": csrf}).json()
+    item = item["item_id"]
     body = {"value": {"choice": "a"}, "version": 1, "submit": True}
     r = s.post(f"{url}/api/tasks/{task.id}/items/{item}", json=body)
     assert r.status_code == 403 and "CSRF" in r.json()["error"]
@@ -125,6 +127,8 @@ TRAVERSALS = [
     "%2Fetc%2Fpasswd",
     "....//....//etc/passwd",
     "..\\app.py",
+    "%C2%B2",  # a digit to str.isdigit, not to int()
+    "1%00",
 ]
 
 
@@ -161,8 +165,9 @@ def test_path_traversal_in_every_file_like_parameter(studio: dict, tmp_path: Pat
 
 def test_dataset_content_is_escaped_and_cannot_run(studio: dict) -> None:
     url, task = studio["url"], studio["task"]
-    s, _ = login(studio, "alice")
-    r = s.get(f"{url}/tasks/{task.id}/annotate")
+    s, csrf = login(studio, "alice")
+    assert s.get(f"{url}/tasks/{task.id}/annotate").status_code == 405  # taking is a POST
+    r = s.post(f"{url}/tasks/{task.id}/annotate", data={"csrf": csrf})
     assert r.status_code == 200 and "question" in r.text
     assert "<script>alert" not in r.text and "<img src=x" not in r.text
     assert "&lt;script&gt;alert" in r.text
@@ -176,11 +181,12 @@ def test_dataset_content_is_escaped_and_cannot_run(studio: dict) -> None:
 def test_roles_blindness_and_a_stale_edit(studio: dict) -> None:
     url, task = studio["url"], studio["task"]
     alice, alice_csrf = login(studio, "alice")
-    bob, _ = login(studio, "bob")
+    bob, bob_csrf = login(studio, "bob")
     vera, vera_csrf = login(studio, "vera")
     # a viewer reads but cannot write
     assert vera.get(f"{url}/tasks/{task.id}").status_code == 200
-    assert vera.get(f"{url}/api/tasks/{task.id}/next").status_code == 403
+    next_url = f"{url}/api/tasks/{task.id}/next"
+    assert vera.post(next_url, headers={"X-CSRF-Token": vera_csrf}).status_code == 403
     r = vera.post(
         url + "/tasks",
         data={"csrf": vera_csrf, "name": "x", "kind": "compare", "sources": "eval:1"},
@@ -188,7 +194,7 @@ def test_roles_blindness_and_a_stale_edit(studio: dict) -> None:
     assert r.status_code == 403
     assert vera.get(url + "/users").status_code == 403
     # an annotator sees no model names and not another's item or responses
-    item = alice.get(f"{url}/api/tasks/{task.id}/next").json()["item_id"]
+    item = alice.post(next_url, headers={"X-CSRF-Token": alice_csrf}).json()["item_id"]
     view = alice.get(f"{url}/api/tasks/{task.id}/items/{item}").json()
     assert all(set(a) == {"label", "text"} for a in view["answers"])
     assert "chosen" not in alice.get(f"{url}/tasks/{task.id}/items/{item}").text
@@ -197,11 +203,29 @@ def test_roles_blindness_and_a_stale_edit(studio: dict) -> None:
     first = alice.post(save, json={"value": {"choice": "a"}, "version": 1}, headers=h)
     assert first.status_code == 200 and first.json()["version"] == 2
     # bob takes the item's second place and sees nothing of alice's work
-    assert bob.get(f"{url}/api/tasks/{task.id}/next").json()["item_id"] == item
+    assert bob.post(next_url, headers={"X-CSRF-Token": bob_csrf}).json()["item_id"] == item
     assert bob.get(save).json()["value"] == {}
     untaken = max(i for i in range(1, 4) if i != item)
     assert bob.get(f"{url}/api/tasks/{task.id}/items/{untaken}").status_code == 403
     assert alice.get(f"{url}/api/tasks/{task.id}/items/{item}/responses").status_code == 403
+    # nothing else names the models or carries the others' votes
+    for path in (
+        "/runs",
+        "/datasets",
+        "/evals/1",
+        "/leaderboard",
+        "/api/leaderboard",
+        f"/tasks/{task.id}/exports/1.jsonl",
+        "/runs/1",
+        "/datasets/1",
+    ):
+        assert alice.get(url + path).status_code == 403, path
+    listed = alice.get(url + "/api/tasks").json()[0]
+    assert listed["source"] == {} and "pairs.jsonl" not in json.dumps(listed)
+    detail = alice.get(f"{url}/api/tasks/{task.id}").json()
+    assert detail["agreement"] == {} and detail["task"]["source"] == {}
+    task_page = alice.get(f"{url}/tasks/{task.id}").text
+    assert "Agreement" not in task_page and "chosen" not in task_page
     # a stale edit: a second tab saved first, so this tab's save is refused
     stale = alice.post(save, json={"value": {"choice": "b"}, "version": 1}, headers=h)
     assert stale.status_code == 409 and "reload" in stale.json()["error"]
@@ -215,7 +239,8 @@ def test_two_annotators_then_agreement_export_and_download(studio: dict, tiny_mo
     url, task = studio["url"], studio["task"]
     for name in ("alice", "bob"):
         s, csrf = login(studio, name)
-        while (item := s.get(f"{url}/api/tasks/{task.id}/next").json()["item_id"]) is not None:
+        take = f"{url}/api/tasks/{task.id}/next"
+        while (item := s.post(take, headers={"X-CSRF-Token": csrf}).json()["item_id"]) is not None:
             view = s.get(f"{url}/api/tasks/{task.id}/items/{item}").json()
             good = "a" if view["answers"][0]["text"].startswith("good") else "b"
             r = s.post(
@@ -243,3 +268,13 @@ def test_two_annotators_then_agreement_export_and_download(studio: dict, tiny_mo
     assert [b["model"] for b in board] == ["chosen", "rejected"]
     actions = [e["action"] for e in feedback.audit_log(limit=50)]
     assert actions.count("submit") == 6 and "export" in actions
+
+
+def test_a_huge_body_is_refused_before_it_is_read(studio: dict) -> None:
+    url = studio["url"]
+    r = requests.post(
+        url + "/login",
+        data=b"x" * 2_000_000,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert r.status_code == 400 and "larger than" in r.text

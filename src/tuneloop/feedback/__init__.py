@@ -20,7 +20,7 @@ from tuneloop.feedback.accounts import (
     set_role,
     verify_login,
 )
-from tuneloop.feedback.audit import audit_log
+from tuneloop.feedback.audit import audit_log, log_event
 from tuneloop.feedback.outcomes import (
     EXPORT_KINDS,
     FeedbackExport,
@@ -69,6 +69,7 @@ __all__ = [
     "judge_task",
     "list_tasks",
     "list_users",
+    "log_event",
     "next_item",
     "recent_evals",
     "resolve",

@@ -1,7 +1,10 @@
 """The append-only audit log: every change to an account, task, response or resolution.
 
 Writers add their entry inside the same transaction as the change, so the log can never
-miss a change that happened or record one that rolled back.
+miss a change that happened or record one that rolled back; the exceptions are an export
+(its dataset version is registered first, in the registry's own transaction, and the
+entry follows) and `log_event`, for changes outside the database (a job started or
+cancelled). The database refuses to update or delete an entry (triggers, migration 0008).
 """
 
 from __future__ import annotations
@@ -33,6 +36,17 @@ def record(
             after=plain(after) if after is not None else None,
         )
     )
+
+
+def log_event(
+    actor: str, action: str, entity: str, entity_id: int | None, after: dict[str, Any]
+) -> None:
+    """An audit entry of its own, for a change that is not a registry write (the studio's
+    background jobs)."""
+    from tuneloop import registry
+
+    with registry.session_scope() as s:
+        record(s, actor, action, entity, entity_id, None, after)
 
 
 def audit_log(

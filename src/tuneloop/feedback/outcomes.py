@@ -116,6 +116,8 @@ def _verdict(task: Any, item: Any, responses: list[Any]) -> dict[str, Any] | Non
     if item.resolution is not None:
         resolved = dict(item.resolution)
         resolved["resolved"] = True
+        if "mean_score" in resolved:  # JSON keeps the answer indices as strings
+            resolved["mean_score"] = {int(j): v for j, v in resolved["mean_score"].items()}
         if task.kind == "compare" and "winner" in resolved:
             resolved.setdefault("votes", {str(resolved["winner"]): 1})
         if task.kind == "rank" and "ranking" in resolved:
@@ -211,6 +213,15 @@ def resolve(task_id: int, item_id: int, value: dict[str, Any], user: User) -> di
         }[task.kind]
         if not isinstance(value, dict) or not ok(value):
             raise TuneloopError(f"not a valid {task.kind} resolution: {value!r}")
+        if task.kind == "rate":  # answer index -> a score on the task's scale
+            low, high = task.config.get("scale", [1, 5])
+            try:
+                scores = {int(j): float(v) for j, v in value["mean_score"].items()}
+            except (TypeError, ValueError):
+                raise TuneloopError("mean_score maps answer indices to scores") from None
+            if any(not 0 <= j < n or not low <= v <= high for j, v in scores.items()):
+                raise TuneloopError(f"mean_score: answers 0-{n - 1}, scores {low}-{high}")
+            value = {"mean_score": scores}
         record(
             s,
             user.name,

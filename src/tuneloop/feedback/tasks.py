@@ -246,6 +246,8 @@ def create_task(
         raise TuneloopError("a task needs a name of 1-200 characters")
     if not sources:
         raise TuneloopError("a task needs at least one source (eval:ID, dataset:ID or a file)")
+    if limit is not None and limit < 1:
+        raise TuneloopError(f"limit must be at least 1, got {limit}")
     if overlap < 1:
         raise TuneloopError(f"overlap must be at least 1, got {overlap}")
     items, lineage = _merge(sources)
@@ -349,7 +351,7 @@ def _info(task: Any, s: Any) -> TaskInfo:
         if status == "submitted":
             entry["submitted"] = n
             entry["seconds_per_item"] = round(float(seconds), 1) if seconds is not None else None
-        else:
+        elif status == "draft":
             entry["drafts"] = n
     return TaskInfo(
         id=task.id,

@@ -6,8 +6,8 @@ the answers in that order labelled A, B, C... without model names when the task 
 What the annotator sends back is in those display positions and is stored in the item's
 own answer indices, so the export and agreement never depend on what someone was shown.
 
-Every save carries the version the annotator loaded; a save against a newer version (a
-second tab, an admin's change) is refused with `Conflict`, never applied over it.
+Every save carries the version the annotator loaded; a save against a newer version (the
+same annotator's second tab or window) is refused with `Conflict`, never applied over it.
 """
 
 from __future__ import annotations
@@ -76,19 +76,36 @@ def next_item(task_id: int, user: User) -> int | None:
                 _lock_task(s, task_id)
                 task = _load_task(s, task_id)
                 _may_work(task, user)
-                mine = s.scalar(
-                    select(FeedbackResponse.item_id)
+                overlap = int(task.config.get("overlap", 1))
+                for draft in s.scalars(
+                    select(FeedbackResponse)
                     .where(
                         FeedbackResponse.task_id == task_id,
                         FeedbackResponse.annotator == user.name,
                         FeedbackResponse.status == "draft",
                     )
                     .order_by(FeedbackResponse.id)
-                    .limit(1)
-                )
-                if mine is not None:
-                    return int(mine)
-                overlap = int(task.config.get("overlap", 1))
+                ):
+                    full = s.scalar(
+                        select(func.count()).where(
+                            FeedbackResponse.item_id == draft.item_id,
+                            FeedbackResponse.status == "submitted",
+                        )
+                    )
+                    if full < overlap:
+                        return int(draft.item_id)
+                    # the draft waited past ABANDONED and others completed the item: let it
+                    # go (kept, marked) rather than hand back an item that cannot be submitted
+                    draft.status = "abandoned"
+                    record(
+                        s,
+                        user.name,
+                        "abandon",
+                        "response",
+                        draft.id,
+                        {"status": "draft"},
+                        {"status": "abandoned"},
+                    )
                 stale = utcnow() - ABANDONED
                 holding = (
                     select(FeedbackResponse.item_id, func.count().label("n"))
@@ -214,8 +231,8 @@ def _stored_value(
             return value
         if not (
             isinstance(ranking, list)
-            and sorted(ranking) == list(range(n))
             and all(isinstance(r, int) and not isinstance(r, bool) for r in ranking)
+            and sorted(ranking) == list(range(n))
         ):
             raise TuneloopError(
                 f"ranking must order all {n} answers, best first, each once (got {ranking!r})"
@@ -310,6 +327,11 @@ def save_response(
         )
         if mine is None or mine.task_id != task_id:
             raise Forbidden(f"item {item_id} is not assigned to {user.name}; open it first")
+        if mine.status == "abandoned":
+            raise Conflict(
+                f"item {item_id} was completed by others while your draft waited; "
+                "take the next item"
+            )
         stored = _stored_value(task, value, mine.order, complete=submit)
         before = {"value": mine.value, "status": mine.status, "version": mine.version}
         if mine.version != version:

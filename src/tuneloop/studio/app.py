@@ -19,6 +19,7 @@ Security by default, because the studio holds a team's data and judgments:
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import threading
 import time
@@ -31,6 +32,7 @@ from urllib.parse import parse_qs, quote
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneloop import api, feedback
@@ -105,28 +107,46 @@ class _Limiter:
         wait = 0.0
         with self._lock:
             for key in keys:
-                q = self._fails[key]
+                q = self._fails.get(key[:200])
+                if q is None:
+                    continue
                 while q and q[0] < now - self.window:
                     q.popleft()
-                if len(q) >= self.limit:
+                if not q:  # forget keys with no recent failure: memory stays bounded
+                    del self._fails[key[:200]]
+                elif len(q) >= self.limit:
                     wait = max(wait, q[0] + self.window - now)
         return wait
 
     def fail(self, *keys: str) -> None:
         with self._lock:
             for key in keys:
-                self._fails[key].append(time.time())
+                self._fails[key[:200]].append(time.time())
 
     def clear(self, key: str) -> None:
         with self._lock:
-            self._fails.pop(key, None)
+            self._fails.pop(key[:200], None)
 
 
 def _int(text: str) -> int:
     """A path id: anything but plain digits is a 404 (never a parse error page)."""
-    if not text.isdigit() or len(text) > 12:
+    if not re.fullmatch(r"[0-9]{1,12}", text):
         raise NotFound(f"no such record: {text[:40]!r}")
     return int(text)
+
+
+async def _capped_body(request: Any) -> bytes:
+    """The request body, refused past MAX_BODY before it is all in memory (a declared
+    Content-Length is checked first; a chunked body as it streams in)."""
+    declared = request.headers.get("content-length", "")
+    if declared and (not declared.isascii() or not declared.isdigit() or int(declared) > MAX_BODY):
+        raise TuneloopError(f"the request is larger than {MAX_BODY} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise TuneloopError(f"the request is larger than {MAX_BODY} bytes")
+    return bytes(body)
 
 
 def _local(path: str | None) -> str:
@@ -232,27 +252,34 @@ def create_app(
         if user.role != "admin":
             raise Forbidden("only admins can do this")
 
+    def reader(user: feedback.User) -> None:
+        """Runs, datasets, evaluations, agreement, leaderboards and exports name models and
+        carry other people's votes: annotators, whose work must stay blind, see none of
+        them (admins and viewers do)."""
+        if user.role == "annotator":
+            raise Forbidden(
+                "annotators see only their own tasks and answers, so blind tasks stay blind"
+            )
+
     async def form(request: Request, session: Session | None, csrf: str | None = None) -> dict:
         """The urlencoded body, after its CSRF token is checked."""
         kind = request.headers.get("content-type", "").split(";")[0].strip()
         if kind != "application/x-www-form-urlencoded":
             raise TuneloopError("expected a form (application/x-www-form-urlencoded)")
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            raise TuneloopError(f"the form is larger than {MAX_BODY} bytes")
+        body = await _capped_body(request)
         fields = {k: v[-1] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
         expected = csrf if csrf is not None else (session.csrf if session else None)
         if not expected or not secrets.compare_digest(fields.get("csrf", ""), expected):
             raise Forbidden("the form's CSRF token is missing or wrong; reload the page")
         return fields
 
-    async def json_body(request: Request, session: Session) -> dict:
+    async def json_body(request: Request, session: Session, empty_ok: bool = False) -> dict:
         token = request.headers.get("x-csrf-token", "")
         if not secrets.compare_digest(token, session.csrf):
             raise Forbidden("the X-CSRF-Token header is missing or wrong; reload the page")
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            raise TuneloopError(f"the request is larger than {MAX_BODY} bytes")
+        body = await _capped_body(request)
+        if empty_ok and not body.strip():
+            return {}
         try:
             data = json.loads(body)
         except ValueError as err:
@@ -360,7 +387,7 @@ def create_app(
                 user=None,
                 error=f"too many failed logins; try again in {int(wait) + 1} s",
             )
-        user = feedback.verify_login(name, password)
+        user = await run_in_threadpool(feedback.verify_login, name, password)
         if user is None:
             limiter.fail(f"name:{name}", client)
             return page(
@@ -412,7 +439,9 @@ def create_app(
         sources = [s.strip() for s in f.get("sources", "").replace(",", "\n").split("\n")]
         sources = [s for s in sources if s]
         for s in sources:
-            if not s.startswith(WEB_SOURCES) or not s.split(":", 1)[1].isdigit():
+            if not s.startswith(WEB_SOURCES) or not re.fullmatch(
+                r"[0-9]{1,12}", s.split(":", 1)[1]
+            ):
                 raise TuneloopError(
                     f"source {s[:60]!r}: the studio takes eval:ID, run:ID or dataset:ID "
                     "(files: `tuneloop studio task create --from FILE`)"
@@ -424,7 +453,8 @@ def create_app(
             limit = int(f["limit"]) if f.get("limit") else None
         except ValueError:
             raise TuneloopError("overlap and limit must be whole numbers") from None
-        task = feedback.create_task(
+        task = await run_in_threadpool(
+            feedback.create_task,
             f.get("name", "").strip(),
             f.get("kind", ""),
             sources,
@@ -440,6 +470,17 @@ def create_app(
 
     def task_context(user: feedback.User, task_id: int) -> dict[str, Any]:
         task = feedback.get_task(task_id)
+        if user.role == "annotator":  # progress and their own pace only: nothing blind
+            task.source = {}
+            task.config = {k: v for k, v in task.config.items() if k != "judge"}
+            task.by_annotator = {k: v for k, v in task.by_annotator.items() if k == user.name}
+            return {
+                "task": task,
+                "agreement": {},
+                "leaderboard": None,
+                "disagreements": [],
+                "exports": [],
+            }
         board = feedback.human_leaderboard([task_id]) if task.kind in ("compare", "rank") else None
         return {
             "task": task,
@@ -450,15 +491,24 @@ def create_app(
         }
 
     @app.get("/tasks/{task_id}")
-    def task_page(request: Request, task_id: str) -> Response:
+    def task_page(request: Request, task_id: str, done: str = "") -> Response:
         user, session = current(request)
-        return page("task.html", user=user, csrf=session.csrf, **task_context(user, _int(task_id)))
+        notice = "Nothing left for you in this task: thank you." if done else None
+        return page(
+            "task.html",
+            user=user,
+            csrf=session.csrf,
+            error=notice,
+            **task_context(user, _int(task_id)),
+        )
 
-    @app.get("/tasks/{task_id}/annotate")
-    def annotate_next(request: Request, task_id: str) -> Response:
+    @app.post("/tasks/{task_id}/annotate")
+    async def annotate_next(request: Request, task_id: str) -> Response:
+        """Take the next item (a POST: taking one reserves a place among its annotators)."""
         user, session = current(request)
         tid = _int(task_id)
-        item = feedback.next_item(tid, user)
+        await form(request, session)
+        item = await run_in_threadpool(feedback.next_item, tid, user)
         if item is None:
             return page(
                 "task.html",
@@ -484,7 +534,9 @@ def create_app(
             "flags": view["task"]["flags"],
             "csrf": session.csrf,
             "url": f"/api/tasks/{tid}/items/{iid}",
-            "next": f"/tasks/{tid}/annotate",
+            "next": f"/api/tasks/{tid}/next",
+            "task_url": f"/tasks/{tid}",
+            "item_prefix": f"/tasks/{tid}/items/",
         }
         mine = task.by_annotator.get(user.name, {}).get("submitted", 0)
         return page(
@@ -514,7 +566,7 @@ def create_app(
                 raise TuneloopError("ranking: answer indices separated by commas") from None
         else:
             value = {"correction": f.get("correction", "")}
-        feedback.resolve(tid, iid, value, user)
+        await run_in_threadpool(feedback.resolve, tid, iid, value, user)
         return RedirectResponse(f"/tasks/{tid}#disagreement-{iid}", status_code=303)
 
     @app.post("/tasks/{task_id}/export")
@@ -523,14 +575,17 @@ def create_app(
         admin(user)
         tid = _int(task_id)
         f = await form(request, session)
-        done = feedback.export_task(tid, f.get("kind", ""), actor=user.name)
+        done = await run_in_threadpool(
+            lambda: feedback.export_task(tid, f.get("kind", ""), actor=user.name)
+        )
         return page(
             "task.html", user=user, csrf=session.csrf, exported=done, **task_context(user, tid)
         )
 
     @app.get("/tasks/{task_id}/exports/{name}")
     def download(request: Request, task_id: str, name: str) -> Response:
-        current(request)
+        user, _ = current(request)
+        reader(user)
         tid = _int(task_id)
         if not name.endswith(".jsonl"):
             raise NotFound(f"no export {name[:40]!r}")
@@ -554,8 +609,10 @@ def create_app(
         user, session = current(request)
         admin(user)
         f = await form(request, session)
-        created, password = feedback.create_user(
-            f.get("name", "").strip(), f.get("role", "annotator"), actor=user.name
+        created, password = await run_in_threadpool(
+            lambda: feedback.create_user(
+                f.get("name", "").strip(), f.get("role", "annotator"), actor=user.name
+            )
         )
         return page(
             "users.html",
@@ -569,6 +626,7 @@ def create_app(
     @app.get("/leaderboard")
     def leaderboard_page(request: Request) -> Response:
         user, session = current(request)
+        reader(user)
         return page(
             "leaderboard.html", user=user, csrf=session.csrf, board=feedback.human_leaderboard()
         )
@@ -584,6 +642,7 @@ def create_app(
     @app.get("/runs")
     def runs_page(request: Request) -> Response:
         user, session = current(request)
+        reader(user)
         return page("runs.html", user=user, csrf=session.csrf, runs=api.runs(limit=200))
 
     @app.get("/runs/{run_id}")
@@ -591,6 +650,7 @@ def create_app(
         import yaml
 
         user, session = current(request)
+        reader(user)
         run = api.get_run(_int(run_id))
         curve = _curve(api.run_history(run.id))
         recipe = yaml.safe_dump(run.recipe, sort_keys=False) if run.recipe else ""
@@ -601,12 +661,14 @@ def create_app(
     @app.get("/datasets")
     def datasets_page(request: Request) -> Response:
         user, session = current(request)
+        reader(user)
         found = sorted(api.datasets(), key=lambda d: -d.id)
         return page("datasets.html", user=user, csrf=session.csrf, datasets=found)
 
     @app.get("/datasets/{dataset_id}")
     def dataset_page(request: Request, dataset_id: str, offset: str = "0") -> Response:
         user, session = current(request)
+        reader(user)
         d = api.dataset(_int(dataset_id))
         start = _int(offset) if offset else 0
         rows = api.dataset_rows(d.id, offset=start, limit=50)
@@ -615,6 +677,7 @@ def create_app(
     @app.get("/evals/{eval_id}")
     def eval_page(request: Request, eval_id: str) -> Response:
         user, session = current(request)
+        reader(user)
         return page(
             "eval.html", user=user, csrf=session.csrf, a=api.eval_examples(_int(eval_id)), b=None
         )
@@ -622,6 +685,7 @@ def create_app(
     @app.get("/evals/{eval_id}/vs/{other_id}")
     def evals_side_by_side(request: Request, eval_id: str, other_id: str) -> Response:
         user, session = current(request)
+        reader(user)
         a, b = api.eval_examples(_int(eval_id)), api.eval_examples(_int(other_id))
         if [e["prompt"] for e in a["examples"]] != [e["prompt"] for e in b["examples"]]:
             raise TuneloopError(f"eval:{a['id']} and eval:{b['id']} answer different prompts")
@@ -643,7 +707,16 @@ def create_app(
         admin(user)
         f = await form(request, session)
         models = [m.strip() for m in f.get("models", "").split(",") if m.strip()]
-        job = jobs.start(f.get("kind", ""), f.get("recipe", ""), user.name, models)
+        job = await run_in_threadpool(
+            jobs.start, f.get("kind", ""), f.get("recipe", ""), user.name, models
+        )
+        feedback.log_event(
+            user.name,
+            "start",
+            "job",
+            job.id,
+            {"command": job.public()["command"], "folder": str(job.folder)},
+        )
         return RedirectResponse(f"/jobs/{job.id}", status_code=303)
 
     @app.get("/jobs/{job_id}")
@@ -658,6 +731,7 @@ def create_app(
         admin(user)
         await form(request, session)
         job = jobs.cancel(_int(job_id))
+        feedback.log_event(user.name, "cancel", "job", job.id, {"status": job.status})
         return RedirectResponse(f"/jobs/{job.id}", status_code=303)
 
     @app.get("/api/jobs/{job_id}/log")
@@ -676,19 +750,27 @@ def create_app(
 
     @app.get("/api/tasks")
     def api_tasks(request: Request) -> list[dict[str, Any]]:
-        current(request)
-        return [t.to_dict() for t in feedback.list_tasks()]
+        user, _ = current(request)
+        tasks = [t.to_dict() for t in feedback.list_tasks()]
+        if user.role == "annotator":
+            for t in tasks:
+                t["source"] = {}
+                t["config"].pop("judge", None)
+                t["by_annotator"] = {k: v for k, v in t["by_annotator"].items() if k == user.name}
+        return tasks
 
     @app.get("/api/tasks/{task_id}")
     def api_task(request: Request, task_id: str) -> dict[str, Any]:
-        current(request)
-        tid = _int(task_id)
-        return {"task": feedback.get_task(tid).to_dict(), "agreement": feedback.task_agreement(tid)}
-
-    @app.get("/api/tasks/{task_id}/next")
-    def api_next(request: Request, task_id: str) -> dict[str, Any]:
         user, _ = current(request)
-        return {"item_id": feedback.next_item(_int(task_id), user)}
+        context = task_context(user, _int(task_id))
+        return {"task": context["task"].to_dict(), "agreement": context["agreement"]}
+
+    @app.post("/api/tasks/{task_id}/next")
+    async def api_next(request: Request, task_id: str) -> dict[str, Any]:
+        """Take the next item: its id, or null when nothing is left for this user."""
+        user, session = current(request)
+        await json_body(request, session, empty_ok=True)
+        return {"item_id": await run_in_threadpool(feedback.next_item, _int(task_id), user)}
 
     @app.get("/api/tasks/{task_id}/items/{item_id}")
     def api_item(request: Request, task_id: str, item_id: str) -> dict[str, Any]:
@@ -702,7 +784,8 @@ def create_app(
         version = data.get("version")
         if not isinstance(version, int) or isinstance(version, bool):
             raise TuneloopError("version must be the whole number the item was loaded with")
-        return feedback.save_response(
+        return await run_in_threadpool(
+            feedback.save_response,
             _int(task_id),
             _int(item_id),
             user,
@@ -718,7 +801,8 @@ def create_app(
 
     @app.get("/api/leaderboard")
     def api_leaderboard(request: Request) -> dict[str, Any]:
-        current(request)
+        user, _ = current(request)
+        reader(user)
         return feedback.human_leaderboard()
 
     return app

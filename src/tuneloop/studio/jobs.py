@@ -28,6 +28,7 @@ from tuneloop.errors import NotFound, TuneloopError
 
 KINDS = ("train", "eval")
 MAX_RECIPE = 200_000
+KILL_AFTER_S = 60.0  # a job still running this long after SIGTERM gets SIGKILL
 
 
 @dataclass
@@ -47,9 +48,9 @@ class Job:
     def status(self) -> str:
         if self.returncode is None:
             return "cancelling" if self.cancelled else "running"
-        if self.cancelled:
-            return "cancelled"
-        return "completed" if self.returncode == 0 else f"failed (exit {self.returncode})"
+        if self.returncode == 0:  # finished on its own (a cancel that came too late)
+            return "completed"
+        return "cancelled" if self.cancelled else f"failed (exit {self.returncode})"
 
     @property
     def log(self) -> Path:
@@ -105,18 +106,20 @@ class Jobs:
             if kind == "eval":
                 command += ["--out", str(folder / "report")]
             job = Job(job_id, kind, by, folder, command)
-            log = job.log.open("wb")
             env = {**os.environ, "TUNELOOP_NO_PROGRESS": "1", "PYTHONUNBUFFERED": "1"}
-            job.process = subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=folder,
-                env=env,
-                start_new_session=True,
-            )
-            log.close()
+            with job.log.open("wb") as log:
+                try:
+                    job.process = subprocess.Popen(
+                        command,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        cwd=folder,
+                        env=env,
+                        start_new_session=True,  # its own process group: cancel reaches all
+                    )
+                except OSError as err:
+                    raise TuneloopError(f"could not start the job: {err}") from None
             self._jobs[job_id] = job
         threading.Thread(target=self._wait, args=(job,), daemon=True).start()
         return job
@@ -134,12 +137,22 @@ class Jobs:
     def list(self) -> list[Job]:
         return sorted(self._jobs.values(), key=lambda j: -j.id)
 
-    def cancel(self, job_id: int) -> Job:
-        job = self.get(job_id)
-        if job.returncode is None:
-            job.cancelled = True
+    def _signal(self, job: Job, sig: int) -> None:
+        # only while the child is unreaped: its pid (= its group id) cannot be reused yet
+        if job.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(job.process.pid, signal.SIGTERM)
+                os.killpg(job.process.pid, sig)
+
+    def cancel(self, job_id: int) -> Job:
+        """SIGTERM to the job's process group (training checkpoints and stops); SIGKILL
+        if it is still running KILL_AFTER_S later."""
+        job = self.get(job_id)
+        if job.returncode is None and not job.cancelled:
+            job.cancelled = True
+            self._signal(job, signal.SIGTERM)
+            timer = threading.Timer(KILL_AFTER_S, self._signal, args=(job, signal.SIGKILL))
+            timer.daemon = True
+            timer.start()
         return job
 
     def read_log(self, job_id: int, offset: int = 0, limit: int = 65536) -> tuple[str, int]:
@@ -148,10 +161,26 @@ class Jobs:
         with job.log.open("rb") as fh:
             fh.seek(max(0, offset))
             data = fh.read(limit)
+        if len(data) == limit:  # stop before a character cut in two; the rest comes next
+            for cut in range(len(data), max(len(data) - 4, 0), -1):
+                try:
+                    data[:cut].decode("utf-8")
+                except UnicodeDecodeError:
+                    continue
+                data = data[:cut]
+                break
         return data.decode("utf-8", "replace"), max(0, offset) + len(data)
 
-    def stop_all(self) -> None:
-        for job in self._jobs.values():
-            if job.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(job.process.pid, signal.SIGTERM)
+    def stop_all(self, wait_s: float = KILL_AFTER_S) -> None:
+        """SIGTERM every running job, wait for them (checkpoints take a moment), then
+        SIGKILL what is left: no job outlives the studio."""
+        running = [j for j in self._jobs.values() if j.returncode is None]
+        for job in running:
+            job.cancelled = True
+            self._signal(job, signal.SIGTERM)
+        deadline = time.time() + wait_s
+        for job in running:
+            try:
+                job.process.wait(timeout=max(0.0, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                self._signal(job, signal.SIGKILL)

@@ -9,8 +9,6 @@
   const kind = data.kind;
   const n = data.answers;
   let version = data.version;
-  let dirty = false;
-  let saving = null;
   let timer = null;
   const status = document.getElementById("status");
   const value = data.value || {};
@@ -114,6 +112,12 @@
   });
 
   // --- saving -----------------------------------------------------------------------------
+  // Saves run one after another (a chain), each built when its turn comes, so it carries
+  // the version the previous save returned; `edits` counts changes and `savedEdits` those
+  // the server has, so an edit made while a save is on its way is never marked saved.
+  let edits = 0;
+  let savedEdits = 0;
+  let chain = Promise.resolve(true);
   function body(submit) {
     const sent = { comment: value.comment };
     if (kind === "rate") { sent.ratings = value.ratings; sent.flags = value.flags; }
@@ -123,29 +127,41 @@
     return JSON.stringify({ value: sent, version: version, submit: submit });
   }
   function changed() {
-    dirty = true;
+    edits += 1;
     say("unsaved changes");
     clearTimeout(timer);
     timer = setTimeout(() => save(false), 1200);
   }
-  async function save(submit) {
+  function save(submit) {
     clearTimeout(timer);
-    if (saving) await saving;
-    if (!submit && !dirty) return true;
-    const request = fetch(data.url, {
-      method: "POST",
-      headers: { "Content-Type": "application/json", "X-CSRF-Token": data.csrf },
-      body: body(submit),
-      credentials: "same-origin",
-    });
-    saving = request.then(() => null, () => null);
+    chain = chain.then(() => saveNow(submit), () => saveNow(submit));
+    return chain;
+  }
+  async function saveNow(submit) {
+    if (!submit && edits === savedEdits) return true;
+    const sending = edits;
     let res;
-    try { res = await request; } catch (err) { say("could not reach the server; your work is kept here, try again", "error"); return false; }
+    try {
+      res = await fetch(data.url, {
+        method: "POST",
+        headers: { "Content-Type": "application/json", "X-CSRF-Token": data.csrf },
+        body: body(submit),
+        credentials: "same-origin",
+      });
+    } catch (err) {
+      say("could not reach the server; your work is kept here, try again", "error");
+      return false;
+    }
     const out = await res.json().catch(() => ({}));
     if (res.ok) {
       version = out.version;
-      dirty = false;
-      say(submit ? "submitted" : "draft saved", "ok");
+      savedEdits = sending;
+      if (edits !== savedEdits) {
+        say("unsaved changes");
+        timer = setTimeout(() => save(false), 1200);
+      } else {
+        say(submit ? "submitted" : "draft saved", "ok");
+      }
       return true;
     }
     if (res.status === 409) {
@@ -162,12 +178,27 @@
     }
     return false;
   }
+  async function goNext() {
+    // taking the next item is a POST (it reserves a place), with the CSRF token
+    const res = await fetch(data.next, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", "X-CSRF-Token": data.csrf },
+      body: "{}",
+      credentials: "same-origin",
+    });
+    const out = await res.json().catch(() => ({}));
+    if (res.ok && out.item_id) window.location.assign(data.item_prefix + out.item_id);
+    else window.location.assign(data.task_url + "?done=1");
+  }
   async function submit() {
-    if (await save(true)) window.location.assign(data.next);
+    if (await save(true)) {
+      savedEdits = edits;
+      await goNext();
+    }
   }
   document.getElementById("save").addEventListener("click", () => save(false));
   document.getElementById("submit").addEventListener("click", submit);
-  window.addEventListener("beforeunload", (e) => { if (dirty) e.preventDefault(); });
+  window.addEventListener("beforeunload", (e) => { if (edits !== savedEdits) e.preventDefault(); });
 
   // --- keys -------------------------------------------------------------------------------
   document.addEventListener("keydown", (e) => {
@@ -216,7 +247,8 @@
     let out;
     try {
       const res = await fetch(log.dataset.url + "?offset=" + offset, { credentials: "same-origin" });
-      if (!res.ok) return;
+      if (res.status === 401 || res.status === 403 || res.status === 404) return;
+      if (!res.ok) { setTimeout(poll, 3000); return; }
       out = await res.json();
     } catch (err) {
       setTimeout(poll, 3000);
