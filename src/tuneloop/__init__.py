@@ -25,6 +25,7 @@ API = (
     "SuiteReport",
     "WinRate",
     "compare",
+    "compare_approaches",
     "create_api_key",
     "create_feedback_task",
     "create_studio_user",

@@ -842,6 +842,43 @@ def eval_examples(eval_id: int, *, limit: int | None = None) -> dict[str, Any]:
     return head
 
 
+def compare_approaches(
+    data: str | Path,
+    model: str,
+    *,
+    tuned: str | None = None,
+    eval_data: str | Path | None = None,
+    shots: Sequence[int] = (5, 10),
+    eval_size: int = 200,
+    system_prompt: str | None = None,
+    topic: str = "our product",
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    seed: int = 0,
+    out: str | Path | None = None,
+) -> Any:
+    """Should we fine-tune? Zero-shot, a system prompt, few-shot (k most similar training
+    rows) and a tuned run on the same held-out rows, with 95% intervals and cost (prompt
+    tokens and seconds per request, training time), and a one-line recommendation.
+    Returns an `ApproachesReport` (`.table()`, `.recommendation`); see docs/baselines.md."""
+    from tuneloop.workflows.approaches import compare_approaches as run
+
+    return run(
+        data,
+        model,
+        tuned=tuned,
+        eval_data=eval_data,
+        shots=tuple(shots),
+        eval_size=eval_size,
+        system_prompt=system_prompt,
+        topic=topic,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        seed=seed,
+        out=out,
+    )
+
+
 def judge_agreement(
     judge: str,
     pairs: str | Path,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -305,4 +306,83 @@ def judge_agreement(
         api.write_json(json_out, result)
 
 
-COMMANDS = [eval_cmd, compare, judge]
+@click.command("compare-approaches")
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Training rows: the few-shot pool, and the held-out split unless --eval.",
+)
+@click.option("--model", required=True, help="The base model (prompting and few-shot).")
+@click.option("--tuned", help="A tuned run (run:ID) to put beside them.")
+@click.option(
+    "--eval",
+    "eval_data",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Held-out rows (e.g. the tuned run's validation.jsonl).",
+)
+@click.option(
+    "--k",
+    "shots",
+    multiple=True,
+    type=click.IntRange(min=0),
+    help="Few-shot sizes (repeat; default 5 and 10; 0 for none).",
+)
+@click.option(
+    "--eval-size",
+    default=200,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Held-out rows split from --data when there is no --eval.",
+)
+@click.option(
+    "--system-prompt",
+    help="A template of your own, or a library name "
+    "(classifier, on_topic, json); default classifier for labelled rows.",
+)
+@click.option(
+    "--topic", default="our product", show_default=True, help="{topic} in the on_topic prompt."
+)
+@click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out", type=click.Path(file_okay=False), help="Write the plot and JSON here.")
+def compare_approaches(
+    data,
+    model,
+    tuned,
+    eval_data,
+    shots,
+    eval_size,
+    system_prompt,
+    topic,
+    max_new_tokens,
+    batch_size,
+    seed,
+    out,
+) -> None:
+    """Should we fine-tune? Prompting, few-shot and a tuned run on the same rows."""
+    quiet_libraries()
+    report = api.compare_approaches(
+        data,
+        model,
+        tuned=tuned,
+        eval_data=eval_data,
+        shots=shots or (5, 10),
+        eval_size=eval_size,
+        system_prompt=system_prompt,
+        topic=topic,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        seed=seed,
+        out=out,
+    )
+    click.echo(f"{report.eval_rows} held-out rows, {report.pool_rows} in the few-shot pool")
+    click.echo(report.table())
+    click.echo(report.recommendation)
+    if out:
+        report.to_json(Path(out) / "approaches.json")
+        click.echo(f"plot: {report.plot}")
+
+
+COMMANDS = [eval_cmd, compare, judge, compare_approaches]
