@@ -145,7 +145,16 @@ def compare_approaches(
     base, tokenizer, _ = load(model)
     rows: list[dict[str, Any]] = []
 
-    def run(name: str, the_model: Any, tok: Any, convs: list[Any], ref: str, extra: dict) -> None:
+    def run(
+        name: str,
+        the_model: Any,
+        tok: Any,
+        convs: list[Any],
+        ref: str,
+        extra: dict,
+        rerank: Any = None,
+        queries: list[str] | None = None,
+    ) -> None:
         result = evaluate_conversations(
             the_model,
             tok,
@@ -154,7 +163,9 @@ def compare_approaches(
             max_new_tokens,
             batch_size,
             label=name,
-            choices=labels,
+            choices=None if rerank is not None else labels,
+            rerank=rerank,
+            queries=queries,
         )
         key = "exact_match" if classify else "rouge_l"
         per = [ex["scores"][key] for ex in result.examples]
@@ -191,12 +202,23 @@ def compare_approaches(
         convs = (
             again.conversations if eval_idx is None else [again.conversations[i] for i in eval_idx]
         )
-        prompting = Prompting.of(resolved)
-        convs = prompting.with_hints(prompting.with_system(convs))
+        prompting = Prompting.of(resolved)  # the run's system prompt, hints and reranking
+        convs = prompting.with_system(convs)
+        queries = prompting.queries(convs) if prompting.rerank is not None else None
+        convs = prompting.with_hints(convs)
         the_model, tok, _ = load(tuned)
         timings = registry.get_run(resolved.run_id).timings if resolved.run_id else {}
         train_s = (timings or {}).get("train_s") or (timings or {}).get("total_s")
-        run("fine-tuned", the_model, tok, convs, tuned, {"training_s": train_s})
+        run(
+            "fine-tuned",
+            the_model,
+            tok,
+            convs,
+            tuned,
+            {"training_s": train_s},
+            rerank=prompting.rerank,
+            queries=queries,
+        )
 
     report = ApproachesReport(
         model=model,
