@@ -311,3 +311,38 @@ def postgres_url() -> Iterator[str]:
     finally:
         run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
         shutil.rmtree(root, ignore_errors=True)
+
+
+def studio_login(url: str, name: str, password: str) -> tuple[Any, str]:
+    """A `requests` session logged in to a studio at `url` through its login form, and the
+    session's CSRF token."""
+    import re
+
+    import requests
+
+    s = requests.Session()
+    token = re.search(r'name="csrf" value="([^"]+)"', s.get(url + "/login").text).group(1)
+    r = s.post(
+        url + "/login",
+        data={"csrf": token, "name": name, "password": password},
+        allow_redirects=False,
+    )
+    assert r.status_code == 303, r.text
+    me = s.get(url + "/api/me").json()
+    assert me["user"]["name"] == name
+    return s, me["csrf"]
+
+
+def use_postgres(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point the registry at the test PostgreSQL server, on a clean schema; returns its URL.
+    The caller clears the engine cache afterwards (`db._engine_for.cache_clear()`)."""
+    from sqlalchemy import create_engine, text
+
+    from tuneloop.registry import db
+
+    url = request.getfixturevalue("postgres_url")
+    monkeypatch.setenv("TUNELOOP_DB_URL", url)
+    with create_engine(url).begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    db._engine_for.cache_clear()
+    return url

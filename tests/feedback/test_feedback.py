@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from tuneloop import feedback, registry
 from tuneloop.errors import Conflict, Forbidden, NotFound, TuneloopError
 
-from conftest import write_jsonl
+from conftest import use_postgres, write_jsonl
 
 PAIRS = [
     {"prompt": f"question {i}?", "chosen": f"good answer {i}", "rejected": f"bad answer {i}"}
@@ -336,11 +336,7 @@ def test_several_annotators_at_once_lose_nothing(
     from tuneloop.registry import db
 
     if database == "postgresql":
-        url = request.getfixturevalue("postgres_url")
-        monkeypatch.setenv("TUNELOOP_DB_URL", url)
-        with create_engine(url).begin() as conn:
-            conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-        db._engine_for.cache_clear()
+        use_postgres(request, monkeypatch)
     users = _people(*[f"annotator{i}" for i in range(4)])
     rows = [dict(p, prompt=f"{p['prompt']} {k}") for k in range(5) for p in PAIRS]  # 30 items
     task = feedback.create_task("busy", "compare", [str(_pairs_file(tmp_path, rows))], overlap=3)
@@ -382,11 +378,7 @@ def test_the_audit_log_refuses_updates_and_deletes(
     from tuneloop.registry import db
 
     if database == "postgresql":
-        url = request.getfixturevalue("postgres_url")
-        monkeypatch.setenv("TUNELOOP_DB_URL", url)
-        with create_engine(url).begin() as conn:
-            conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-        db._engine_for.cache_clear()
+        use_postgres(request, monkeypatch)
     feedback.create_user("alice")
     engine = registry.get_engine()
     for statement in ("UPDATE audit_log SET actor = 'mallory'", "DELETE FROM audit_log"):

@@ -15,7 +15,7 @@ import requests
 from tuneloop import feedback
 from tuneloop.studio.app import create_app
 
-from conftest import serving_in_thread, write_jsonl
+from conftest import serving_in_thread, studio_login, write_jsonl
 
 EVIL = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 ROWS = [
@@ -39,18 +39,7 @@ def studio(tmp_path: Path) -> Iterator[dict]:
 
 def login(studio: dict, name: str) -> tuple[requests.Session, str]:
     """A logged-in client and its CSRF token."""
-    s = requests.Session()
-    page = s.get(studio["url"] + "/login")
-    token = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
-    r = s.post(
-        studio["url"] + "/login",
-        data={"csrf": token, "name": name, "password": studio["passwords"][name], "next": "/"},
-        allow_redirects=False,
-    )
-    assert r.status_code == 303, r.text
-    me = s.get(studio["url"] + "/api/me").json()
-    assert me["user"]["name"] == name
-    return s, me["csrf"]
+    return studio_login(studio["url"], name, studio["passwords"][name])
 
 
 def test_every_route_needs_a_session(studio: dict) -> None:

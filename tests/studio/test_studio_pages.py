@@ -4,31 +4,17 @@ job started, streamed and cancelled from the browser's routes."""
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
-import requests
 import yaml
 
 from tuneloop import api, feedback, registry
 from tuneloop.studio.app import create_app
 
-from conftest import serving_in_thread, write_jsonl
+from conftest import serving_in_thread, studio_login, write_jsonl
 
 EVIL = "<script>alert(1)</script>"
-
-
-def _login(url: str, name: str, password: str) -> tuple[requests.Session, str]:
-    s = requests.Session()
-    token = re.search(r'name="csrf" value="([^"]+)"', s.get(url + "/login").text).group(1)
-    r = s.post(
-        url + "/login",
-        data={"csrf": token, "name": name, "password": password},
-        allow_redirects=False,
-    )
-    assert r.status_code == 303
-    return s, s.get(url + "/api/me").json()["csrf"]
 
 
 def _recipe(tiny_model: Path, tmp_path: Path, steps: int) -> dict:
@@ -73,7 +59,7 @@ def test_runs_datasets_and_evaluations(tmp_path: Path, tiny_model: Path) -> None
     )
     other = registry.add_eval("x", {}, [{"prompt": prompts[0], "reference": "", "prediction": ""}])
     with serving_in_thread(create_app(jobs_root=tmp_path / "jobs")) as url:
-        s, _ = _login(url, "vera", viewer_pw)  # a viewer reads all of these
+        s, _ = studio_login(url, "vera", viewer_pw)  # a viewer reads all of these
         listing = s.get(url + "/runs").text
         assert f'href="/runs/{run.id}"' in listing and "studio-page" in listing
         page = s.get(f"{url}/runs/{run.id}").text
@@ -91,7 +77,7 @@ def test_runs_datasets_and_evaluations(tmp_path: Path, tiny_model: Path) -> None
         for missing in ("/runs/999", "/datasets/999", "/evals/999"):
             assert s.get(url + missing).status_code == 404, missing
         assert s.get(url + "/jobs").status_code == 403  # jobs are for admins
-        s2, _ = _login(url, "admin", password)
+        s2, _ = studio_login(url, "admin", password)
         assert s2.get(url + "/jobs").status_code == 200
 
 
@@ -101,7 +87,7 @@ def test_a_training_job_streams_its_log_and_cancels_into_a_resumable_run(
     _, password = feedback.ensure_admin()
     recipe = yaml.safe_dump(_recipe(tiny_model, tmp_path, steps=100_000))
     with serving_in_thread(create_app(jobs_root=tmp_path / "jobs")) as url:
-        s, csrf = _login(url, "admin", password)
+        s, csrf = studio_login(url, "admin", password)
         bad = s.post(url + "/jobs", data={"csrf": csrf, "kind": "train", "recipe": "a: [b"})
         assert bad.status_code == 400 and "not valid YAML" in bad.text
         r = s.post(
