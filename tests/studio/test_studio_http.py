@@ -267,3 +267,52 @@ def test_a_huge_body_is_refused_before_it_is_read(studio: dict) -> None:
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
     assert r.status_code == 400 and "larger than" in r.text
+
+
+def test_tuneloop_studio_prints_a_first_password_that_logs_in(tmp_path: Path) -> None:
+    """The command a new user runs: a real `tuneloop studio` process on loopback; the
+    password it prints once logs in; a second start prints none."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    def start() -> tuple[subprocess.Popen, str, int]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tuneloop.cli", "studio", "--port", str(port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=os.environ.copy(),
+        )
+        lines = []
+        while not (lines and lines[-1].startswith("tuneloop studio on")):
+            line = proc.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        deadline = time.time() + 30
+        while True:
+            try:
+                requests.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except requests.ConnectionError:
+                assert time.time() < deadline
+                time.sleep(0.2)
+        return proc, "".join(lines), port
+
+    proc, out, port = start()
+    try:
+        password = re.search(r"with password (\S+)", out).group(1)
+        s, _ = studio_login(f"http://127.0.0.1:{port}", "admin", password)
+        assert "Feedback tasks" in s.get(f"http://127.0.0.1:{port}/").text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    proc, out, _ = start()
+    proc.terminate()
+    proc.wait(timeout=30)
+    assert "password" not in out  # no second admin, no reset
