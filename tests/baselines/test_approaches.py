@@ -118,4 +118,12 @@ def test_the_recommendation_follows_the_numbers() -> None:
         row("system prompt", 0.84, 0.79, 0.89, 300),
     ]
     line = recommend(close, "accuracy")
-    assert line.startswith("best: fine-tuned") and "system prompt (0.840) is within" in line
+    dearer = [
+        row("few-shot k=5", 0.85, 0.78, 0.92, 848),
+        row("few-shot k=10", 0.82, 0.74, 0.90, 1073),
+    ]
+    assert recommend(dearer, "accuracy").endswith("no cheaper approach is within its interval")
+    assert line.startswith("best: fine-tuned") and "few-shot k=5 (0.860) is within" in line
+    assert "no clear gain from fine-tuning" in line
+    cheap = [row("few-shot k=10", 0.86, 0.8, 0.92, 1000), row("few-shot k=5", 0.85, 0.79, 0.9, 800)]
+    assert "few-shot k=5 (0.850) is within its interval at 800" in recommend(cheap, "accuracy")

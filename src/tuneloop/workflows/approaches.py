@@ -236,27 +236,37 @@ def compare_approaches(
 
 
 def recommend(rows: list[dict[str, Any]], metric: str) -> str:
-    """One line that follows from the numbers: the best approach, and whether a cheaper
-    one is within its interval."""
+    """One line that follows from the numbers. The best approach; if it is the tuned run,
+    whether any prompt-only approach is within its interval (then fine-tuning bought no
+    clear gain); otherwise whether a cheaper approach (fewer prompt tokens per request)
+    is within it."""
     if not rows:
         return "no approach was measured"
     best = max(rows, key=lambda r: r["value"])
-    close = [r for r in rows if r is not best and r["high"] >= best["low"]]
-    cheapest = min(
-        close, key=lambda r: (r["prompt_tokens"], r["approach"] == "fine-tuned"), default=None
-    )
+    within = [r for r in rows if r is not best and r["high"] >= best["low"]]
     line = (
-        f"best: {best['approach']} ({metric} {best['value']:.3f} [{best['low']:.3f}, "
-        f"{best['high']:.3f}])"
+        f"best: {best['approach']} ({metric} {best['value']:.3f} "
+        f"[{best['low']:.3f}, {best['high']:.3f}])"
     )
-    if best["approach"] == "fine-tuned" and cheapest is None:
-        return line + "; fine-tuning is worth it: no prompt-only approach is within its interval"
-    if cheapest is not None:
-        return (
-            line + f"; {cheapest['approach']} ({cheapest['value']:.3f}) is within its interval "
-            f"at {cheapest['prompt_tokens']:.0f} prompt tokens: the cheaper choice"
+    if best["approach"] == "fine-tuned":
+        if not within:
+            return (
+                line + "; fine-tuning is worth it: no prompt-only approach is within its interval"
+            )
+        rival = max(within, key=lambda r: r["value"])
+        return line + (
+            f"; but {rival['approach']} ({rival['value']:.3f}) is within its interval without "
+            f"training ({rival['prompt_tokens']:.0f} prompt tokens per request against "
+            f"{best['prompt_tokens']:.0f}): no clear gain from fine-tuning yet"
         )
-    return line + "; every other approach is clearly behind"
+    cheaper = [r for r in within if r["prompt_tokens"] < best["prompt_tokens"]]
+    if cheaper:
+        pick = min(cheaper, key=lambda r: r["prompt_tokens"])
+        return line + (
+            f"; {pick['approach']} ({pick['value']:.3f}) is within its interval at "
+            f"{pick['prompt_tokens']:.0f} prompt tokens: the cheaper choice"
+        )
+    return line + "; no cheaper approach is within its interval"
 
 
 def _plot(report: ApproachesReport, folder: Path) -> Path:
