@@ -339,8 +339,13 @@ def dataset_rows(dataset_id: int, *, offset: int = 0, limit: int = 50) -> list[d
     path = Path(record.path)
     if not path.is_file():
         raise DataError(f"dataset {dataset_id}'s file is gone: {path}")
-    rows = read_rows(path).rows
-    return [{k: v for k, v in r.items() if k != "source"} for r in rows[offset : offset + limit]]
+    if path.suffix == ".parquet":  # a stored copy: read only the page
+        from tuneloop.data.store import read_parquet
+
+        rows = read_parquet(path, offset, limit)
+    else:
+        rows = read_rows(path).rows[offset : offset + limit]
+    return [{k: v for k, v in r.items() if k != "source"} for r in rows]
 
 
 def diff_datasets(old_id: int, new_id: int) -> dict[str, Any]:

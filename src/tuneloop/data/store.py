@@ -72,13 +72,22 @@ def _batches(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
         yield batch
 
 
-def read_parquet(path: Path) -> list[Row]:
+def read_parquet(path: Path, offset: int = 0, limit: int | None = None) -> list[Row]:
+    """The stored rows; with `limit`, only rows `offset` to `offset + limit`, reading no
+    batch past them (a page of a 2M-row version costs one batch, not the file)."""
+    import itertools
+
     import pyarrow.parquet as pq
 
-    return [
-        {k: v for k, v in row.items() if v is not None}
+    rows = (
+        row
         for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS)
         for row in batch.to_pylist()
+    )
+    stop = None if limit is None else offset + limit
+    return [
+        {k: v for k, v in row.items() if v is not None}
+        for row in itertools.islice(rows, offset, stop)
     ]
 
 

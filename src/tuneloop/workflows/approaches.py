@@ -73,14 +73,6 @@ def _prompt_tokens(tokenizer: Any, prompts: list[list[dict[str, str]]]) -> float
     return sum(lengths) / len(lengths)
 
 
-def _interval(per_example: list[float], seed: int) -> Any:
-    from tuneloop.intervals import bootstrap
-
-    return bootstrap(
-        len(per_example), lambda idx: sum(per_example[i] for i in idx) / len(idx), seed=seed
-    )
-
-
 def compare_approaches(
     data: str | Path,
     model: str,
@@ -103,6 +95,7 @@ def compare_approaches(
     from tuneloop.data.prompting import Prompting
     from tuneloop.data.readers import read_conversations
     from tuneloop.evaluation.run import evaluate_conversations
+    from tuneloop.intervals import mean_interval
     from tuneloop.models import load, resolve
 
     started = time.perf_counter()
@@ -169,7 +162,7 @@ def compare_approaches(
         )
         key = "exact_match" if classify else "rouge_l"
         per = [ex["scores"][key] for ex in result.examples]
-        ci = _interval(per, seed)
+        ci = mean_interval(per, seed=seed)
         record = registry.add_eval(
             model_ref=ref,
             metrics=result.metrics,
