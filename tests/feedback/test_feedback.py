@@ -136,6 +136,9 @@ def test_roles_and_blindness_are_enforced(tmp_path: Path) -> None:
     with pytest.raises(Forbidden, match="only admins"):
         feedback.item_responses(task.id, item, alice)
     assert "model" in feedback.item_view(task.id, item, admin)["answers"][0]
+    info = feedback.get_task(task.id)
+    assert feedback.visible_to(info, alice).source == {} and info.source["sources"]
+    assert feedback.visible_to(info, admin) is info
     with pytest.raises(NotFound):
         feedback.item_view(task.id, 9999, alice)
     with pytest.raises(NotFound, match="unknown"):

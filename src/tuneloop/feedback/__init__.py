@@ -42,6 +42,7 @@ from tuneloop.feedback.tasks import (
     list_tasks,
     recent_evals,
     set_status,
+    visible_to,
 )
 from tuneloop.feedback.work import item_responses, item_view, next_item, save_response
 
@@ -80,4 +81,5 @@ __all__ = [
     "task_agreement",
     "task_exports",
     "verify_login",
+    "visible_to",
 ]

@@ -15,6 +15,7 @@ answers: A, B, tie or both bad), `rank` (three or more answers in order), `corre
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -405,3 +406,17 @@ def set_status(task_id: int, status: str, actor: str = "cli") -> TaskInfo:
         record(s, actor, "set-status", "task", task_id, {"status": task.status}, {"status": status})
         task.status = status
     return get_task(task_id)
+
+
+def visible_to(task: TaskInfo, user: Any) -> TaskInfo:
+    """`task` as `user` may see it: an annotator gets its progress and their own pace, not
+    its sources (which name the evaluations, hence the models), a judge's verdicts or
+    other annotators' counts, so blind work stays blind. Others see it whole."""
+    if user.role != "annotator":
+        return task
+    return dataclasses.replace(
+        task,
+        source={},
+        config={k: v for k, v in task.config.items() if k != "judge"},
+        by_annotator={k: v for k, v in task.by_annotator.items() if k == user.name},
+    )

@@ -428,7 +428,11 @@ def create_app(
         user, session = current(request)
         evals = feedback.recent_evals() if user.role == "admin" else []
         return page(
-            "tasks.html", user=user, csrf=session.csrf, tasks=feedback.list_tasks(), evals=evals
+            "tasks.html",
+            user=user,
+            csrf=session.csrf,
+            tasks=[feedback.visible_to(t, user) for t in feedback.list_tasks()],
+            evals=evals,
         )
 
     @app.post("/tasks")
@@ -469,11 +473,8 @@ def create_app(
         return RedirectResponse(f"/tasks/{task.id}", status_code=303)
 
     def task_context(user: feedback.User, task_id: int) -> dict[str, Any]:
-        task = feedback.get_task(task_id)
+        task = feedback.visible_to(feedback.get_task(task_id), user)
         if user.role == "annotator":  # progress and their own pace only: nothing blind
-            task.source = {}
-            task.config = {k: v for k, v in task.config.items() if k != "judge"}
-            task.by_annotator = {k: v for k, v in task.by_annotator.items() if k == user.name}
             return {
                 "task": task,
                 "agreement": {},
@@ -751,13 +752,7 @@ def create_app(
     @app.get("/api/tasks")
     def api_tasks(request: Request) -> list[dict[str, Any]]:
         user, _ = current(request)
-        tasks = [t.to_dict() for t in feedback.list_tasks()]
-        if user.role == "annotator":
-            for t in tasks:
-                t["source"] = {}
-                t["config"].pop("judge", None)
-                t["by_annotator"] = {k: v for k, v in t["by_annotator"].items() if k == user.name}
-        return tasks
+        return [feedback.visible_to(t, user).to_dict() for t in feedback.list_tasks()]
 
     @app.get("/api/tasks/{task_id}")
     def api_task(request: Request, task_id: str) -> dict[str, Any]:
