@@ -665,8 +665,14 @@ def evaluate(
     format: str = "auto",
     system_prompt: str | None = None,
     constrain_labels: bool = False,
+    docs: str | Path | None = None,
+    retrieval_k: int = 3,
 ) -> EvalOutput:
     """Score a model (name, folder, `run:ID`, `openai:MODEL`) on a data file.
+
+    docs: RAG: the `retrieval_k` passages most similar to each request, from a folder or
+    file of documents or a saved index (`rag_index`), are added to its prompt; each
+    example records them under `sources`. A run trained with retrieval needs no `docs`.
 
     Returns the metrics, per-example rows (`examples`), the classification report for
     labelled data, and the registry id of the stored evaluation.
@@ -696,7 +702,57 @@ def evaluate(
         format,
         system_prompt,
         constrain_labels=constrain_labels,
+        docs=docs,
+        retrieval_k=retrieval_k,
     )
+
+
+def rag_index(
+    docs: str | Path,
+    out: str | Path,
+    *,
+    max_chars: int = 700,
+    overlap: int = 100,
+    kind: str = "auto",
+) -> dict[str, Any]:
+    """Chunk, embed and index a folder (or file) of documents for retrieval, saved as one
+    folder at `out` (replaced whole). Returns a summary: chunks, documents, kind, seconds.
+    See docs/baselines.md#retrieval."""
+    import time
+
+    from tuneloop.data.retrieval import RetrievalIndex
+
+    started = time.perf_counter()
+    index = RetrievalIndex.build(docs, max_chars=max_chars, overlap=overlap, kind=kind)
+    index.save(out)
+    return {
+        "index": str(Path(out)),
+        "chunks": len(index),
+        "kind": index.kind,
+        "documents": index.documents,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def rag_search(index: str | Path, queries: Sequence[str], k: int = 3) -> list[list[dict]]:
+    """The k passages most similar to each query, best first (rank, score, source, text);
+    `index` is a saved index or a folder of documents (indexed here)."""
+    from tuneloop.data.retrieval import open_index
+
+    found = open_index(index).search(list(queries), k)
+    return [[hit.to_dict() for hit in hits] for hits in found]
+
+
+def rag_quality(
+    index: str | Path, queries: str | Path, ks: Sequence[int] = (1, 3, 5, 10)
+) -> dict[str, Any]:
+    """Retrieval quality on labelled queries (JSONL: `query` and a `passage` quote, a
+    `section` or `facts` marking relevant chunks): recall@k and MRR, with each query's
+    first relevant rank."""
+    from tuneloop.data.retrieval import open_index, read_queries, retrieval_quality
+
+    rows = read_queries(queries)
+    return retrieval_quality(open_index(index), rows, tuple(ks))
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -851,20 +907,23 @@ def compare_approaches(
     data: str | Path,
     model: str,
     *,
-    tuned: str | None = None,
+    tuned: str | Sequence[str] | None = None,
     eval_data: str | Path | None = None,
     shots: Sequence[int] = (5, 10),
     eval_size: int = 200,
     system_prompt: str | None = None,
     topic: str = "our product",
+    docs: str | Path | None = None,
+    retrieval_k: int = 3,
     max_new_tokens: int = 64,
     batch_size: int = 16,
     seed: int = 0,
     out: str | Path | None = None,
 ) -> Any:
     """Should we fine-tune? Zero-shot, a system prompt, few-shot (k most similar training
-    rows) and a tuned run on the same held-out rows, with 95% intervals and cost (prompt
-    tokens and seconds per request, training time), and a one-line recommendation.
+    rows), RAG over `docs`, and tuned runs (with and without passages) on the same held-out
+    rows, with 95% intervals and cost (prompt tokens and seconds per request, training
+    time), and a one-line recommendation. Rows with `facts` are scored by fact match too.
     Returns an `ApproachesReport` (`.table()`, `.recommendation`); see docs/baselines.md."""
     from tuneloop.workflows.approaches import compare_approaches as run
 
@@ -877,6 +936,8 @@ def compare_approaches(
         eval_size=eval_size,
         system_prompt=system_prompt,
         topic=topic,
+        docs=docs,
+        retrieval_k=retrieval_k,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         seed=seed,

@@ -79,8 +79,48 @@ def test_read_document_errors_name_the_file(tmp_path: Path) -> None:
         read_document(bad)
     with pytest.raises(DataError, match=r"cannot read .*missing\.md"):
         read_document(tmp_path / "missing.md")
-    with pytest.raises(DataError, match=r"report\.pdf: unsupported document type '\.pdf'"):
-        read_document(tmp_path / "report.pdf")
+    with pytest.raises(DataError, match=r"report\.docx: unsupported document type '\.docx'"):
+        read_document(tmp_path / "report.docx")
+    broken = tmp_path / "broken.pdf"
+    broken.write_bytes(b"%PDF-1.4\nthis is not a pdf body")
+    with pytest.raises(DataError, match=r"broken\.pdf: not a readable PDF"):
+        read_document(broken)
+
+
+def pdf_bytes(pages: list[str]) -> bytes:
+    """A minimal PDF (one Helvetica text line per page), written byte by byte so the test
+    needs no PDF writer: objects, then the cross-reference table with their offsets."""
+    objects = ["<< /Type /Catalog /Pages 2 0 R >>"]
+    kids = " ".join(f"{4 + 2 * i} 0 R" for i in range(len(pages)))
+    objects.append(f"<< /Type /Pages /Kids [{kids}] /Count {len(pages)} >>")
+    objects.append("<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    for i, text in enumerate(pages):
+        stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET"
+        objects.append(
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+            f"/Resources << /Font << /F1 3 0 R >> >> /Contents {5 + 2 * i} 0 R >>"
+        )
+        objects.append(f"<< /Length {len(stream)} >>\nstream\n{stream}\nendstream")
+    out = b"%PDF-1.4\n"
+    offsets = []
+    for n, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{n} 0 obj\n{body}\nendobj\n".encode()
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += b"".join(f"{o:010d} 00000 n \n".encode() for o in offsets)
+    out += (
+        f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    )
+    return out
+
+
+def test_pdf_text_comes_page_by_page(tmp_path: Path) -> None:
+    path = tmp_path / "guide.pdf"
+    path.write_bytes(pdf_bytes(["Returns take 30 days.", "Warranty lasts 2 years."]))
+    assert read_document(path) == "Returns take 30 days.\n\nWarranty lasts 2 years."
+    rows, problems = document_rows([path])
+    assert rows[0]["source"] == "guide.pdf" and not problems
 
 
 def test_document_rows_reports_bad_files_and_keeps_the_rest(tmp_path: Path) -> None:

@@ -13,7 +13,18 @@ import sys
 import click
 
 from tuneloop import __version__
-from tuneloop.cli import data, evaluate, models, monitor, quickstart, runs, serve, studio, train
+from tuneloop.cli import (
+    data,
+    evaluate,
+    models,
+    monitor,
+    quickstart,
+    rag,
+    runs,
+    serve,
+    studio,
+    train,
+)
 from tuneloop.errors import TuneloopError
 
 
@@ -23,7 +34,7 @@ def cli() -> None:
     """tuneloop: fine-tune LLMs on your own data, evaluate them, keep them good."""
 
 
-for module in (quickstart, train, serve, monitor, evaluate, models, data, runs, studio):
+for module in (quickstart, train, serve, monitor, evaluate, models, data, rag, runs, studio):
     for command in module.COMMANDS:
         cli.add_command(command)
 

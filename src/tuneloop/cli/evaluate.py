@@ -33,6 +33,14 @@ from tuneloop.cli.console import quiet_libraries
     is_flag=True,
     help="Classification: decode only labels from the run's label set (or the data's).",
 )
+@click.option(
+    "--docs",
+    type=click.Path(exists=True),
+    help="RAG: add passages from these documents (a folder, a file, or an index from "
+    "`tuneloop rag index`) to every prompt; each example records the passages it got.",
+)
+@click.option("--k", "retrieval_k", default=3, show_default=True, type=click.IntRange(1, 20),
+              help="With --docs: passages per prompt.")  # fmt: skip
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write results here.")
 @click.option(
     "--out", type=click.Path(file_okay=False), help="Suite: report folder (default: runs dir)."
@@ -48,6 +56,8 @@ def eval_cmd(
     fmt: str,
     system_prompt: str | None,
     constrain_labels: bool,
+    docs: str | None,
+    retrieval_k: int,
     json_out: str | None,
     out: str | None,
 ) -> None:
@@ -64,6 +74,7 @@ def eval_cmd(
                 ("--constrain-labels", constrain_labels),
                 ("--json", json_out),
                 ("--format", fmt != "auto"),
+                ("--docs", docs),
             )
             if given
         ]
@@ -98,6 +109,8 @@ def eval_cmd(
         format=fmt,
         system_prompt=system_prompt,
         constrain_labels=constrain_labels,
+        docs=docs,
+        retrieval_k=retrieval_k,
     )
     for name, value in result.metrics.items():
         click.echo(f"{name:12s} {value:.4f}")
@@ -314,7 +327,9 @@ def judge_agreement(
     help="Training rows: the few-shot pool, and the held-out split unless --eval.",
 )
 @click.option("--model", required=True, help="The base model (prompting and few-shot).")
-@click.option("--tuned", help="A tuned run (run:ID) to put beside them.")
+@click.option(
+    "--tuned", multiple=True, help="A tuned run (run:ID) to put beside them (repeatable)."
+)
 @click.option(
     "--eval",
     "eval_data",
@@ -343,6 +358,14 @@ def judge_agreement(
 @click.option(
     "--topic", default="our product", show_default=True, help="{topic} in the on_topic prompt."
 )
+@click.option(
+    "--docs",
+    type=click.Path(exists=True),
+    help="RAG: documents (folder or file) or a saved index; adds a RAG row, and each "
+    "tuned run trained without retrieval also with passages.",
+)
+@click.option("--rag-k", "retrieval_k", default=3, show_default=True,
+              type=click.IntRange(1, 20), help="Passages per request with --docs.")  # fmt: skip
 @click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -356,12 +379,14 @@ def compare_approaches(
     eval_size,
     system_prompt,
     topic,
+    docs,
+    retrieval_k,
     max_new_tokens,
     batch_size,
     seed,
     out,
 ) -> None:
-    """Should we fine-tune? Prompting, few-shot and a tuned run on the same rows."""
+    """Should we fine-tune? Prompting, few-shot, RAG and tuned runs on the same rows."""
     quiet_libraries()
     report = api.compare_approaches(
         data,
@@ -372,6 +397,8 @@ def compare_approaches(
         eval_size=eval_size,
         system_prompt=system_prompt,
         topic=topic,
+        docs=docs,
+        retrieval_k=retrieval_k,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         seed=seed,
@@ -379,6 +406,12 @@ def compare_approaches(
     )
     click.echo(f"{report.eval_rows} held-out rows, {report.pool_rows} in the few-shot pool")
     click.echo(report.table())
+    if report.retrieval:
+        r = report.retrieval
+        click.echo(
+            f"retrieval: the top {r['k']} passages hold {r['fact_recall']:.1%} of the reference "
+            f"facts (all of them for {r['all_facts_found']:.1%} of the rows)"
+        )
     click.echo(report.recommendation)
     if out:
         report.to_json(Path(out) / "approaches.json")

@@ -18,7 +18,7 @@ from tuneloop.errors import RecipeError
 # Fields holding file paths: relative values in a recipe file are relative to that file, so a
 # recipe and its data can be moved together. Overrides on the command line stay relative to
 # the current directory, as a shell user expects.
-_PATH_FIELDS = (("data", "train"), ("data", "eval"), ("output_dir",))
+_PATH_FIELDS = (("data", "train"), ("data", "eval"), ("data", "retrieval", "docs"), ("output_dir",))
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -260,6 +260,17 @@ def schema_markdown() -> str:
             if isinstance(annotation, type) and issubclass(annotation, BaseModel):
                 nested.append((annotation, f"{prefix}{name}"))
                 out.append(f"| `{prefix}{name}` | section | | {field.description} |")
+                continue
+            optional = [
+                a
+                for a in typing.get_args(annotation)
+                if isinstance(a, type) and issubclass(a, BaseModel)
+            ]
+            if optional:  # `Section | None`: off unless given
+                nested.append((optional[0], f"{prefix}{name}"))
+                out.append(
+                    f"| `{prefix}{name}` | optional section | `None` | {field.description} |"
+                )
                 continue
             if field.is_required():
                 default = "**required**"

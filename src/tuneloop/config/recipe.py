@@ -33,6 +33,34 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class RetrievalConfig(_Section):
+    """Retrieval in the prompts (fine-tuned + RAG): passages from documents added to every
+    training and evaluation prompt, and to every request when the run is served."""
+
+    docs: str = Field(
+        description="A folder of documents (.txt, .md, .html, .pdf) or one document. "
+        "In a recipe file a relative path is relative to the recipe."
+    )
+    k: int = Field(
+        default=3, gt=0, le=20, description="Passages per prompt, the most similar first."
+    )
+    max_chars: int = Field(
+        default=700,
+        ge=100,
+        description="Longest chunk, in characters (cut at paragraph, "
+        "sentence, then word boundaries; a chunk never spans two headings).",
+    )
+    overlap: int = Field(
+        default=100, ge=0, description="Characters of the previous chunk that start the next."
+    )
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> RetrievalConfig:
+        if self.overlap >= self.max_chars:
+            raise ValueError("data.retrieval.overlap must be smaller than max_chars")
+        return self
+
+
 class DataConfig(_Section):
     """Where the training and evaluation data come from and how rows become prompts."""
 
@@ -142,6 +170,14 @@ class DataConfig(_Section):
         "the model's (0 = the model alone, among the candidates; 1 = a plain product of "
         "the two). 2 was best on Banking77 validation with 10 rows per intent and with "
         "all rows (docs/experiments.md).",
+    )
+    retrieval: RetrievalConfig | None = Field(
+        default=None,
+        description="Fine-tune with retrieval: each prompt's system message gets the "
+        "`k` passages of `docs` most similar to its last user message (bundled MiniLM, "
+        "FAISS), numbered for citation. The index is kept in the run, so `tuneloop eval` "
+        "and `tuneloop serve` add the same passages (docs/baselines.md). Raise "
+        "`max_length` to fit them (about 200 tokens per 700-character passage).",
     )
     train_on: Literal["all_assistant", "last_assistant"] = Field(
         default="all_assistant",

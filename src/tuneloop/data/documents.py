@@ -1,9 +1,13 @@
-"""Raw domain documents (.txt, .md/.markdown, .html/.htm) as `text` rows for continued pretraining.
+"""Raw domain documents (.txt, .md/.markdown, .html/.htm, .pdf) as `text` rows for continued
+pretraining and as the corpus of a retrieval index (`tuneloop.data.retrieval`).
 
 HTML is turned into the text a reader would see, with the standard library only: page
 furniture (navigation, headers, footers, forms, scripts) is dropped because repeated on every
 page it would dominate what the model learns. `chunk_text` cuts long documents at paragraph,
 then sentence, then word boundaries so that no chunk starts or ends mid-word.
+
+PDF text comes from pypdf's text layer, page by page (a blank line between pages); a
+scanned PDF without one has no text and is reported as empty rather than guessed at.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from tuneloop.errors import DataError
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
 HTML_SUFFIXES = (".html", ".htm")
+PDF_SUFFIXES = (".pdf",)
+DOCUMENT_SUFFIXES = TEXT_SUFFIXES + HTML_SUFFIXES + PDF_SUFFIXES
 
 # Elements whose content is not part of the document's readable text.
 _SKIP = frozenset(
@@ -125,26 +131,52 @@ def html_to_text(html: str) -> str:
 
 
 def read_document(path: Path) -> str:
-    """The text of a .txt, .md or .html/.htm document; DataError naming the file if unreadable.
+    """The text of a .txt, .md, .html/.htm or .pdf document; DataError naming the file if
+    unreadable.
 
-    Files must be UTF-8 (a BOM is allowed): guessing another encoding would put mojibake
-    into training data without anyone noticing.
+    Text files must be UTF-8 (a BOM is allowed): guessing another encoding would put
+    mojibake into training data without anyone noticing.
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in TEXT_SUFFIXES + HTML_SUFFIXES:
-        known = ", ".join(TEXT_SUFFIXES + HTML_SUFFIXES)
+    if suffix not in DOCUMENT_SUFFIXES:
+        known = ", ".join(DOCUMENT_SUFFIXES)
         raise DataError(f"{path}: unsupported document type {suffix or '(none)'!r}; use {known}")
     try:
         data = path.read_bytes()
     except OSError as err:
         raise DataError(f"cannot read {path}: {err.strerror}") from None
+    if suffix in PDF_SUFFIXES:
+        return pdf_text(data, path)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     return html_to_text(text) if suffix in HTML_SUFFIXES else text
+
+
+def pdf_text(data: bytes, path: Path) -> str:
+    """The text layer of a PDF (pypdf), pages separated by a blank line. An encrypted or
+    malformed file is a DataError naming it, never a traceback from the parser."""
+    import io
+
+    try:
+        from pypdf import PdfReader
+        from pypdf.errors import PdfReadError
+    except ImportError as err:
+        raise DataError(f"{path}: reading PDF needs the package pypdf ({err})") from None
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted:
+            raise DataError(f"{path}: the PDF is encrypted; decrypt it first")
+        pages = [(page.extract_text() or "").strip() for page in reader.pages]
+    except DataError:
+        raise
+    except (PdfReadError, ValueError, KeyError, TypeError, OSError) as err:
+        raise DataError(f"{path}: not a readable PDF ({err})") from None
+    text = "\n\n".join(p for p in pages if p)
+    return re.sub(r"[ \t]+\n", "\n", text)
 
 
 def document_rows(paths: list[Path]) -> tuple[list[Row], list[tuple[Path, str]]]:

@@ -1,8 +1,9 @@
 """How a model turns a request into the prompt it was trained on: one object for every caller.
 
 A run records how its training rows became prompts (the run's `prompt_format` and the
-recipe's `data.system_prompt`): a system prompt, label hints appended to the last user
-message, label reranking instead of free generation. Evaluation, serving, `tuneloop.Model`
+recipe's `data.system_prompt`): a system prompt, retrieved passages added to it (a run
+trained with `data.retrieval`), label hints appended to the last user message, label
+reranking instead of free generation. Evaluation, serving, `tuneloop.Model`
 and the alignment rollouts (RLAIF's policy samples) all build a `Prompting` from the
 resolved model and call `prepare`, so a run answers a request exactly as its evaluation
 report shows.
@@ -30,6 +31,8 @@ class Prompting:
     rerank: LabelRerank | None = None
     labels: list[str] | None = None  # the run's recorded label set
     record: dict[str, Any] = field(default_factory=dict)  # the prompt format as recorded
+    retrieval: Any = None  # tuneloop.data.retrieval.RetrievalIndex
+    retrieval_k: int = 0
 
     @classmethod
     def of(cls, resolved: Any, system_prompt: str | None = None) -> Prompting:
@@ -60,7 +63,19 @@ class Prompting:
             out.hints, out.hint_k = loaded[hints_cfg["index"]], int(hints_cfg["k"])
         if fmt.get("label_rerank"):
             out.rerank = LabelRerank.from_record(fmt["label_rerank"], loaded)
+        if fmt.get("retrieval"):
+            from tuneloop.data.retrieval import RetrievalIndex
+
+            out.retrieval = RetrievalIndex.load(fmt["retrieval"]["index"])
+            out.retrieval_k = int(fmt["retrieval"]["k"])
         return out
+
+    def with_retrieval(self, index: Any, k: int) -> Prompting:
+        """This prompting with passages from `index` (a `RetrievalIndex`) added, k per
+        request: RAG on a model that was not trained with it."""
+        import dataclasses
+
+        return dataclasses.replace(self, retrieval=index, retrieval_k=int(k))
 
     def with_system(self, conversations: list[Conversation]) -> list[Conversation]:
         """The system prompt added wherever a conversation has none."""
@@ -78,9 +93,30 @@ class Prompting:
 
         return with_hints(conversations, self.hints, self.hint_k)
 
-    def prepare(self, conversations: list[Conversation]) -> list[Conversation]:
-        """The requests as the model was trained to see them: system prompt, then hints."""
-        return self.with_hints(self.with_system(conversations))
+    def retrieve(self, conversations: list[Conversation]) -> list[list[Any]]:
+        """Each request's passages (`retrieval.Hit`s, best first) for its last user
+        message; empty lists when this prompting has no retrieval."""
+        if self.retrieval is None:
+            return [[] for _ in conversations]
+        return self.retrieval.search(self.queries(conversations), self.retrieval_k)
+
+    def with_context(
+        self, conversations: list[Conversation], hits: list[list[Any]] | None = None
+    ) -> list[Conversation]:
+        """The passages (retrieved here unless given) added to each system message."""
+        if self.retrieval is None:
+            return conversations
+        from tuneloop.data.retrieval import with_context
+
+        found = hits if hits is not None else self.retrieve(conversations)
+        return with_context(conversations, found)
+
+    def prepare(
+        self, conversations: list[Conversation], hits: list[list[Any]] | None = None
+    ) -> list[Conversation]:
+        """The requests as the model was trained to see them: system prompt, passages,
+        then hints. hits: passages already retrieved for them (`retrieve`)."""
+        return self.with_hints(self.with_context(self.with_system(conversations), hits))
 
     def queries(self, conversations: list[Conversation]) -> list[str]:
         """What reranking looks up: each request's own last user message, without hints."""
@@ -140,4 +176,6 @@ class Prompting:
             parts.append(f"label hints (k={self.hint_k})")
         if self.rerank is not None:
             parts.append(f"label rerank of {self.rerank.k}")
+        if self.retrieval is not None:
+            parts.append(f"retrieval ({self.retrieval_k} of {len(self.retrieval)} passages)")
         return ", ".join(parts) or "as sent"

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneloop.data.documents import DOCUMENT_SUFFIXES as DOC_SUFFIXES
 from tuneloop.data.formats import (
     FORMATS,
     Conversation,
@@ -29,7 +30,6 @@ from tuneloop.data.formats import (
 from tuneloop.data.records import Row
 from tuneloop.errors import DataError
 
-DOC_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm")
 _BATCH_ROWS = 10_000  # Parquet rows decoded per Arrow batch
 _UNTERMINATED = (
     "unterminated quote: the quoted field that opens on this line is never closed, so the "
@@ -341,7 +341,7 @@ def _read_document_dir(path: Path, options: RowOptions) -> ReadResult:
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in DOC_SUFFIXES)
     if not files:
         raise DataError(
-            f"{path} is a directory with no .txt, .md or .html documents and is not a saved "
+            f"{path} is a directory with no .txt, .md, .html or .pdf documents and is not a saved "
             "`datasets` dataset"
         )
     from tuneloop.data.documents import document_rows

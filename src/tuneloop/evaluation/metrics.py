@@ -59,6 +59,27 @@ def normalize(text: str) -> str:
     return re.sub(r"\s+", " ", "".join(out)).strip()
 
 
+def fact_match(preds: list[str], facts: list[list[str | list[str]]]) -> tuple[float, list[float]]:
+    """Share of each answer's reference facts that it states, and their mean.
+
+    A fact is a short string the right answer must contain (after `normalize`, so case,
+    punctuation and spacing do not matter), or a list of alternative wordings of which
+    one must appear ("2 years" / "two years"), as whole words ("2 years" is not found in
+    "12 years"). A check on content, not on style: it
+    tells a fluent wrong answer ("we ship worldwide") from a right one where ROUGE and
+    token F1 are close. An example without facts scores 1.
+    """
+    per = []
+    for pred, wanted in zip(preds, facts, strict=True):
+        text = f" {normalize(pred)} "
+        found = [
+            any(f" {normalize(alt)} " in text for alt in ([f] if isinstance(f, str) else f))
+            for f in wanted
+        ]
+        per.append(sum(found) / len(found) if found else 1.0)
+    return (sum(per) / len(per) if per else 0.0), per
+
+
 def exact_match(preds: list[str], refs: list[str]) -> tuple[float, list[float]]:
     scores = [float(normalize(p) == normalize(r)) for p, r in zip(preds, refs, strict=True)]
     return (sum(scores) / len(scores) if scores else 0.0), scores

@@ -179,6 +179,13 @@ def _trained_prompt_format(model_ref: str) -> dict[str, Any] | None:
         return None  # reported by the model step, after the data has been checked
 
 
+def _retrieval_settings(prompting: Prompting, docs: str | Path | None) -> dict | None:
+    if prompting.retrieval is None:
+        return None
+    source = str(docs) if docs is not None else prompting.record["retrieval"]["index"]
+    return {"k": prompting.retrieval_k, "chunks": len(prompting.retrieval), "docs": source}
+
+
 def evaluate_file(
     model_ref: str,
     data: str | Path,
@@ -192,6 +199,8 @@ def evaluate_file(
     label: str | None = None,
     constrain_labels: bool = False,
     use_run_format: bool = True,
+    docs: str | Path | None = None,
+    retrieval_k: int = 3,
 ) -> EvalOutput:
     """Evaluate `model_ref` on a data file and record the result in the registry.
 
@@ -203,6 +212,9 @@ def evaluate_file(
     constrain_labels: decode only labels: the run's recorded label set, else the labels
     found in the data file (an error when neither has any).
     use_run_format: False reads the file as it is, ignoring the run's recorded format.
+    docs: RAG: add the `retrieval_k` passages most similar to each request from this folder
+    of documents (indexed here) or saved index (`tuneloop rag index`); a run trained with
+    retrieval uses its own index without it. Each example records the passages it got.
     """
     from tuneloop import registry
     from tuneloop.models import load, resolve
@@ -224,6 +236,10 @@ def evaluate_file(
         if use_run_format
         else Prompting(system_prompt=system_prompt)
     )
+    if docs is not None:
+        from tuneloop.data.retrieval import open_index
+
+        prompting = prompting.with_retrieval(open_index(docs), retrieval_k)
     system_prompt = prompting.system_prompt
     loaded_data.conversations = prompting.with_system(loaded_data.conversations)
     conversations = loaded_data.conversations[:limit] if limit else loaded_data.conversations
@@ -232,7 +248,8 @@ def evaluate_file(
     rerank = prompting.rerank
     # reranking looks up the raw texts (no hints); the prompts get the run's hints
     queries = prompting.queries(conversations) if rerank is not None else None
-    conversations = prompting.with_hints(conversations)
+    hits = prompting.retrieve(conversations) if prompting.retrieval is not None else None
+    conversations = prompting.with_hints(prompting.with_context(conversations, hits))
     choices = None
     if constrain_labels:
         choices = (trained or {}).get("labels") or sorted(
@@ -259,6 +276,9 @@ def evaluate_file(
         rerank=rerank,
         queries=queries,
     )
+    if hits is not None:
+        for example, found in zip(out.examples, hits, strict=True):
+            example["sources"] = [h.to_dict() for h in found]
     labelled = all(lab is not None for lab in loaded_data.labels[: len(conversations)])
     generated = any(m != "perplexity" for m in metrics)
     if conversations and labelled and generated:
@@ -289,6 +309,7 @@ def evaluate_file(
         ),
         "label_hints": hints_cfg or None,
         "label_rerank": rerank_cfg or None,
+        "retrieval": _retrieval_settings(prompting, docs),
         "choices": choices,
         "generation": out.generation,
         "classification": out.classification,

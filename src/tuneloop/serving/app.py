@@ -410,7 +410,7 @@ def create_app(
                 {"index": i, "text": texts[i], "finish_reason": finish[i], "logprobs": None}
                 for i in range(job.params.n)
             ]
-        return {
+        reply = {
             "id": rid,
             "object": "chat.completion" if kind == "chat" else "text_completion",
             "created": created,
@@ -418,6 +418,14 @@ def create_app(
             "choices": choices,
             "usage": _usage(len(job.prompt_ids), tokens),
         }
+        if job.citations:
+            reply["citations"] = job.citations
+        return reply
+
+    def _citation(hit: Any) -> dict[str, Any]:
+        """A retrieved passage as the response lists it ([n] in the answer is `index` n)."""
+        return {"index": hit.rank, "source": hit.chunk.cite(), "score": round(hit.score, 4),
+                "text": hit.chunk.text}  # fmt: skip
 
     def _observe(job: Job, tokens: int) -> None:
         metrics.generated.labels(job.served).inc(tokens)
@@ -443,7 +451,9 @@ def create_app(
         route = request.url.path
         status = 499  # until the stream ends: a client that leaves first hung up
 
-        def chunk(choices: list[dict[str, Any]], usage: Any = None) -> str:
+        def chunk(
+            choices: list[dict[str, Any]], usage: Any = None, first_chunk: bool = False
+        ) -> str:
             data: dict[str, Any] = {
                 "id": rid,
                 "object": obj,
@@ -453,6 +463,8 @@ def create_app(
             }
             if body.stream_options and body.stream_options.include_usage:
                 data["usage"] = usage
+            if first_chunk and job.citations:
+                data["citations"] = job.citations
             return f"data: {json.dumps(data)}\n\n"
 
         def piece(i: int, text: str | None, finish: str | None, first: bool = False) -> dict:
@@ -465,7 +477,8 @@ def create_app(
 
         try:
             if kind == "chat":
-                yield chunk([piece(i, "", None, first=True) for i in range(job.params.n)])
+                first = [piece(i, "", None, first=True) for i in range(job.params.n)]
+                yield chunk(first, first_chunk=True)
             while done < job.params.n:
                 event = await events.get()
                 if event.kind == "error":
@@ -527,7 +540,7 @@ def create_app(
             )
         try:
             prompting = state["adapters"].prompting(served)
-            prompt_ids, prepared = await asyncio.to_thread(w.encode_chat, messages, prompting)
+            prompt_ids, prepared, hits = await asyncio.to_thread(w.encode_chat, messages, prompting)
         except TuneloopError as err:
             return _error(400, str(err))
         budget = _budget(body, len(prompt_ids), body.max_completion_tokens or body.max_tokens)
@@ -546,6 +559,7 @@ def create_app(
             adapter=state["adapters"].adapter_name(served),
             prompting=prompting,
             served=served,
+            citations=[_citation(h) for h in hits],
         )
         return await _run(request, body, job, events, "chat", messages)
 

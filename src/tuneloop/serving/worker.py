@@ -70,6 +70,7 @@ class Job:
     adapter: str | None = None  # the peft adapter that answers (None: the base model)
     prompting: Any = None  # the answering adapter's prompting (None: the worker's)
     served: str = ""  # the served name that answers (after any traffic split)
+    citations: list[dict[str, Any]] = field(default_factory=list)  # retrieved passages
     submitted: float = field(default_factory=time.perf_counter)
     first_token: float | None = None
     cancelled: bool = False
@@ -130,14 +131,17 @@ class ModelWorker:
 
     def encode_chat(
         self, messages: Conversation, prompting: Any = None
-    ) -> tuple[list[int], Conversation]:
-        """The request as the model was trained to see it, and its prompt tokens.
+    ) -> tuple[list[int], Conversation, list[Any]]:
+        """The request as the model was trained to see it, its prompt tokens, and the
+        passages retrieval added (`retrieval.Hit`s; empty without retrieval).
         prompting: an adapter's (default: the worker's model's)."""
         from tuneloop.models.generate import encode_prompt
 
-        (prepared,) = (prompting or self.prompting).prepare([messages])
+        prompting = prompting or self.prompting
+        (hits,) = prompting.retrieve([messages])
+        (prepared,) = prompting.prepare([messages], [hits])
         with self._tokenizer_lock:
-            return encode_prompt(self.tokenizer, prepared), prepared
+            return encode_prompt(self.tokenizer, prepared), prepared, hits
 
     def encode_text(self, text: str) -> list[int]:
         """A raw completion prompt's tokens (`/v1/completions`: no chat template)."""

@@ -107,6 +107,10 @@ def sft(
         conversations, validation = _add_label_hints(
             recipe, conversations, row_labels, validation, run_path, fmt_record, main
         )
+    if d.retrieval is not None:
+        conversations, validation = _add_retrieval(
+            recipe, conversations, validation, run_path, fmt_record, main
+        )
     timings = {"data_s": time.perf_counter() - started}
     with common.recording(run.id, main):
         if recipe.training.replay.ratio > 0:
@@ -267,6 +271,49 @@ def _add_label_hints(
             "weight": recipe.data.rerank_weight,
             "temperature": hints.RETRIEVAL_TEMPERATURE,
         }
+    return conversations, validation
+
+
+def _add_retrieval(
+    recipe: Recipe,
+    conversations: list[Any],
+    validation: list[Any] | None,
+    run_path: Path,
+    fmt_record: dict[str, Any],
+    main: bool,
+) -> tuple[list[Any], list[Any] | None]:
+    """Index the recipe's documents and add each row's passages to its system message.
+
+    Training rows get the passages retrieval finds for them, right or not, as requests
+    will at serving time; the model learns to use good passages and to see past poor
+    ones. The index is saved in the run directory and recorded in the prompt format, so
+    evaluation and serving retrieve from exactly these chunks.
+    """
+    from tuneloop.data import retrieval
+    from tuneloop.data.hints import query_text
+
+    cfg = recipe.data.retrieval
+    assert cfg is not None
+    started = time.perf_counter()
+    index = retrieval.RetrievalIndex.build(
+        cfg.docs, max_chars=cfg.max_chars, overlap=cfg.overlap, progress=main
+    )
+    conversations = retrieval.with_context(
+        conversations, index.search([query_text(c[:-1]) for c in conversations], cfg.k)
+    )
+    if validation:
+        validation = retrieval.with_context(
+            validation, index.search([query_text(c[:-1]) for c in validation], cfg.k)
+        )
+    directory = run_path / "retrieval"
+    if main:
+        index.save(directory)
+    fmt_record["retrieval"] = {
+        **retrieval.retrieval_record(directory, cfg.k),
+        "chunks": len(index),
+        "documents": [d["source"] for d in index.documents],
+        "seconds": round(time.perf_counter() - started, 1),
+    }
     return conversations, validation
 
 
