@@ -1084,8 +1084,14 @@ def serve(
     redact_pii: bool = False,
     adapters: dict[str, str] | None = None,
     registry_keys: bool = False,
+    docs: str | Path | None = None,
+    retrieval_k: int = 3,
 ) -> None:
     """Serve a model as an OpenAI-compatible endpoint (blocks until stopped).
+
+    docs: RAG on the served model: the `retrieval_k` passages of these documents (or saved
+    index) most similar to each chat request go into its prompt, and the response lists
+    them as `citations`. A run trained with `data.retrieval` retrieves without it.
 
     adapters: served name -> LoRA run on `model` (a base): one base, several adapters,
     each request choosing by its `model`; admin keys can add, swap and split them live.
@@ -1113,6 +1119,8 @@ def serve(
         redact_pii=redact_pii,
         adapters=adapters,
         registry_keys=registry_keys,
+        docs=str(docs) if docs is not None else None,
+        retrieval_k=retrieval_k,
     )
 
 

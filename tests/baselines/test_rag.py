@@ -167,3 +167,22 @@ def test_eval_with_docs_adds_passages_to_a_base_model(tmp_path: Path, tiny_model
     assert hits[0]["source"] == "help.md § Warranty"
     quality = api.rag_quality(tmp_path / "index", held, ks=(1, 2))
     assert quality["queries"] == 4 and quality["recall@2"] >= quality["recall@1"] > 0
+
+
+def test_serving_a_base_model_with_docs_cites_the_passages(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    from openai import OpenAI
+
+    from tuneloop.serving import create_app
+
+    docs, _, _ = _support(tmp_path)
+    app = create_app(str(tiny_model), name="base", log_traffic=False, docs=str(docs), retrieval_k=1)
+    with serving_in_thread(app) as url:
+        client = OpenAI(base_url=f"{url}/v1", api_key="unused")
+        reply = client.chat.completions.create(
+            model="base", messages=[{"role": "user", "content": "kettle warranty?"}], max_tokens=2
+        )
+        assert [c["source"] for c in reply.model_extra["citations"]] == ["help.md § Warranty"]
+        text = client.completions.create(model="base", prompt="hi", max_tokens=2)
+        assert "citations" not in (text.model_extra or {})  # raw completions go as sent

@@ -23,6 +23,15 @@ from tuneloop.cli.console import quiet_libraries
     help="Serve a LoRA run over MODEL under NAME (repeatable; MODEL must be its base).",
 )
 @click.option(
+    "--docs",
+    type=click.Path(exists=True),
+    help="RAG: add passages from these documents (a folder, a file, or an index from "
+    "`tuneloop rag index`) to every chat request to MODEL; responses list them as "
+    "`citations`. A run trained with retrieval needs no --docs.",
+)
+@click.option("--rag-k", "retrieval_k", default=3, show_default=True,
+              type=click.IntRange(1, 20), help="With --docs: passages per request.")  # fmt: skip
+@click.option(
     "--keys",
     type=click.Path(dir_okay=False),
     help="Keys file (`tuneloop keys create --file`): every route but /health then needs a key.",
@@ -82,6 +91,8 @@ def serve(
     port: int,
     name: str | None,
     adapters: tuple[str, ...],
+    docs: str | None,
+    retrieval_k: int,
     keys: str | None,
     registry_keys: bool,
     max_batch: int,
@@ -108,6 +119,8 @@ def serve(
     api.serve(
         model,
         adapters=named or None,
+        docs=docs,
+        retrieval_k=retrieval_k,
         host=host,
         port=port,
         name=name,

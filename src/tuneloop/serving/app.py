@@ -18,6 +18,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Request
@@ -169,6 +170,8 @@ def create_app(
     redact_pii: bool = False,
     adapters: dict[str, str] | None = None,
     registry_keys: bool = False,
+    docs: Any = None,
+    retrieval_k: int = 3,
 ) -> Any:
     """The FastAPI app serving `ref` under the model id `name` (default: the reference).
 
@@ -179,6 +182,9 @@ def create_app(
     log_traffic: write every request to the registry's traffic table (serving/traffic.py);
     redact_pii: with personal data redacted first.
     adapters: served name -> LoRA run on the same base (serving/adapters.py).
+    docs: RAG for the served model: passages from these documents or this saved index
+    (a path, or a loaded `tuneloop.data.retrieval.RetrievalIndex`), `retrieval_k` per
+    chat request, listed as `citations`.
     """
     from contextlib import asynccontextmanager
 
@@ -198,6 +204,14 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
         state["worker"] = worker or await asyncio.to_thread(ModelWorker, ref, max_batch, max_queue)
+        if docs is not None:
+            from tuneloop.data.retrieval import open_index
+
+            index = (
+                await asyncio.to_thread(open_index, docs) if isinstance(docs, str | Path) else docs
+            )
+            w = state["worker"]
+            w.prompting = w.prompting.with_retrieval(index, retrieval_k)
         state["adapters"] = await asyncio.to_thread(_adapter_set, state["worker"])
         if log_traffic:
             from tuneloop.serving.traffic import TrafficLog
@@ -783,6 +797,8 @@ def serve(
     redact_pii: bool = False,
     adapters: dict[str, str] | None = None,
     registry_keys: bool = False,
+    docs: str | None = None,
+    retrieval_k: int = 3,
 ) -> None:
     """Run the endpoint until interrupted. SIGTERM or Ctrl-C stops taking requests, lets
     running ones finish for up to `drain_seconds`, cancels the rest and exits."""
@@ -797,6 +813,11 @@ def serve(
             "(or --allow-no-keys on a network you trust)"
         )
     resolve(ref)  # a bad reference fails here, with tuneloop's message, before the server starts
+    index = None
+    if docs is not None:  # so do missing or unreadable documents
+        from tuneloop.data.retrieval import open_index
+
+        index = open_index(docs)
     app = create_app(
         ref,
         name,
@@ -808,6 +829,8 @@ def serve(
         redact_pii=redact_pii,
         adapters=adapters,
         registry_keys=registry_keys,
+        docs=index,
+        retrieval_k=retrieval_k,
     )
     uvicorn.run(
         app,
