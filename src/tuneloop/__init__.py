@@ -70,6 +70,11 @@ API = (
     "set_studio_password",
     "studio_users",
     "sweep",
+    "synth",
+    "synth_batches",
+    "synth_candidates",
+    "synth_export",
+    "synth_review",
     "train",
 )
 """The public names, documented in docs/python.md (a test keeps the two in step)."""

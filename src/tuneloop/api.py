@@ -755,6 +755,63 @@ def rag_quality(
     return retrieval_quality(open_index(index), rows, tuple(ks))
 
 
+def synth(config: str | Path, *, progress: bool = True) -> Any:
+    """Draft training examples with a teacher model from seeds and/or documents, filter
+    them (counted with reasons) and queue the survivors for review; returns a
+    `SynthReport` (`.batch_id`, `.summary()`). See docs/synthetic.md."""
+    from tuneloop.workflows.synth import synth_run
+
+    return synth_run(config, progress=progress)
+
+
+def synth_batches() -> list[dict[str, Any]]:
+    """Every synth batch with its counts per status (pending, approved, edited, rejected,
+    filtered), newest first."""
+    from tuneloop.data.synth import batches
+
+    return batches()
+
+
+def synth_candidates(
+    batch_id: int, status: str | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """A batch's candidates in order (question, answer, edited answer, method, origin,
+    status, reason), optionally of one status."""
+    from tuneloop.data.synth import candidates
+
+    return candidates(batch_id, status, limit)
+
+
+def synth_review(
+    batch_id: int,
+    candidate_ids: Sequence[int] | None,
+    decision: str,
+    *,
+    reviewer: str | None = None,
+    answer: str | None = None,
+    question: str | None = None,
+) -> int:
+    """Approve, reject, edit (new answer and/or question) or reset candidates; ids None
+    approves or rejects every pending one. Returns how many changed."""
+    import getpass
+
+    from tuneloop.data.synth import review
+
+    if decision not in ("approve", "reject", "edit", "reset"):
+        raise TuneloopError(f"unknown decision {decision!r}; use approve, reject, edit or reset")
+    who = reviewer or getpass.getuser()
+    ids = list(candidate_ids) if candidate_ids is not None else None
+    return review(batch_id, ids, decision, who, answer=answer, question=question)  # type: ignore[arg-type]
+
+
+def synth_export(batch_id: int, out: str | Path | None = None) -> dict[str, Any]:
+    """The approved and edited candidates as a dataset version (`dataset:ID`) with lineage
+    to the teacher, the seeds and the documents; with `out`, also a chat JSONL file."""
+    from tuneloop.workflows.synth import synth_export as run
+
+    return run(batch_id, out)
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Write text (UTF-8) atomically: the old file or the new one, never half of it."""
     from tuneloop.files import atomic_write_text

@@ -23,6 +23,7 @@ from tuneloop.cli import (
     runs,
     serve,
     studio,
+    synth,
     train,
 )
 from tuneloop.errors import TuneloopError
@@ -34,7 +35,7 @@ def cli() -> None:
     """tuneloop: fine-tune LLMs on your own data, evaluate them, keep them good."""
 
 
-for module in (quickstart, train, serve, monitor, evaluate, models, data, rag, runs, studio):
+for module in (quickstart, train, serve, monitor, evaluate, models, data, rag, synth, runs, studio):
     for command in module.COMMANDS:
         cli.add_command(command)
 

@@ -13,6 +13,7 @@ from tuneloop.data import (  # noqa: F401
     preference,
     score,
     split,
+    synth,
     validate,
 )
 from tuneloop.data.records import Row

@@ -33,10 +33,14 @@ class StepLog:
     samples: dict[str, list[Row]] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    # told of every dropped row (synth keeps each draft with the reason it was dropped)
+    watch: Callable[[Row, str], None] | None = field(default=None, repr=False, compare=False)
 
     def drop(self, row: Row, reason: str) -> None:
         self.dropped[reason] += 1
         self._sample(f"dropped: {reason}", row)
+        if self.watch is not None:
+            self.watch(row, reason)
 
     def change(self, row: Row, reason: str) -> None:
         self.changed[reason] += 1
@@ -87,8 +91,14 @@ def step(name: str) -> Callable[[StepFn], StepFn]:
     return register
 
 
-def run_step(name: str, rows: list[Row], **params: Any) -> tuple[list[Row], StepLog]:
-    """Run one registered step with accounting (rows in/out, time)."""
+def run_step(
+    name: str,
+    rows: list[Row],
+    watch: Callable[[Row, str], None] | None = None,
+    **params: Any,
+) -> tuple[list[Row], StepLog]:
+    """Run one registered step with accounting (rows in/out, time); `watch(row, reason)`
+    hears of every row it drops."""
     import tuneloop.data.pipeline  # noqa: F401  (registers every built-in step)
 
     if name not in STEPS:
@@ -97,7 +107,7 @@ def run_step(name: str, rows: list[Row], **params: Any) -> tuple[list[Row], Step
         close = difflib.get_close_matches(name, list(STEPS), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(sorted(STEPS))}"
         raise DataError(f"unknown curation step {name!r}{hint}")
-    log = StepLog(step=name, params=params, rows_in=len(rows))
+    log = StepLog(step=name, params=params, rows_in=len(rows), watch=watch)
     start = time.perf_counter()
     try:
         out = STEPS[name](rows, log, **params)

@@ -39,15 +39,21 @@ def _base_url(ref: str) -> str:
 
 
 def chat_completion(
-    ref: str, messages: Conversation, max_tokens: int, timeout: float = 300
+    ref: str,
+    messages: Conversation,
+    max_tokens: int,
+    timeout: float = 300,
+    sampling: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One greedy chat completion from `openai:MODEL`; the parsed JSON reply."""
+    """One chat completion from `openai:MODEL` (greedy unless `sampling` gives
+    temperature, top_p or seed); the parsed JSON reply."""
     base = _base_url(ref)
     body = {
         "model": ref.removeprefix(PREFIX),
         "messages": messages,
         "max_tokens": max_tokens,
         "temperature": 0,
+        **(sampling or {}),
     }
     headers = {"Content-Type": "application/json"}
     if os.environ.get("OPENAI_API_KEY"):
@@ -86,20 +92,27 @@ def remote_generate(
     prompts: list[Conversation],
     max_new_tokens: int,
     progress: Callable[[int], None] | None = None,
+    sampling: dict[str, Any] | None = None,
 ) -> tuple[list[Generation], dict[str, float]]:
-    """Answers for every prompt from the endpoint, in order, plus throughput stats."""
+    """Answers for every prompt from the endpoint, in order, plus throughput stats.
+    sampling: temperature / top_p / seed for every request (a seed is offset by the
+    prompt's index, so drafts differ but a rerun repeats them)."""
     _base_url(ref)  # fail before starting threads
     workers = int(os.environ.get("TUNELOOP_REMOTE_CONCURRENCY", "8"))
     start = time.perf_counter()
 
-    def one(prompt: Conversation) -> Generation:
-        gen = _answer(ref, chat_completion(ref, prompt, max_new_tokens))
+    def one(item: tuple[int, Conversation]) -> Generation:
+        i, prompt = item
+        options = dict(sampling or {})
+        if "seed" in options:
+            options["seed"] = int(options["seed"]) + i
+        gen = _answer(ref, chat_completion(ref, prompt, max_new_tokens, sampling=options))
         if progress:
             progress(1)
         return gen
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        gens = list(pool.map(one, prompts))
+        gens = list(pool.map(one, enumerate(prompts)))
     seconds = time.perf_counter() - start
     new = sum(g.new_tokens for g in gens)
     return gens, {"seconds": seconds, "new_tokens": new, "tokens_per_s": new / max(seconds, 1e-9)}

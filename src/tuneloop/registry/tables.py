@@ -310,3 +310,40 @@ class AuditEntry(Base):
     entity_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     before: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class SynthBatch(Base):
+    """One `tuneloop synth run`: its config, the teacher, the seeds' dataset version and the
+    documents (with their SHA-256) it drew from, and the filter counts (`log`: one curation
+    step log per filter)."""
+
+    __tablename__ = "synth_batches"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    teacher: Mapped[str] = mapped_column(Text)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    seeds_dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id"), nullable=True)
+    documents: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    log: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class SynthCandidate(Base):
+    """One generated example in the review queue: `pending` until a reviewer approves,
+    edits (the edited answer is kept beside the teacher's) or rejects it; `filtered` when
+    a filter dropped it (`reason`), kept so every count can be checked."""
+
+    __tablename__ = "synth_candidates"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("synth_batches.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    method: Mapped[str] = mapped_column(String(20))  # self_instruct, document_qa, evolved
+    messages: Mapped[list[Any]] = mapped_column(JSON)  # system?, user, assistant (teacher's)
+    origin: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # seeds / chunk used
+    status: Mapped[str] = mapped_column(String(16), index=True, default="pending")
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    edited: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    reviewer: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
