@@ -122,14 +122,15 @@ def edit_cmd(
 
 @synth.command("export")
 @click.argument("batch", type=int)
-@click.option("--out", type=click.Path(dir_okay=False), help="Also write the rows as JSONL.")
+@click.option(
+    "--out", type=click.Path(dir_okay=False), help="Write the rows here (default: tuneloop home)."
+)
 def export_cmd(batch: int, out: str | None) -> None:
     """Make the accepted candidates of BATCH a dataset version (train with dataset:ID)."""
     result = api.synth_export(batch, out)
     click.echo(
         f"dataset:{result['dataset_id']} (version {result['version']}): {result['rows']} rows "
-        f"from batch {batch}, teacher {result['teacher']}"
-        + (f"; written to {result['path']}" if result["path"] else "")
+        f"from batch {batch}, teacher {result['teacher']}" + f"; rows in {result['path']}"
     )
 
 

@@ -692,6 +692,67 @@ def create_app(
             raise TuneloopError(f"eval:{a['id']} and eval:{b['id']} answer different prompts")
         return page("eval.html", user=user, csrf=session.csrf, a=a, b=b)
 
+    # --- synthetic data: the review queue of `tuneloop synth run` (admins) -------------------
+
+    @app.get("/synth")
+    def synth_page(request: Request) -> Response:
+        user, session = current(request)
+        admin(user)
+        return page("synth.html", user=user, csrf=session.csrf, batches=api.synth_batches())
+
+    def batch_context(bid: int, status: str) -> dict[str, Any]:
+        from tuneloop.data.synth import STATUSES, batch
+
+        if status not in (*STATUSES, "all"):
+            raise TuneloopError(f"unknown status {status[:20]!r}")
+        shown = api.synth_candidates(bid, None if status == "all" else status, limit=200)
+        counts = next(b["counts"] for b in api.synth_batches() if b["id"] == bid)
+        tabs = ("pending", "approved", "edited", "rejected", "filtered", "all")
+        return {"batch": batch(bid), "candidates": shown, "status": status, "counts": counts,
+                "statuses": tabs}  # fmt: skip
+
+    @app.get("/synth/{batch_id}")
+    def synth_batch_page(request: Request, batch_id: str, status: str = "pending") -> Response:
+        user, session = current(request)
+        admin(user)
+        ctx = batch_context(_int(batch_id), status)
+        return page("synth_batch.html", user=user, csrf=session.csrf, **ctx)
+
+    @app.post("/synth/{batch_id}/candidates/{candidate_id}")
+    async def synth_review(request: Request, batch_id: str, candidate_id: str) -> Response:
+        user, session = current(request)
+        admin(user)
+        bid, cid = _int(batch_id), _int(candidate_id)
+        f = await form(request, session)
+        decision = f.get("decision", "")
+        if decision not in ("approve", "reject", "edit", "reset"):
+            raise TuneloopError("decision must be approve, reject, edit or reset")
+        answer = f.get("answer") if decision == "edit" else None
+        question = f.get("question") if decision == "edit" else None
+        await run_in_threadpool(
+            lambda: api.synth_review(bid, [cid], decision, reviewer=user.name, answer=answer,
+                                     question=question)
+        )  # fmt: skip
+        await run_in_threadpool(
+            feedback.log_event, user.name, f"synth {decision}", "synth_candidate", cid,
+            {"batch": bid, **({"answer": answer} if answer else {})},
+        )  # fmt: skip
+        back = f.get("status", "pending")
+        return RedirectResponse(f"/synth/{bid}?status={back}#c{cid}", status_code=303)
+
+    @app.post("/synth/{batch_id}/export")
+    async def synth_export(request: Request, batch_id: str) -> Response:
+        user, session = current(request)
+        admin(user)
+        bid = _int(batch_id)
+        await form(request, session)
+        done = await run_in_threadpool(api.synth_export, bid)
+        await run_in_threadpool(
+            feedback.log_event, user.name, "synth export", "synth_batch", bid,
+            {"dataset_id": done["dataset_id"], "rows": done["rows"]},
+        )  # fmt: skip
+        return RedirectResponse(f"/datasets/{done['dataset_id']}", status_code=303)
+
     # --- jobs: tuneloop train / eval in the background (admins) -----------------------------
 
     @app.get("/jobs")

@@ -321,7 +321,8 @@ def _score(rows: list[Any], scorer: str) -> None:
 def synth_export(batch_id: int, out: str | Path | None = None) -> dict[str, Any]:
     """The accepted candidates (approved, and edited with the edit) as a registered
     dataset version (`dataset:ID`, source `synth:batch:N`) whose meta names the teacher,
-    the seeds' dataset and the documents; with `out`, also written as chat JSONL."""
+    the seeds' dataset and the documents. The rows are written as chat JSONL to `out`, or
+    under the tuneloop home (synth/batchN-DIGEST.jsonl), which the dataset points to."""
     from tuneloop import registry
     from tuneloop.data import synth
     from tuneloop.errors import TuneloopError
@@ -334,9 +335,16 @@ def synth_export(batch_id: int, out: str | Path | None = None) -> dict[str, Any]
             f"synth batch {batch_id} has no approved or edited candidates yet: review it "
             f"first (tuneloop synth review {batch_id})"
         )
-    path = Path(out).resolve() if out else Path(f"synth-batch-{batch_id}.jsonl")
-    if out:
-        atomic_write_jsonl(path, ({"messages": m} for m in rows))
+    from tuneloop.config.home import tuneloop_home
+    from tuneloop.registry import content_hash
+
+    digest = content_hash(rows)
+    path = (
+        Path(out).resolve()
+        if out
+        else tuneloop_home() / "synth" / f"batch{batch_id}-{digest[:12]}.jsonl"
+    )
+    atomic_write_jsonl(path, ({"messages": m} for m in rows))
     meta = {
         "synth_batch": batch_id,
         "teacher": info["teacher"],
@@ -349,4 +357,4 @@ def synth_export(batch_id: int, out: str | Path | None = None) -> dict[str, Any]
         parent_id=info["seeds_dataset_id"], source=f"synth:batch:{batch_id}",
     )  # fmt: skip
     return {"dataset_id": dataset.id, "version": dataset.version, "rows": len(rows),
-            "path": str(path) if out else None, **meta}  # fmt: skip
+            "path": str(path), **meta}  # fmt: skip
