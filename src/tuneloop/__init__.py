@@ -26,6 +26,7 @@ API = (
     "WinRate",
     "compare",
     "compare_approaches",
+    "compare_approaches_suite",
     "create_api_key",
     "create_feedback_task",
     "create_studio_user",

@@ -1002,6 +1002,19 @@ def compare_approaches(
     )
 
 
+def compare_approaches_suite(
+    suite: str | Path, data: str | Path, model: str, **options: Any
+) -> dict[str, Any]:
+    """`compare_approaches` on each task of an eval suite (its data held out, `data` the
+    few-shot pool); options as for `compare_approaches` (tuned, docs, shots, ...). Returns
+    task name -> `ApproachesReport`; tasks with `use_run_format: false` are left out."""
+    from tuneloop.workflows.approaches import compare_suite
+
+    if "eval_data" in options:
+        raise TuneloopError("a suite gives each task's held-out data; leave out eval_data")
+    return compare_suite(suite, data, model, **options)
+
+
 def judge_agreement(
     judge: str,
     pairs: str | Path,

@@ -186,3 +186,26 @@ def test_serving_a_base_model_with_docs_cites_the_passages(
         assert [c["source"] for c in reply.model_extra["citations"]] == ["help.md § Warranty"]
         text = client.completions.create(model="base", prompt="hi", max_tokens=2)
         assert "citations" not in (text.model_extra or {})  # raw completions go as sent
+
+
+def test_compare_approaches_on_a_suite_from_the_cli(tmp_path: Path, tiny_model: Path) -> None:
+    from click.testing import CliRunner
+
+    from tuneloop.cli import cli
+
+    docs, train, held = _support(tmp_path)
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({"name": "s", "tasks": [
+        {"name": "policy", "data": held.name, "max_new_tokens": 4},
+        {"name": "general", "data": "builtin:general", "use_run_format": False},
+    ]}))  # fmt: skip
+    result = CliRunner().invoke(cli, [
+        "compare-approaches", str(suite), "--data", str(train), "--model", str(tiny_model),
+        "--k", "0", "--docs", str(docs), "--rag-k", "1", "--out", str(tmp_path / "out"),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "## policy" in result.output and "## general" not in result.output
+    assert "| RAG |" in result.output and "retrieval: the top 1 passages" in result.output
+    saved = json.loads((tmp_path / "out" / "policy" / "approaches.json").read_text())
+    assert [r["approach"] for r in saved["rows"]] == ["zero-shot", "system prompt", "RAG"]
+    assert (tmp_path / "out" / "policy" / "approaches.png").stat().st_size > 5_000

@@ -320,6 +320,7 @@ def judge_agreement(
 
 
 @click.command("compare-approaches")
+@click.argument("suite", required=False, type=click.Path(exists=True, dir_okay=False))
 @click.option(
     "--data",
     required=True,
@@ -371,6 +372,7 @@ def judge_agreement(
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", type=click.Path(file_okay=False), help="Write the plot and JSON here.")
 def compare_approaches(
+    suite,
     data,
     model,
     tuned,
@@ -386,24 +388,31 @@ def compare_approaches(
     seed,
     out,
 ) -> None:
-    """Should we fine-tune? Prompting, few-shot, RAG and tuned runs on the same rows."""
+    """Should we fine-tune? Prompting, few-shot, RAG and tuned runs on the same rows: a
+    held-out split of --data, --eval, or each task of SUITE (an eval suite YAML)."""
     quiet_libraries()
+    options = {
+        "tuned": tuned, "shots": shots or (5, 10), "system_prompt": system_prompt,
+        "topic": topic, "docs": docs, "retrieval_k": retrieval_k, "batch_size": batch_size,
+        "seed": seed,
+    }  # fmt: skip
+    if suite:
+        if eval_data:
+            raise click.UsageError("give a SUITE or --eval, not both")
+        reports = api.compare_approaches_suite(suite, data, model, out=out, **options)
+        for name, report in reports.items():
+            click.echo(f"\n## {name}")
+            task_out = str(Path(out) / name) if out else None
+            _echo_approaches(report, task_out)
+        return
     report = api.compare_approaches(
-        data,
-        model,
-        tuned=tuned,
-        eval_data=eval_data,
-        shots=shots or (5, 10),
-        eval_size=eval_size,
-        system_prompt=system_prompt,
-        topic=topic,
-        docs=docs,
-        retrieval_k=retrieval_k,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        seed=seed,
-        out=out,
-    )
+        data, model, eval_data=eval_data, eval_size=eval_size, max_new_tokens=max_new_tokens,
+        out=out, **options,
+    )  # fmt: skip
+    _echo_approaches(report, out)
+
+
+def _echo_approaches(report: Any, out: str | None) -> None:
     click.echo(f"{report.eval_rows} held-out rows, {report.pool_rows} in the few-shot pool")
     click.echo(report.table())
     if report.retrieval:

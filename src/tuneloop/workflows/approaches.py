@@ -327,6 +327,31 @@ def compare_approaches(
     return report
 
 
+def compare_suite(
+    suite: str | Path, data: str | Path, model: str, **options: Any
+) -> dict[str, ApproachesReport]:
+    """`compare_approaches` on every task of an eval suite: each task's data is the held-out
+    set (`eval_data`), `data` the few-shot pool, and the task's `max_new_tokens` applies.
+    Tasks that read their file as it is (`use_run_format: false`, such as the general
+    forgetting probes) measure something else and are left out. With `out`, each task's
+    plot goes to its own folder under it."""
+    from tuneloop.evaluation.suite import load_suite
+
+    loaded = load_suite(suite)
+    folder = options.pop("out", None)
+    out: dict[str, ApproachesReport] = {}
+    for task in loaded.tasks:
+        if not task.use_run_format:
+            continue
+        settings = {"max_new_tokens": task.max_new_tokens, **options}
+        if folder is not None:
+            settings["out"] = Path(folder) / task.name  # a plot per task
+        out[task.name] = compare_approaches(data, model, eval_data=task.data, **settings)
+    if not out:
+        raise TuneloopError(f"suite {suite}: no task to compare approaches on")
+    return out
+
+
 def _fact_recall(hits: list[list[Any]], facts: list[list[Any]], k: int) -> dict[str, Any]:
     """Context recall: the share of each row's facts that its passages contain (what
     retrieval made available to the answer), and the share of rows with all of them."""
