@@ -127,3 +127,17 @@ def test_the_recommendation_follows_the_numbers() -> None:
     assert "no clear gain from fine-tuning" in line
     cheap = [row("few-shot k=10", 0.86, 0.8, 0.92, 1000), row("few-shot k=5", 0.85, 0.79, 0.9, 800)]
     assert "few-shot k=5 (0.850) is within its interval at 800" in recommend(cheap, "accuracy")
+
+
+def test_held_out_requests_never_enter_the_few_shot_pool(tmp_path: Path, tiny_model: Path) -> None:
+    data = _csv(tmp_path)
+    rows = list(csv.DictReader(data.open()))
+    held = tmp_path / "held.csv"
+    with held.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["text", "category"])
+        w.writeheader()
+        w.writerows(rows[:3])  # rows that are also in the pool file
+    report = api.compare_approaches(
+        data, str(tiny_model), eval_data=held, shots=(1,), max_new_tokens=4
+    )
+    assert report.eval_rows == 3 and report.pool_rows == len(rows) - 3

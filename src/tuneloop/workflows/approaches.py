@@ -22,7 +22,8 @@ request, and a tuned run's training time. Approaches with passages also report h
 an answer cites one ([n]); every example records the passages it got.
 
 The held-out rows are a stratified split of `--data` (seeded), or `--eval`; the few-shot
-pool is the rest of `--data`. A tuned run must not have trained on the held-out rows:
+pool is the rest of `--data` (with `--eval`, every row of `--data` whose request is not a
+held-out request). A tuned run must not have trained on the held-out rows:
 give it its own validation file as `--eval`.
 """
 
@@ -160,9 +161,20 @@ def compare_approaches(
     tuned_refs = [tuned] if isinstance(tuned, str) else list(tuned or [])
     loaded = read_conversations(data)
     if eval_data is not None:
+        from tuneloop.data.dedup import normalize_for_hash
+        from tuneloop.data.hints import query_text
+
         held = read_conversations(eval_data)
-        pool_idx, eval_idx = list(range(len(loaded.conversations))), None
         evals, eval_labels = held.conversations, held.labels
+        # a held-out request must never be its own few-shot example (a validation split
+        # of the same file would otherwise be in the pool)
+        asked = {normalize_for_hash(query_text(c[:-1])) for c in evals}
+        pool_idx = [
+            i
+            for i, c in enumerate(loaded.conversations)
+            if normalize_for_hash(query_text(c[:-1])) not in asked
+        ]
+        eval_idx = None
         all_facts = read_facts(eval_data)
     else:
         pool_idx, eval_idx = _split(loaded.labels, eval_size, seed)
