@@ -176,7 +176,7 @@ def test_synth_run_keeps_every_draft_and_counts_match_the_logs(
     assert "batch" in report.summary() and "synth_clean" in report.summary()
 
 
-def test_an_openai_compatible_endpoint_can_be_the_teacher(
+def test_an_endpoint_drafts_the_questions_and_a_local_model_answers(
     tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tuneloop.serving import create_app
@@ -184,7 +184,8 @@ def test_an_openai_compatible_endpoint_can_be_the_teacher(
     seeds = write_jsonl(tmp_path / "seeds.jsonl", [chat(q, a) for q, a in SEEDS])
     config = tmp_path / "synth.yaml"
     config.write_text(yaml.safe_dump({
-        "teacher": "openai:teacher", "seeds": seeds.name, "target": 4, "methods":
+        "teacher": "openai:teacher", "answerer": str(tiny_model), "seeds": seeds.name,
+        "target": 4, "methods":
         {"self_instruct": 1.0}, "max_question_tokens": 8, "max_answer_tokens": 8,
         "filters": {"min_question_chars": 1, "min_answer_chars": 1},
     }))  # fmt: skip
@@ -193,4 +194,5 @@ def test_an_openai_compatible_endpoint_can_be_the_teacher(
         report = api.synth(config, progress=False)
     assert report.drafted == {"self_instruct": 4}
     assert len(api.synth_candidates(report.batch_id)) == 4
+    assert report.teacher == f"openai:teacher (answers: {tiny_model})"  # local answers
     assert os.environ["OPENAI_BASE_URL"].endswith("/v1")

@@ -4,10 +4,10 @@
 readers as continued pretraining), cuts each into chunks of at most `max_chars` with
 `overlap` characters carried over (at word boundaries, `documents.chunk_text`), keeps the
 Markdown heading each chunk sits under, embeds "heading: text" with the bundled MiniLM and
-puts the vectors in a FAISS index. Small corpora get exact search (`IndexFlatIP`); past
-`HNSW_FROM` chunks a graph index (`IndexHNSWFlat`) keeps a query well under a millisecond
-where exact search grows with the corpus (bench/rag_index.py measured both, recorded in
-docs/experiments.md).
+searches them by cosine similarity. Small corpora get exact search (one BLAS matrix
+product, which beat FAISS's flat index on single queries); past `HNSW_FROM` chunks a FAISS
+graph index (`IndexHNSWFlat`) keeps a query under a millisecond where exact search grows
+with the corpus (bench/bench_rag.py measured all three, docs/experiments.md).
 
 A saved index is one folder, replaced whole (`files.staged_dir`): `manifest.json` (settings,
 the documents with their SHA-256, the embedder), `chunks.jsonl`, `vectors.npy` (read with
@@ -191,7 +191,8 @@ class RetrievalIndex:
         if kind not in ("flat", "hnsw"):
             raise TuneloopError(f"unknown index kind {kind!r}; use auto, flat or hnsw")
         index = cls(chunks, vectors, kind, **extra)
-        index._faiss = _faiss_index(vectors, kind)
+        if kind == "hnsw":
+            index._faiss = _faiss_index(vectors, kind)
         return index
 
     def __len__(self) -> int:
@@ -208,7 +209,11 @@ class RetrievalIndex:
 
         if k <= 0 or not self.chunks or len(vectors) == 0:
             return [[] for _ in range(len(vectors))]
-        scores, ids = self._faiss.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+        queries = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.kind == "flat":
+            scores, ids = _exact_search(self.vectors, queries, min(k, len(self.chunks)))
+        else:
+            scores, ids = self._faiss.search(queries, k)
         return [
             [
                 Hit(self.chunks[int(i)], float(s), rank)
@@ -285,8 +290,6 @@ class RetrievalIndex:
         if kind == "hnsw":
             out._faiss = faiss.read_index(str(path / "index.faiss"))
             out._faiss.hnsw.efSearch = HNSW_EF_SEARCH
-        else:
-            out._faiss = _faiss_index(vectors, "flat")
         return out
 
 
@@ -298,18 +301,42 @@ def open_index(path: str | Path, **build: Any) -> RetrievalIndex:
     return RetrievalIndex.build(path, **build)
 
 
+def _exact_search(vectors: Any, queries: Any, k: int) -> tuple[Any, Any]:
+    """The k best inner products per query, best first, by one matrix product in blocks.
+
+    Exact search is numpy's (BLAS) rather than FAISS's `IndexFlatIP`: for one query at a
+    time, what a server sends, FAISS's flat index took 2x as long at 10k and 100k chunks
+    (bench/bench_rag.py, docs/experiments.md); for batches the two are alike.
+    """
+    import numpy as np
+
+    scores = np.empty((len(queries), k), dtype=np.float32)
+    ids = np.empty((len(queries), k), dtype=np.int64)
+    for lo in range(0, len(queries), 256):  # 256 x 1M floats is 1 GB: keep blocks small
+        sims = queries[lo : lo + 256] @ vectors.T
+        top = (
+            np.argpartition(-sims, k - 1, axis=1)[:, :k]
+            if k < sims.shape[1]
+            else (np.tile(np.arange(sims.shape[1]), (len(sims), 1)))
+        )
+        part = np.take_along_axis(sims, top, axis=1)
+        order = np.argsort(-part, axis=1, kind="stable")
+        ids[lo : lo + 256] = np.take_along_axis(top, order, axis=1)
+        scores[lo : lo + 256] = np.take_along_axis(part, order, axis=1)
+    return scores, ids
+
+
 def _faiss_index(vectors: Any, kind: str) -> Any:
+    """FAISS's HNSW graph over unit vectors, by inner product (cosine)."""
     try:
         import faiss
     except ImportError as err:
         raise TuneloopError(f"retrieval needs the package faiss-cpu ({err})") from None
+    assert kind == "hnsw", kind  # exact search needs no index (`_exact_search`)
     dim = vectors.shape[1] if len(vectors) else 384
-    if kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        index.hnsw.efSearch = HNSW_EF_SEARCH
-    else:
-        index = faiss.IndexFlatIP(dim)
+    index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    index.hnsw.efSearch = HNSW_EF_SEARCH
     if len(vectors):
         index.add(vectors)
     return index

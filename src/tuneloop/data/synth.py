@@ -81,6 +81,11 @@ class SynthConfig(BaseModel):
         description="Any model tuneloop runs (a bundled name, a folder, run:ID) or "
         "openai:MODEL for an OpenAI-compatible endpoint (OPENAI_BASE_URL, OPENAI_API_KEY)."
     )
+    answerer: str | None = Field(
+        default=None,
+        description="The model that answers the drafted questions (default: the teacher), "
+        "e.g. a run tuned on the domain while a general model writes the questions.",
+    )
     seeds: str | None = Field(
         default=None, description="Seed examples (chat or prompt/response rows)."
     )

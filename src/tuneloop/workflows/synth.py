@@ -209,6 +209,9 @@ def synth_run(path: str | Path, progress: bool = True) -> SynthReport:
                 hits[i] = [own, *rest]
             contexts[i] = "\n".join(h.chunk.text for h in hits[i])
         asked = with_context(asked, hits)
+    if config.answerer and config.answerer != config.teacher:
+        del teacher  # one model in memory at a time
+        teacher = _Teacher(config.answerer)
     answers = teacher.answer(asked, config.max_answer_tokens)
 
     rows = []
@@ -271,8 +274,9 @@ def synth_run(path: str | Path, progress: bool = True) -> SynthReport:
     for log in logs:
         log["samples"] = {}  # drafts are all in the queue; no need to copy them here
     documents = index.documents if index is not None else []
+    who = config.teacher + (f" (answers: {config.answerer})" if config.answerer else "")
     batch_id = synth.create_batch(
-        config.name, config.teacher, config.model_dump(mode="json"), seeds_id, documents,
+        config.name, who, config.model_dump(mode="json"), seeds_id, documents,
         logs, kept, dropped,
     )  # fmt: skip
     filtered: dict[str, int] = {}
@@ -284,7 +288,7 @@ def synth_run(path: str | Path, progress: bool = True) -> SynthReport:
     return SynthReport(
         batch_id=batch_id,
         name=config.name,
-        teacher=config.teacher,
+        teacher=who,
         drafted=drafted,
         pending=len(kept),
         filtered=filtered,
