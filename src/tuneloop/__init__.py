@@ -72,6 +72,7 @@ API = (
     "studio_users",
     "sweep",
     "synth",
+    "synth_batch",
     "synth_batches",
     "synth_candidates",
     "synth_export",

@@ -772,6 +772,16 @@ def synth_batches() -> list[dict[str, Any]]:
     return batches()
 
 
+def synth_batch(batch_id: int) -> dict[str, Any]:
+    """One synth batch: name, teacher, config, seeds' dataset id, documents, the filters'
+    step logs and the counts per status."""
+    from tuneloop.data.synth import batch, batches
+
+    info = batch(batch_id)
+    info["counts"] = next(b["counts"] for b in batches() if b["id"] == batch_id)
+    return info
+
+
 def synth_candidates(
     batch_id: int, status: str | None = None, limit: int | None = None
 ) -> list[dict[str, Any]]:

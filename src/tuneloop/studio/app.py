@@ -701,15 +701,13 @@ def create_app(
         return page("synth.html", user=user, csrf=session.csrf, batches=api.synth_batches())
 
     def batch_context(bid: int, status: str) -> dict[str, Any]:
-        from tuneloop.data.synth import STATUSES, batch
-
-        if status not in (*STATUSES, "all"):
-            raise TuneloopError(f"unknown status {status[:20]!r}")
-        shown = api.synth_candidates(bid, None if status == "all" else status, limit=200)
-        counts = next(b["counts"] for b in api.synth_batches() if b["id"] == bid)
         tabs = ("pending", "approved", "edited", "rejected", "filtered", "all")
-        return {"batch": batch(bid), "candidates": shown, "status": status, "counts": counts,
-                "statuses": tabs}  # fmt: skip
+        if status not in tabs:
+            raise TuneloopError(f"unknown status {status[:20]!r}")
+        info = api.synth_batch(bid)
+        shown = api.synth_candidates(bid, None if status == "all" else status, limit=200)
+        return {"batch": info, "candidates": shown, "status": status,
+                "counts": info["counts"], "statuses": tabs}  # fmt: skip
 
     @app.get("/synth/{batch_id}")
     def synth_batch_page(request: Request, batch_id: str, status: str = "pending") -> Response:
