@@ -95,7 +95,7 @@ def _decide(decision: str):  # type: ignore[no-untyped-def]
             raise click.UsageError("give candidate IDS or --all (every pending one)")
         n = api.synth_review(batch, None if everything else list(ids), decision,
                              reviewer=reviewer)  # fmt: skip
-        click.echo(f"{n} candidate(s) {decision}d" if decision == "approve" else f"{n} rejected")
+        click.echo(f"{n} candidate(s) {'approved' if decision == 'approve' else 'rejected'}")
 
     command.__doc__ = f"{decision.capitalize()} candidates of BATCH (IDS, or --all pending)."
     return command

@@ -114,9 +114,26 @@ def check_steps(config: CurateConfig) -> None:
                 )
 
 
+def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping (an empty file is an empty one); DataError
+    naming the file when it is missing, not YAML, or not a mapping."""
+    import yaml
+
+    from tuneloop.errors import DataError
+
+    if not path.is_file():
+        raise DataError(f"{what} not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise DataError(f"{path}: invalid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: a {what} is a mapping of keys")
+    return raw
+
+
 def load_curate_config(path: str | Path | None) -> tuple[CurateConfig, Path]:
     """Read a curate.yaml (or the defaults when None); returns it and its directory."""
-    import yaml
     from pydantic import ValidationError
 
     from tuneloop.config.load import format_validation_error
@@ -125,12 +142,7 @@ def load_curate_config(path: str | Path | None) -> tuple[CurateConfig, Path]:
     if path is None:
         return default_curate_config(), Path.cwd()
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"curate config not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise DataError(f"{path}: invalid YAML: {str(err).splitlines()[0]}") from None
+    raw = read_yaml_mapping(path, "curate config")
     try:
         config = CurateConfig.model_validate(raw)
     except ValidationError as err:

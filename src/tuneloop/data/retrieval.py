@@ -192,7 +192,7 @@ class RetrievalIndex:
             raise TuneloopError(f"unknown index kind {kind!r}; use auto, flat or hnsw")
         index = cls(chunks, vectors, kind, **extra)
         if kind == "hnsw":
-            index._faiss = _faiss_index(vectors, kind)
+            index._faiss = _hnsw_index(vectors)
         return index
 
     def __len__(self) -> int:
@@ -326,13 +326,12 @@ def _exact_search(vectors: Any, queries: Any, k: int) -> tuple[Any, Any]:
     return scores, ids
 
 
-def _faiss_index(vectors: Any, kind: str) -> Any:
+def _hnsw_index(vectors: Any) -> Any:
     """FAISS's HNSW graph over unit vectors, by inner product (cosine)."""
     try:
         import faiss
     except ImportError as err:
         raise TuneloopError(f"retrieval needs the package faiss-cpu ({err})") from None
-    assert kind == "hnsw", kind  # exact search needs no index (`_exact_search`)
     dim = vectors.shape[1] if len(vectors) else 384
     index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION

@@ -29,7 +29,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tuneloop.data.records import Row
+from tuneloop.data.hints import query_text
+from tuneloop.data.records import Row, answer_of, prompt_of
 from tuneloop.data.steps import StepLog, step
 from tuneloop.errors import DataError, TuneloopError
 
@@ -122,20 +123,13 @@ class SynthConfig(BaseModel):
 
 def load_synth_config(path: str | Path) -> tuple[SynthConfig, Path]:
     """Read a synth.yaml; relative paths in it are relative to it."""
-    import yaml
     from pydantic import ValidationError
 
     from tuneloop.config.load import format_validation_error
+    from tuneloop.data.config import read_yaml_mapping
 
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"synth config not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise DataError(f"{path}: invalid YAML: {str(err).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise DataError(f"{path}: a synth config is a mapping of keys")
+    raw = read_yaml_mapping(path, "synth config")
     base = path.resolve().parent
     for key in ("seeds", "documents"):
         if isinstance(raw.get(key), str) and not Path(raw[key]).is_absolute():
@@ -213,14 +207,6 @@ def clean_question(text: str) -> str:
 # --- filters: curation steps ---------------------------------------------------------------
 
 
-def _question(row: Row) -> str:
-    return next(m["content"] for m in reversed(row["messages"]) if m["role"] == "user")
-
-
-def _answer(row: Row) -> str:
-    return row["messages"][-1]["content"]
-
-
 @step("synth_clean")
 def synth_clean(
     rows: list[Row],
@@ -235,7 +221,7 @@ def synth_clean(
     too long, or was cut off at the token limit (`synth.stopped` false)."""
     kept = []
     for row in rows:
-        q, a = _question(row), _answer(row).strip()
+        q, a = query_text(prompt_of(row)), answer_of(row).strip()
         meta = row.get("synth", {})
         if len(q) < min_question_chars:
             log.drop(row, "question too short")
@@ -284,7 +270,7 @@ def grounded(rows: list[Row], log: StepLog, min_share: float = 0.5) -> list[Row]
         if not source or min_share <= 0:
             kept.append(row)
             continue
-        words = content_words(_answer(row))
+        words = content_words(answer_of(row))
         have = set(content_words(source))
         share = sum(w in have for w in words) / len(words) if words else 0.0
         shares.append(share)

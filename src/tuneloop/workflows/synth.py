@@ -334,6 +334,7 @@ def synth_export(batch_id: int, out: str | Path | None = None) -> dict[str, Any]
 
     info = synth.batch(batch_id)
     rows = synth.accepted_rows(batch_id)
+    counts = next(b["counts"] for b in synth.batches() if b["id"] == batch_id)
     if not rows:
         raise TuneloopError(
             f"synth batch {batch_id} has no approved or edited candidates yet: review it "
@@ -354,7 +355,7 @@ def synth_export(batch_id: int, out: str | Path | None = None) -> dict[str, Any]
         "teacher": info["teacher"],
         "seeds_dataset_id": info["seeds_dataset_id"],
         "documents": info["documents"],
-        "counts": {s: len(synth.candidates(batch_id, s)) for s in synth.STATUSES},
+        "counts": {st: counts.get(st, 0) for st in synth.STATUSES},
     }
     dataset = registry.register_dataset(
         f"{info['name']}-synth", rows, str(path), "messages", meta=meta,
