@@ -141,3 +141,32 @@ def test_held_out_requests_never_enter_the_few_shot_pool(tmp_path: Path, tiny_mo
         data, str(tiny_model), eval_data=held, shots=(1,), max_new_tokens=4
     )
     assert report.eval_rows == 3 and report.pool_rows == len(rows) - 3
+
+
+def test_held_out_requests_in_another_template_never_enter_the_pool(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """A run's validation.jsonl holds the raw request; the CSV pool wraps it in the
+    classification template. Both are the same request, so neither may be a few-shot example."""
+    data = _csv(tmp_path)
+    rows = list(csv.DictReader(data.open()))
+    held = tmp_path / "validation.jsonl"
+    held.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "system", "content": "Intent classifier."},
+                        {"role": "user", "content": r["text"]},
+                        {"role": "assistant", "content": r["category"]},
+                    ]
+                }
+            )
+            + "\n"
+            for r in rows[:4]
+        )
+    )
+    report = api.compare_approaches(
+        data, str(tiny_model), eval_data=held, shots=(1,), max_new_tokens=4
+    )
+    assert report.eval_rows == 4 and report.pool_rows == len(rows) - 4

@@ -4,7 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from tuneloop.data.decontaminate import content_text, ngram_overlap, word_ngrams
+from tuneloop.data.decontaminate import (
+    content_text,
+    ngram_overlap,
+    overlapping_requests,
+    word_ngrams,
+)
 from tuneloop.data.records import Row
 from tuneloop.data.steps import run_step
 from tuneloop.errors import DataError
@@ -122,3 +127,18 @@ def test_needs_an_eval_set() -> None:
         run_step("decontaminate", [sft("q", "a", "line 1")])
     with pytest.raises(DataError, match="min_overlap"):
         run_step("decontaminate", [], eval_rows=[sft("q", "a", "r")], min_overlap=2.0)
+
+
+def test_overlapping_requests_sees_through_a_template() -> None:
+    refs = ["My card has not arrived yet!", "hi", "what is the exchange rate today"]
+    texts = [
+        "Classify the following message.\n\nMessage: my card has NOT arrived yet",  # holds one
+        "exchange rate",  # inside a reference, but under 4 words: not counted
+        "hi",  # equal: counted however short
+        "say hi to the team",  # holds a short reference: not counted
+        "what is the exchange rate",  # inside a reference, 5 words
+        "my card has not arrived yesterday",  # shares words, not the whole request
+        "xmy card has not arrived yet",  # not on a word boundary
+    ]
+    assert overlapping_requests(texts, refs) == [True, False, True, False, True, False, False]
+    assert overlapping_requests([], refs) == [] and overlapping_requests(texts, []) == [False] * 7

@@ -11,6 +11,8 @@ template shared by both sides is text they share too: a template of 8 words plus
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from typing import Any
 
 from tuneloop.data.dedup import normalize_for_hash, strip_shared_affixes
@@ -64,6 +66,40 @@ def ngram_overlap(
         if hits:
             out.append((i, sorted(evals), hits / len(grams)))
     return out
+
+
+def overlapping_requests(texts: list[str], references: list[str], min_words: int = 4) -> list[bool]:
+    """Whether each text is a reference, holds one whole, or is held whole by one.
+
+    Compared after `normalize_for_hash`, on word boundaries. The same request reaches two
+    files through different prompt templates (a CSV row through the classification template
+    in one, its raw text in a run's `validation.jsonl`), so equality alone misses it; a
+    template only wraps the request, so containment catches it. A text or reference under
+    `min_words` words counts only when equal: "hi" sits inside many unrelated requests.
+    Each side is joined into one string and searched once per entry of the other, so
+    10,000 texts against 1,000 references take well under a second.
+    """
+    norm_texts = [normalize_for_hash(t) for t in texts]
+    norm_refs = [normalize_for_hash(r) for r in references]
+    exact = set(norm_refs)
+    hit = [t in exact for t in norm_texts]
+    # normalised text has no newlines, so "\n" separates entries; the spaces make every
+    # match start and end on a word boundary
+    joined_texts = "\n".join(f" {t} " for t in norm_texts)
+    starts = list(itertools.accumulate((len(t) + 3 for t in norm_texts), initial=0))
+    for ref in norm_refs:
+        if len(ref.split()) < min_words:
+            continue
+        needle = f" {ref} "
+        pos = joined_texts.find(needle)
+        while pos != -1:
+            hit[bisect.bisect_right(starts, pos) - 1] = True
+            pos = joined_texts.find(needle, pos + 1)
+    joined_refs = "\n".join(f" {r} " for r in norm_refs)
+    for i, text in enumerate(norm_texts):
+        if not hit[i] and len(text.split()) >= min_words and f" {text} " in joined_refs:
+            hit[i] = True
+    return hit
 
 
 def content_text(row: Row) -> str:

@@ -22,8 +22,8 @@ request, and a tuned run's training time. Approaches with passages also report h
 an answer cites one ([n]); every example records the passages it got.
 
 The held-out rows are a stratified split of `--data` (seeded), or `--eval`; the few-shot
-pool is the rest of `--data` (with `--eval`, every row of `--data` whose request is not a
-held-out request). A tuned run must not have trained on the held-out rows:
+pool is the rest of `--data` (with `--eval`, every row of `--data` whose request neither is
+nor holds nor sits inside a held-out request, so a template around it does not hide it). A tuned run must not have trained on the held-out rows:
 give it its own validation file as `--eval`.
 """
 
@@ -161,19 +161,19 @@ def compare_approaches(
     tuned_refs = [tuned] if isinstance(tuned, str) else list(tuned or [])
     loaded = read_conversations(data)
     if eval_data is not None:
-        from tuneloop.data.dedup import normalize_for_hash
+        from tuneloop.data.decontaminate import overlapping_requests
         from tuneloop.data.hints import query_text
 
         held = read_conversations(eval_data)
         evals, eval_labels = held.conversations, held.labels
-        # a held-out request must never be its own few-shot example (a validation split
-        # of the same file would otherwise be in the pool)
-        asked = {normalize_for_hash(query_text(c[:-1])) for c in evals}
-        pool_idx = [
-            i
-            for i, c in enumerate(loaded.conversations)
-            if normalize_for_hash(query_text(c[:-1])) not in asked
-        ]
+        # a held-out request must never be its own few-shot example (a validation split of
+        # the same file would otherwise be in the pool), also when the two files wrap it in
+        # different templates
+        leaked = overlapping_requests(
+            [query_text(c[:-1]) for c in loaded.conversations],
+            [query_text(c[:-1]) for c in evals],
+        )
+        pool_idx = [i for i, hit in enumerate(leaked) if not hit]
         eval_idx = None
         all_facts = read_facts(eval_data)
     else:
