@@ -27,6 +27,7 @@ API = (
     "compare",
     "compare_approaches",
     "compare_approaches_suite",
+    "continual",
     "create_api_key",
     "create_feedback_task",
     "create_studio_user",

@@ -537,6 +537,20 @@ def sweep(
     return run_sweep(base, axes, fractions, folder, metric=metric)
 
 
+def continual(plan: str | Path, *, out: str | Path | None = None) -> dict[str, Any]:
+    """Continual fine-tuning: train a plan's stages one after another, each from the last,
+    and score every task learned so far after each stage (`tuneloop.workflows.continual`).
+
+    Returns the report: `columns` (base, then each stage), `rows` (per task its score after
+    each stage, what its stage taught, what later stages took away; the general probes'
+    drop from the base with an interval), `backward_transfer`, `table` (Markdown) and the
+    stages' runs. A re-run with the same `out` continues where an interrupted one stopped.
+    """
+    from tuneloop.workflows.continual import run_continual
+
+    return run_continual(plan, out)
+
+
 def rlaif(
     recipe: str | Path | Recipe,
     *overrides: str,

@@ -1,4 +1,4 @@
-"""`tuneloop train`, `sweep` and `export`."""
+"""`tuneloop train`, `sweep`, `export`, `rlaif` and `continual`."""
 
 from __future__ import annotations
 
@@ -226,4 +226,25 @@ def rlaif(
     click.echo(f"report: {result.directory / 'rlaif.json'}")
 
 
-COMMANDS = [train, sweep, export, rlaif]
+@click.command()
+@click.argument("plan", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    help="Folder for continual.json, table.md and the stages' runs "
+    "(default: continual-NAME). Re-run with the same folder to continue.",
+)
+def continual(plan: str, out: str | None) -> None:
+    """Learn tasks one after another: train each stage of PLAN (YAML) from the last, and
+    score every task learned so far after each stage (a task x stage table).
+
+    \b
+    tuneloop continual examples/continual/plan.yaml --out continual-demo
+    """
+    quiet_libraries()
+    report = api.continual(plan, out=out)
+    click.echo(report["table"])
+    click.echo(f"wrote {report['directory']}/table.md and continual.json")
+
+
+COMMANDS = [train, sweep, export, rlaif, continual]

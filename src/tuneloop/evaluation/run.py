@@ -201,6 +201,7 @@ def evaluate_file(
     use_run_format: bool = True,
     docs: str | Path | None = None,
     retrieval_k: int = 3,
+    prompt_as: str | None = None,
 ) -> EvalOutput:
     """Evaluate `model_ref` on a data file and record the result in the registry.
 
@@ -215,6 +216,9 @@ def evaluate_file(
     docs: RAG: add the `retrieval_k` passages most similar to each request from this folder
     of documents (indexed here) or saved index (`tuneloop rag index`); a run trained with
     retrieval uses its own index without it. Each example records the passages it got.
+    prompt_as: a run whose prompting applies instead of `model_ref`'s own (continual
+    fine-tuning scores each stage's model on an earlier task as that task's run prompts
+    it, so a later stage's system prompt or label set does not decide the score).
     """
     from tuneloop import registry
     from tuneloop.models import load, resolve
@@ -224,7 +228,7 @@ def evaluate_file(
     _check_metrics(metrics)
     data_path = Path(data)
     options = None
-    trained = _trained_prompt_format(model_ref) if use_run_format else None
+    trained = _trained_prompt_format(prompt_as or model_ref) if use_run_format else None
     if trained:
         options = RowOptions.from_prompt_format(trained)
     loaded_data = read_conversations(data_path, fmt=fmt, options=options)
@@ -232,7 +236,7 @@ def evaluate_file(
     resolved = ResolvedModel(ref=model_ref, base=model_ref) if remote else resolve(model_ref)
     # the run's own prompting (system prompt, label hints, reranking), as serving uses it
     prompting = (
-        Prompting.of(resolved, system_prompt)
+        Prompting.of(resolve(prompt_as) if prompt_as else resolved, system_prompt)
         if use_run_format
         else Prompting(system_prompt=system_prompt)
     )
@@ -318,7 +322,7 @@ def evaluate_file(
         model_ref=model_ref,
         metrics=out.metrics,
         examples=out.examples,
-        settings=settings,
+        settings={**settings, "prompt_as": prompt_as} if prompt_as else settings,
         run_id=run_id or resolved.run_id,
         dataset_id=dataset.id,
         seconds=out.seconds,

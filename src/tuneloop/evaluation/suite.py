@@ -165,8 +165,11 @@ def categories(out: Any, metrics: list[str]) -> list[str]:
 # --- running a suite -----------------------------------------------------------------------
 
 
-def evaluate_task(task: SuiteTask, model: str, run_id: int | None = None) -> Any:
-    """One task on one model (stored in the registry); every example gets its category."""
+def evaluate_task(
+    task: SuiteTask, model: str, run_id: int | None = None, prompt_as: str | None = None
+) -> Any:
+    """One task on one model (stored in the registry); every example gets its category.
+    prompt_as: prompt as this run does, not as `model` (`evaluate_file`)."""
     from tuneloop.evaluation.run import evaluate_file
 
     out = evaluate_file(
@@ -182,6 +185,7 @@ def evaluate_task(task: SuiteTask, model: str, run_id: int | None = None) -> Any
         label=f"{task.name} / {model}",
         constrain_labels=task.constrain_labels,
         use_run_format=task.use_run_format,
+        prompt_as=prompt_as,
     )
     for ex, cat in zip(out.examples, categories(out, list(task.metrics)), strict=True):
         ex["category"] = cat
