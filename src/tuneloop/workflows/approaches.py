@@ -23,8 +23,9 @@ an answer cites one ([n]); every example records the passages it got.
 
 The held-out rows are a stratified split of `--data` (seeded), or `--eval`; the few-shot
 pool is the rest of `--data` (with `--eval`, every row of `--data` whose request neither is
-nor holds nor sits inside a held-out request, so a template around it does not hide it). A tuned run must not have trained on the held-out rows:
-give it its own validation file as `--eval`.
+nor holds nor sits inside a held-out request, so a template around it does not hide it).
+A tuned run must not have trained on the held-out rows: give it its own validation file as
+`--eval`.
 """
 
 from __future__ import annotations
