@@ -522,9 +522,16 @@ def sweep(
     metric: str = "eval_loss",
     out: str | Path | None = None,
     overrides: Sequence[str] = (),
+    forgetting: bool = False,
+    probe_limit: int | None = None,
 ) -> SweepResult:
     """Train a recipe over a grid (`["learning_rate=1e-4,5e-4", "lora.r=8,16"]`) and/or
-    data fractions; writes a table, plots and the best run to `out`."""
+    data fractions; writes a table, plots and the best run to `out`.
+
+    `forgetting`: also run the forgetting check on every run and plot its drop beside the
+    metric; the best run is then the best one the check does not flag (for sweeping
+    `training.replay.ratio`, `training.ewc` or `training.l2_to_base`). `probe_limit`: only
+    the first N general probes."""
     from tuneloop.config import load_recipe as load
     from tuneloop.workflows.sweep import parse_axis, run_sweep
 
@@ -534,7 +541,9 @@ def sweep(
     if not axes and not fractions:
         raise TuneloopError("nothing to sweep: give a grid (KEY=V1,V2) or data fractions")
     folder = out or f"sweep-{base.get('name', 'run')}"
-    return run_sweep(base, axes, fractions, folder, metric=metric)
+    return run_sweep(
+        base, axes, fractions, folder, metric=metric, forgetting=forgetting, probe_limit=probe_limit
+    )
 
 
 def continual(plan: str | Path, *, out: str | Path | None = None) -> dict[str, Any]:

@@ -87,3 +87,63 @@ def test_a_bad_value_fails_before_any_training(tiny_model: Path, tmp_path: Path)
     assert isinstance(result.exception, RecipeError)
     assert "training.learning_rate: Input should be greater than 0" in str(result.exception)
     assert registry.list_runs() == []
+    result = CliRunner().invoke(cli, ["sweep", str(recipe), "learning_rate=1e-3,1e-2"])
+    assert "needs validation data" in str(result.exception)  # said before training
+    assert registry.list_runs() == []
+
+
+def test_sweep_with_the_forgetting_check(tiny_model: Path, tmp_path: Path) -> None:
+    """Every run gets the forgetting drop against the starting model's probe answers (the
+    same numbers the check itself computes from the recorded answers), the table and plot
+    carry it, and the best run is chosen among the unflagged ones."""
+    from tuneloop.evaluation.suite import forgetting_summary
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "name": "fg",
+                "model": str(tiny_model),
+                "data": {
+                    "train": str(SUPPORT / "train.jsonl"),
+                    "max_length": 96,
+                    "validation_split": 0.2,
+                },
+                "adapter": {"r": 4, "alpha": 8},
+                "training": {"max_steps": 2, "batch_size": 4, "learning_rate": 5e-2},
+            }
+        )
+    )
+    out = tmp_path / "sweep"
+    args = ["sweep", str(recipe), "training.l2_to_base=0,1.0", "--out", str(out)]
+    result = CliRunner().invoke(cli, [*args, "--forgetting", "--probe-limit", "6"])
+    assert result.exit_code == 0, result.output
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert len(runs) == 2 and "forgetting drop" in result.output
+    for row in runs:
+        # the two probe evaluations recorded for this row: the start's and the run's own
+        start, tuned = row["forgetting_evals"]
+        assert tuned in {e.id for e in registry.evals_for_run(row["run_id"])}
+        found = forgetting_summary(
+            [{"scores": x.scores} for x in registry.eval_examples(start)],
+            [{"scores": x.scores} for x in registry.eval_examples(tuned)],
+        )
+        assert row["forgetting_drop"] == pytest.approx(found["drop"])
+        assert row["forgetting_low"] <= row["forgetting_drop"] <= row["forgetting_high"]
+        assert row["forgetting_flagged"] == found["flagged"]
+    assert "forgetting_drop" in (out / "results.md").read_text()
+    assert (out / "eval_loss_vs_training_l2_to_base.png").stat().st_size > 5000
+
+
+def test_best_run_is_the_best_the_forgetting_check_does_not_flag() -> None:
+    from tuneloop.workflows.sweep import _best
+
+    rows = [
+        {"run_id": 1, "rouge_l": 0.30, "forgetting_flagged": True},
+        {"run_id": 2, "rouge_l": 0.25, "forgetting_flagged": False},
+        {"run_id": 3, "rouge_l": 0.20, "forgetting_flagged": False},
+    ]
+    assert _best(rows, "rouge_l")["run_id"] == 2
+    assert _best([{**r, "forgetting_flagged": True} for r in rows], "rouge_l")["run_id"] == 1
+    assert _best([{k: v for k, v in r.items() if k != "forgetting_flagged"} for r in rows],
+                 "rouge_l")["run_id"] == 1  # fmt: skip

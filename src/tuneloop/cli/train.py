@@ -80,6 +80,19 @@ def train(
     "(exact_match, rouge_l, bleu) scored on the validation data.",
 )
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Sweep folder.")
+@click.option(
+    "--forgetting",
+    is_flag=True,
+    help="Also run the forgetting check on every run (the general probes against the "
+    "starting model) and plot its drop beside the metric; the best run is the best one "
+    "the check does not flag.",
+)
+@click.option(
+    "--probe-limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --forgetting: score only the first N general probes.",
+)
 def sweep(
     recipe: str,
     args: tuple[str, ...],
@@ -87,12 +100,15 @@ def sweep(
     data_fractions: str | None,
     metric: str,
     out: str | None,
+    forgetting: bool,
+    probe_limit: int | None,
 ) -> None:
     """Train RECIPE over a grid of settings and/or data amounts; table, plots, best run.
 
     \b
     tuneloop sweep RECIPE --grid learning_rate=1e-4,2e-4 lora.r=8,16
     tuneloop sweep RECIPE --data-fractions 0.1,0.25,0.5,1.0 data.validation_split=0.1
+    tuneloop sweep RECIPE --grid training.replay.ratio=0,0.1,0.2 --metric rouge_l --forgetting
 
     Arguments after RECIPE of the form key=v1,v2 (a comma in the value) are swept like
     --grid; key=value ones are plain overrides applied to every run.
@@ -104,11 +120,21 @@ def sweep(
         raise click.UsageError("nothing to sweep: give --grid KEY=V1,V2 or --data-fractions")
     quiet_libraries()
     result = api.sweep(
-        recipe, axes, data_fractions=fractions, metric=metric, out=out, overrides=overrides
+        recipe,
+        axes,
+        data_fractions=fractions,
+        metric=metric,
+        out=out,
+        overrides=overrides,
+        forgetting=forgetting,
+        probe_limit=probe_limit,
     )
     click.echo((result.directory / "results.md").read_text(encoding="utf-8"))
     if result.best:
-        click.echo(f"best: run {result.best['run_id']} ({metric} = {result.best[metric]:.4g})")
+        drop = result.best.get("forgetting_drop")
+        kept = f", forgetting drop {drop:.4f}" if drop is not None else ""
+        best = result.best
+        click.echo(f"best: run {best['run_id']} ({metric} = {best[metric]:.4g}{kept})")
     click.echo(f"results and plots: {result.directory}")
 
 

@@ -33,6 +33,7 @@ class SweepResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] | None = None
     metric: str = "eval_loss"
+    forgetting: bool = False  # rows carry the forgetting check's drop
 
 
 def _leaf_names(model: type[Any], prefix: str = "") -> dict[str, list[str]]:
@@ -142,14 +143,31 @@ def run_sweep(
     fractions: list[float] | None,
     out: str | Path,
     metric: str = "eval_loss",
+    forgetting: bool = False,
+    probe_limit: int | None = None,
 ) -> SweepResult:
-    """Train and score every combination; write the results table and plots into `out`."""
+    """Train and score every combination; write the results table and plots into `out`.
+
+    forgetting: also run the forgetting check on every run (the general probes, against
+    the starting model's answers, scored once): each row gets the drop with its interval,
+    the plots show the drop beside the metric, and the best run is the best one the check
+    does not flag (the best of all when every run is flagged), which is the trade-off a
+    replay ratio or regulariser weight is swept for. probe_limit: the first N probes only.
+    """
     from tuneloop.training import train
 
     combos = plan(base, axes, fractions)
+    first = recipe_from_dict(_with(base, combos[0]))
+    if metric != "train_loss" and not (first.data.eval or first.data.validation_split):
+        # found before any training, not after the first run
+        raise RecipeError(
+            f"sweep metric {metric!r} needs validation data: set data.eval or data.validation_split"
+        )
     directory = Path(out)
     directory.mkdir(parents=True, exist_ok=True)
-    result = SweepResult(directory=directory, metric=metric)
+    result = SweepResult(directory=directory, metric=metric, forgetting=forgetting)
+    probes = _probes(probe_limit) if forgetting else None
+    start_answers = _probe_answers(probes, str(base["model"])) if probes is not None else None
     for i, combo in enumerate(combos, 1):
         raw = _with(base, combo)
         raw["name"] = f"{raw.get('name', 'sweep')}-{i:02d}"
@@ -166,15 +184,48 @@ def run_sweep(
             "train_rows": json.loads((trained.run_dir / "run.json").read_text())["train_rows"],
             "seconds": round(time.perf_counter() - started, 1),
         }
+        if probes is not None:
+            row.update(_forgetting(start_answers, _probe_answers(probes, f"run:{trained.run_id}")))
         result.rows.append(row)
         _write(result, list(combo))  # after every run, so an interrupted sweep keeps its table
     return result
 
 
+def _probes(limit: int | None) -> Any:
+    from tuneloop.evaluation.suite import probe_task
+
+    return probe_task(limit=limit)
+
+
+def _probe_answers(task: Any, model: str) -> Any:
+    from tuneloop.evaluation.suite import evaluate_task
+
+    return evaluate_task(task, model)
+
+
+def _forgetting(start: Any, tuned: Any) -> dict[str, Any]:
+    """The check's drop for one run; `forgetting_evals` names the two evaluations
+    (start, run) it was computed from."""
+    from tuneloop.evaluation.suite import forgetting_summary
+
+    found = forgetting_summary(start.examples, tuned.examples)
+    return {
+        "forgetting_drop": found["drop"],
+        "forgetting_low": found["drop_ci"]["low"],
+        "forgetting_high": found["drop_ci"]["high"],
+        "forgetting_flagged": found["flagged"],
+        "forgetting_evals": [start.eval_id, tuned.eval_id],
+    }
+
+
 def _best(rows: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
+    """The best-scoring run; with the forgetting check, among the runs it does not flag."""
     scored = [r for r in rows if r.get(metric) is not None]
     if not scored:
         return None
+    kept = [r for r in scored if r.get("forgetting_flagged") is False]
+    if kept:
+        scored = kept
     pick = min if metric in LOWER_IS_BETTER else max
     return pick(scored, key=lambda r: r[metric])
 
@@ -184,6 +235,9 @@ def _write(result: SweepResult, keys: list[str]) -> None:
     result.best = _best(rows, metric)
     best_id = result.best["run_id"] if result.best else None
     columns = ["run_id", *keys, metric, "train_loss", "train_rows", "seconds"]
+    if result.forgetting:
+        columns[-1:-1] = ["forgetting_drop", "forgetting_low", "forgetting_high"]
+        columns.insert(-1, "forgetting_flagged")
     atomic_write_json(d / "results.json", {"metric": metric, "best_run_id": best_id, "runs": rows})
     with atomic_path(d / "results.csv") as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=[*columns, "best"])
@@ -219,13 +273,17 @@ def _plots(result: SweepResult, keys: list[str]) -> None:
         groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
         for r in result.rows:
             groups.setdefault(tuple(r[k] for k in others), []).append(r)
+        drops = ax.twinx() if result.forgetting else None
         for setting, members in groups.items():
             members.sort(key=lambda r: values.index(r[key]))
             xs = [r["train_rows"] if key == "data.fraction" else r[key] for r in members]
             label = ", ".join(
                 f"{k.split('.')[-1]}={v}" for k, v in zip(others, setting, strict=True)
             )
-            ax.plot(xs, [r[metric] for r in members], marker="o", label=label or None)
+            named = f"{metric} {label}".strip() if result.forgetting else label or None
+            ax.plot(xs, [r[metric] for r in members], marker="o", label=named)
+            if result.forgetting:
+                _drop_line(drops, xs, members, label)
         if result.best is not None:
             bx = result.best["train_rows"] if key == "data.fraction" else result.best[key]
             ax.plot(
@@ -248,11 +306,39 @@ def _plots(result: SweepResult, keys: list[str]) -> None:
             ax.set_xscale("log")
         ax.set_xlabel("training rows" if key == "data.fraction" else key)
         ax.set_ylabel(metric)
-        ax.set_title(f"{metric} vs {'amount of data' if key == 'data.fraction' else key}")
+        against = "amount of data" if key == "data.fraction" else key
+        ax.set_title(f"{metric}{' and forgetting' if drops else ''} vs {against}")
+        if drops is not None:
+            from tuneloop.evaluation.suite import FORGETTING_FLAG
+
+            drops.axhline(FORGETTING_FLAG, color="tab:red", linestyle=":", linewidth=1)
+            drops.set_ylabel("forgetting drop (dotted: flagged above)", color="tab:red")
         ax.grid(alpha=0.3)
+        handles, labels = ax.get_legend_handles_labels()
+        if drops is not None:
+            more = drops.get_legend_handles_labels()
+            handles, labels = handles + more[0], labels + more[1]
         if len(groups) > 1 or result.best is not None:
-            ax.legend(fontsize=7)
+            ax.legend(handles, labels, fontsize=7)
         fig.tight_layout()
         name = "data" if key == "data.fraction" else key.replace(".", "_")
         fig.savefig(result.directory / f"{metric}_vs_{name}.png", dpi=110)
         plt.close(fig)
+
+
+def _drop_line(axis: Any, xs: list[Any], members: list[dict[str, Any]], label: str) -> None:
+    """The forgetting drop of one line's runs, with its interval, on the right-hand axis."""
+    drop = [r["forgetting_drop"] for r in members]
+    below = [d - r["forgetting_low"] for d, r in zip(drop, members, strict=True)]
+    above = [r["forgetting_high"] - d for d, r in zip(drop, members, strict=True)]
+    axis.errorbar(
+        xs,
+        drop,
+        yerr=[below, above],
+        color="tab:red",
+        linestyle="--",
+        marker="s",
+        capsize=3,
+        alpha=0.8,
+        label=f"drop {label}".strip(),
+    )
