@@ -7,7 +7,7 @@ import difflib
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -18,6 +18,7 @@ from tuneloop.errors import RecipeError
 # Fields holding file paths: relative values in a recipe file are relative to that file, so a
 # recipe and its data can be moved together. Overrides on the command line stay relative to
 # the current directory, as a shell user expects.
+ModelT = TypeVar("ModelT", bound=BaseModel)
 _PATH_FIELDS = (("data", "train"), ("data", "eval"), ("data", "retrieval", "docs"), ("output_dir",))
 
 
@@ -154,6 +155,25 @@ def format_validation_error(
             shown = f" (got {got!r})" if not isinstance(got, dict | list) else ""
             lines.append(f"{source}: {dotted}: {item['msg']}{shown}")
     return "; ".join(lines)
+
+
+def load_yaml_model(path: str | Path, model: type[ModelT], what: str) -> ModelT:
+    """A YAML file validated as `model` (a suite, a continual plan); a TuneloopError that
+    names the file when it cannot be read, is not a mapping, or fails validation (one line
+    per field, as for recipes)."""
+    from tuneloop.errors import TuneloopError
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise TuneloopError(f"{what} {path}: cannot read it: {err}") from None
+    if not isinstance(raw, dict):
+        raise TuneloopError(f"{what} {path}: expected a mapping of keys")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        raise TuneloopError(format_validation_error(err, f"{what} {path}")) from None
 
 
 def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> Recipe:

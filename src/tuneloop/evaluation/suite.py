@@ -31,8 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from tuneloop.config.recipe import Metric
 from tuneloop.errors import TuneloopError
@@ -82,20 +81,11 @@ class Suite(BaseModel):
 
 def load_suite(path: str | Path) -> Suite:
     """Read and validate a suite file; task data paths resolve relative to it."""
-    from tuneloop.config.load import format_validation_error
+    from tuneloop.config.load import load_yaml_model
     from tuneloop.evaluation.probes import general_probes
 
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise TuneloopError(f"suite {path}: cannot read it: {err}") from None
-    if not isinstance(raw, dict):
-        raise TuneloopError(f"suite {path}: expected a mapping with name and tasks")
-    try:
-        suite = Suite.model_validate(raw)
-    except ValidationError as err:
-        raise TuneloopError(format_validation_error(err, f"suite {path}")) from None
+    suite = load_yaml_model(path, Suite, "suite")
     names = [t.name for t in suite.tasks]
     if len(set(names)) != len(names):
         raise TuneloopError(f"suite {path}: task names must be unique, got {names}")

@@ -41,8 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from tuneloop.errors import TuneloopError
 
@@ -74,19 +73,10 @@ class ContinualPlan(BaseModel):
 
 def load_plan(path: str | Path) -> ContinualPlan:
     """Read and validate a plan; recipe and suite paths become absolute (relative to it)."""
-    from tuneloop.config.load import format_validation_error
+    from tuneloop.config.load import load_yaml_model
 
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise TuneloopError(f"continual plan {path}: cannot read it: {err}") from None
-    if not isinstance(raw, dict):
-        raise TuneloopError(f"continual plan {path}: expected a mapping with name, model, stages")
-    try:
-        plan = ContinualPlan.model_validate(raw)
-    except ValidationError as err:
-        raise TuneloopError(format_validation_error(err, f"continual plan {path}")) from None
+    plan = load_yaml_model(path, ContinualPlan, "continual plan")
     names = [s.name for s in plan.stages]
     if len(set(names)) != len(names):
         raise TuneloopError(f"continual plan {path}: stage names must be unique, got {names}")
