@@ -87,6 +87,7 @@ def test_two_stages_fill_the_task_by_stage_table(tiny_model: Path, tmp_path: Pat
     assert report["columns"] == ["base", "support", "tickets"]
     rows = {r["task"]: r for r in report["rows"]}
     assert list(rows) == ["support/validation", "tickets/intents", "general"]
+    assert rows["general"]["metric"] == "token_f1"  # the forgetting check's metric
 
     # each stage trained from the one before: the plan's model, then stage 1's run
     first, second = (registry.get_run(int(m[4:])) for m in report["models"][1:])

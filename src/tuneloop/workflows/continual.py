@@ -239,7 +239,7 @@ def _score(
 def run_continual(plan_path: str | Path, out: str | Path | None = None) -> dict[str, Any]:
     """Train every stage and fill the task x stage table (module docstring); returns the
     report that OUT/continual.json and OUT/table.md hold."""
-    from tuneloop.evaluation.suite import probe_task
+    from tuneloop.evaluation.suite import FORGETTING_METRIC, probe_task
 
     plan = load_plan(plan_path)
     directory = Path(out or f"continual-{plan.name}")
@@ -247,7 +247,8 @@ def run_continual(plan_path: str | Path, out: str | Path | None = None) -> dict[
     state = _load_state(directory, plan)
     models = [plan.model]
     probes = _limited(probe_task(), plan.limit) if plan.probes else None
-    probes = probes.model_copy(update={"name": PROBES}) if probes is not None else None
+    if probes is not None:  # scored by the forgetting check's metric, not exact match
+        probes = probes.model_copy(update={"name": PROBES, "metrics": [FORGETTING_METRIC]})
     if probes is not None:
         _score(state, directory, probes, 0, plan.model, None)
     order: list[str] = []
