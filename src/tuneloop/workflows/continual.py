@@ -252,6 +252,7 @@ def run_continual(plan_path: str | Path, out: str | Path | None = None) -> dict[
     if probes is not None:
         _score(state, directory, probes, 0, plan.model, None)
     order: list[str] = []
+    stage_tasks: list[list[Any]] = []  # each stage's tasks, read once
     for k, stage in enumerate(plan.stages):
         done = state["stages"].get(stage.name)
         if done is None:
@@ -261,14 +262,13 @@ def run_continual(plan_path: str | Path, out: str | Path | None = None) -> dict[
             _save(directory, state)
         models.append(done["run"])
         tasks = [_limited(t, plan.limit) for t in _stage_tasks(plan, k, done["run_dir"])]
+        stage_tasks.append(tasks)
         state.setdefault("tasks", {})[stage.name] = [t.name for t in tasks]
         for task in tasks:  # before: the model this stage started from
             _score(state, directory, task, k, models[k], done["run"])
         for j in range(k + 1):  # after: every task so far, each prompted as its own run
             owner = state["stages"][plan.stages[j].name]["run"]
-            for task in [
-                _limited(t, plan.limit) for t in _stage_tasks(plan, j, _dir(state, plan, j))
-            ]:
+            for task in stage_tasks[j]:
                 _score(state, directory, task, k + 1, models[k + 1], owner)
         if probes is not None:
             _score(state, directory, probes, k + 1, models[k + 1], None)
@@ -281,10 +281,6 @@ def run_continual(plan_path: str | Path, out: str | Path | None = None) -> dict[
     atomic_write_text(directory / "table.md", report["table"] + "\n")
     report["directory"] = str(directory)
     return report
-
-
-def _dir(state: dict[str, Any], plan: ContinualPlan, j: int) -> str:
-    return state["stages"][plan.stages[j].name]["run_dir"]
 
 
 def summarize(
