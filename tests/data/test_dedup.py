@@ -560,3 +560,58 @@ def test_verifying_candidates_in_blocks_does_not_change_pairs(
     monkeypatch.setattr(dedup, "_VERIFY_PAIRS", 7)
     monkeypatch.setattr(dedup, "_SIGNATURE_TEXTS", 33)
     assert near_duplicate_pairs(texts, threshold=0.5) == expected and len(expected) > 20
+
+
+def _split_of(out: list[Row]) -> dict[str, str]:
+    return {r["source"]: r["split"] for r in out}
+
+
+def test_split_after_dedup_reuses_what_dedup_found() -> None:
+    from tuneloop.data.pipeline import run_steps
+
+    texts = _support_texts(400)
+    rows = [text_row(t, str(i)) for i, t in enumerate(texts)]
+    rows.append(text_row(texts[3].upper(), "exact"))  # an exact duplicate for dedup too
+    out, logs = run_steps(rows, [("dedup", {}), ("split", {"validation": 0.2})], progress=False)
+    dedup_log, split_log = logs
+    assert dedup_log.dropped["near duplicate"] >= 15 and dedup_log.dropped["exact duplicate"] == 1
+    assert split_log.details["near_duplicates_from"] == "dedup"
+    # the same split, clustered again from scratch on dedup's rows, finds no cluster and
+    # assigns every row alike
+    kept, _ = run_step("dedup", rows)
+    again, log = run_step("split", kept, validation=0.2)
+    assert log.details["near_duplicates_from"] == "split"
+    assert log.details["rows_in_multi_row_clusters"] == 0
+    assert _split_of(again) == _split_of(out)
+    assert split_log.details["counts"] == log.details["counts"]
+
+
+def test_split_clusters_again_when_dedup_left_something() -> None:
+    from tuneloop.data.pipeline import run_steps
+
+    rows = [text_row(SENTENCE, "0"), text_row(ONE_WORD_CHANGED, "1")]  # Jaccard 0.913
+    rows += [text_row(t, str(i + 2)) for i, t in enumerate(_support_texts(19, seed=3))]  # no pairs
+    # a dedup at 0.95 keeps the pair; the split at 0.8 must still put it on one side
+    _, logs = run_steps(
+        rows, [("dedup", {"threshold": 0.95}), ("split", {"validation": 0.5})], progress=False
+    )
+    assert logs[0].dropped["near duplicate"] == 0
+    assert logs[1].details["near_duplicates_from"] == "split"
+    assert logs[1].details["rows_in_multi_row_clusters"] >= 2
+    # a dedup at the split's threshold compared only the prompts, not whole rows
+    chats = [chat_row(f"question {i}", SENTENCE, str(i)) for i in range(2)]
+    chats += [chat_row("something else", ONE_WORD_CHANGED, "x")]
+    _, logs = run_steps(chats, [("dedup", {"field": "prompt"}), ("split", {})], progress=False)
+    assert logs[1].details["near_duplicates_from"] == "split"
+    # a text edited after dedup (or a row repeated) is not one dedup vouched for
+    shared: dict = {}
+    kept, _ = run_step("dedup", rows, threshold=0.95, shared=shared)
+    changed = [dict(r) for r in kept]
+    changed[5]["text"] += " edited"
+    _, log = run_step("split", changed, shared=shared)
+    assert log.details["near_duplicates_from"] == "split"
+    kept, _ = run_step("dedup", rows[2:], shared=shared)
+    _, log = run_step("split", kept[1:], shared=shared)  # a row dropped: still vouched for
+    assert log.details["near_duplicates_from"] == "dedup"
+    _, log = run_step("split", [*kept, kept[0]], shared=shared)
+    assert log.details["near_duplicates_from"] == "split"

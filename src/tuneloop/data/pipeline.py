@@ -27,10 +27,11 @@ def run_steps(
     import sys
 
     logs = []
+    shared: dict[str, Any] = {}  # what one step tells the later ones (StepLog.shared)
     for name, params in steps:
         if progress:
             print(f"  {name} ({len(rows)} rows) ...", file=sys.stderr, flush=True)
-        rows, log = run_step(name, rows, **params)
+        rows, log = run_step(name, rows, shared=shared, **params)
         logs.append(log)
     return rows, logs
 

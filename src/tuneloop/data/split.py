@@ -67,6 +67,10 @@ def split(
 
     stratify: "label" (by the row's label), "auto" (by label when rows have labels), or None.
     keep_clusters_together: put each near-duplicate cluster (MinHash, `threshold`) in one split.
+    After a dedup step of the same run that compared whole rows at a threshold no higher
+    than `threshold`, with the rows since only dropped, none can be left, and the clusters
+    are not computed again (`dedup.left_near_free`; the card's split details say
+    `near_duplicates_from: dedup`).
     """
     if not 0 <= validation < 1 or not 0 <= test < 1 or validation + test >= 1:
         raise DataError("split: validation and test must be fractions in [0, 1) summing below 1")
@@ -75,9 +79,17 @@ def split(
     if not rows:
         return rows
     if keep_clusters_together:
-        from tuneloop.data.dedup import cluster_ids
+        from tuneloop.data.dedup import _texts, cluster_ids, left_near_free
 
-        ids = cluster_ids(rows, threshold=threshold)
+        texts = _texts(rows, "all")
+        if left_near_free(log.shared, texts, threshold):
+            # an earlier dedup left none: every row is its own cluster (see left_near_free)
+            ids = list(range(len(rows)))
+            log.details["near_duplicates_from"] = "dedup"
+        else:
+            ids = cluster_ids(rows, threshold=threshold, texts=texts)
+            log.details["near_duplicates_from"] = "split"
+        del texts
     else:
         ids = list(range(len(rows)))
     members: dict[int, list[int]] = defaultdict(list)

@@ -35,6 +35,10 @@ class StepLog:
     seconds: float = 0.0
     # told of every dropped row (synth keeps each draft with the reason it was dropped)
     watch: Callable[[Row, str], None] | None = field(default=None, repr=False, compare=False)
+    # facts a step leaves for the later steps of one run (never written to the card): the
+    # dedup step leaves the digests of the texts it kept, so a split after it can tell
+    # that no near duplicate is left without finding them all again
+    shared: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def drop(self, row: Row, reason: str) -> None:
         self.dropped[reason] += 1
@@ -95,10 +99,12 @@ def run_step(
     name: str,
     rows: list[Row],
     watch: Callable[[Row, str], None] | None = None,
+    shared: dict[str, Any] | None = None,
     **params: Any,
 ) -> tuple[list[Row], StepLog]:
     """Run one registered step with accounting (rows in/out, time); `watch(row, reason)`
-    hears of every row it drops."""
+    hears of every row it drops; `shared` is the run's `StepLog.shared` (one dict passed to
+    every step of a run; a fresh one when None)."""
     import tuneloop.data.pipeline  # noqa: F401  (registers every built-in step)
 
     if name not in STEPS:
@@ -107,7 +113,13 @@ def run_step(
         close = difflib.get_close_matches(name, list(STEPS), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(sorted(STEPS))}"
         raise DataError(f"unknown curation step {name!r}{hint}")
-    log = StepLog(step=name, params=params, rows_in=len(rows), watch=watch)
+    log = StepLog(
+        step=name,
+        params=params,
+        rows_in=len(rows),
+        watch=watch,
+        shared=shared if shared is not None else {},
+    )
     start = time.perf_counter()
     try:
         out = STEPS[name](rows, log, **params)
