@@ -615,3 +615,44 @@ def test_split_clusters_again_when_dedup_left_something() -> None:
     assert log.details["near_duplicates_from"] == "dedup"
     _, log = run_step("split", [*kept, kept[0]], shared=shared)
     assert log.details["near_duplicates_from"] == "split"
+
+
+def test_signature_bytes_set_aside_candidates_that_agree_too_little() -> None:
+    from scipy.stats import binom
+
+    from tuneloop.data.dedup import SKETCH_MISS, _likely_candidates, min_agreement
+
+    for threshold in (0.5, 0.8, 0.95):
+        k = min_agreement(threshold, 128)
+        # the largest k with P(X < k) <= miss, X ~ Binomial(128, threshold)
+        assert binom.cdf(k - 1, 128, threshold) <= SKETCH_MISS < binom.cdf(k, 128, threshold)
+    assert min_agreement(1.0, 128) == 128
+    need = min_agreement(0.8, 128)
+    sketch = np.zeros((4, 128), dtype=np.uint8)
+    sketch[1, need:] = 1  # agrees with text 0 on `need` bytes
+    sketch[2, need - 1 :] = 1  # one fewer
+    sketch[3] = 7  # on none
+    left, right = _likely_candidates(sketch, np.array([0, 0, 0, 1]), np.array([1, 2, 3, 2]), 0.8)
+    assert list(zip(left.tolist(), right.tolist(), strict=True)) == [(0, 1), (1, 2)]
+
+
+def test_templated_rows_keep_their_near_duplicates() -> None:
+    # every row opens with one of ten template lines, as tickets do: many LSH candidates at
+    # Jaccard 0.3-0.5, which the signature bytes reject, while the planted near duplicates
+    # (one word changed) are all still found
+    import random
+
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(400)]
+    texts = []
+    for i in range(1500):
+        template = f"Why does my {rng.choice(['card', 'app', 'loan', 'pin', 'fee'])} not work?"
+        texts.append(f"{template} {' '.join(rng.choices(words, k=12))} (ticket {i})")
+    planted = []
+    for i in range(0, 1500, 50):
+        changed = texts[i].split()
+        changed[7] = "zzz"
+        planted.append((i, len(texts)))
+        texts.append(" ".join(changed))
+    found = {(i, j) for i, j, _ in near_duplicate_pairs(texts, threshold=0.7)}
+    assert set(planted) <= found
