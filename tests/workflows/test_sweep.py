@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from tuneloop import registry
 from tuneloop.cli import cli
 from tuneloop.errors import RecipeError
-from tuneloop.workflows.sweep import parse_axis, resolve_key
+from tuneloop.workflows.sweep import axis_order, parse_axis, resolve_key
 
 from conftest import SUPPORT
 
@@ -147,3 +147,11 @@ def test_best_run_is_the_best_the_forgetting_check_does_not_flag() -> None:
     assert _best([{**r, "forgetting_flagged": True} for r in rows], "rouge_l")["run_id"] == 1
     assert _best([{k: v for k, v in r.items() if k != "forgetting_flagged"} for r in rows],
                  "rouge_l")["run_id"] == 1  # fmt: skip
+
+
+def test_plots_order_swept_numbers_by_value() -> None:
+    # `ratio=0,0.1,0.2` parses to an int and floats; ordered by type first, 0 came last and
+    # the plotted line ran back from 0.2 to 0
+    values = parse_axis("training.replay.ratio=0,0.15,0.1,0.2")[1]
+    assert axis_order(values) == [0, 0.1, 0.15, 0.2]
+    assert axis_order({"b", 2, "a", 1.5}) == [1.5, 2, "a", "b"]

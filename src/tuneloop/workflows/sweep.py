@@ -256,6 +256,18 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def axis_order(values: Any) -> list[Any]:
+    """Swept values in plotting order: numbers by value, whether written `0` or `0.1` (a
+    grid `0,0.1,0.2` parses to an int and floats), then anything else by its text."""
+
+    def key(v: Any) -> tuple[int, float, str]:
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            return (0, float(v), "")
+        return (1, 0.0, f"{type(v).__name__}:{v}")
+
+    return sorted(values, key=key)
+
+
 def _plots(result: SweepResult, keys: list[str]) -> None:
     """One PNG per swept key: the metric against that key, one line per other setting."""
     import matplotlib
@@ -265,7 +277,7 @@ def _plots(result: SweepResult, keys: list[str]) -> None:
 
     metric = result.metric
     for key in keys:
-        values = sorted({r[key] for r in result.rows}, key=lambda v: (str(type(v)), v))
+        values = axis_order({r[key] for r in result.rows})
         if len(values) < 2:
             continue
         others = [k for k in keys if k != key]
