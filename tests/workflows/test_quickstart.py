@@ -16,7 +16,12 @@ def test_quickstart_short_run_on_bundled_model(tmp_path: Path, bundled_model_dir
     out = tmp_path / "qs"
     report = run_quickstart(
         out,
-        ["training.max_steps=8", "eval.limit=12", "eval.max_new_tokens=24"],
+        [
+            "training.max_steps=8",
+            "eval.limit=12",
+            "eval.max_new_tokens=24",
+            "training.replay.max_new_tokens=16",  # the recipe's default replay, kept short
+        ],
         samples=3,
         probe_limit=10,
     )
